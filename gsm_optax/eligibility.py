@@ -1,0 +1,107 @@
+"""Which parameters are prunable: optax-style masks over a params pytree."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Eligible = Union[None, PyTree, Callable[[PyTree], PyTree]]
+
+
+def default_eligible(params: PyTree) -> PyTree:
+  """The authors' rule: every array of rank >= 2 (dense and conv kernels).
+
+  Biases, scales and other vectors or scalars are not prunable.
+
+  Args:
+    params: a pytree of arrays.
+
+  Returns:
+    A pytree of bools with the structure of ``params``.
+  """
+  return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def resolve_eligible(eligible: Eligible, params: PyTree) -> PyTree:
+  """Turns an ``eligible`` argument into a full pytree of Python bools.
+
+  Args:
+    eligible: None (the default rule, see :func:`default_eligible`), a pytree of
+      bools with the structure of ``params`` (or a prefix of it, as with
+      ``optax.masked``), or a callable ``params -> such a pytree``.
+    params: the parameters.
+
+  Returns:
+    A pytree of Python bools with exactly the structure of ``params``.
+
+  Raises:
+    ValueError: when the mask does not match the params' structure, or holds
+      something other than booleans.
+  """
+  if eligible is None:
+    mask = default_eligible(params)
+  elif callable(eligible):
+    mask = eligible(params)
+  else:
+    mask = eligible
+  try:
+    full = jax.tree_util.tree_map(
+        lambda m, sub: jax.tree_util.tree_map(lambda _: m, sub), mask, params
+    )
+  except ValueError as e:
+    raise ValueError(
+        "eligible must be a pytree of bools with the structure of params (or a"
+        f" prefix of it); got eligible structure "
+        f"{jax.tree_util.tree_structure(mask)} for params structure "
+        f"{jax.tree_util.tree_structure(params)}."
+    ) from e
+
+  def as_bool(m):
+    if isinstance(m, (bool, np.bool_)):
+      return bool(m)
+    if isinstance(m, (np.ndarray, jax.Array)) and m.shape == () and m.dtype == bool:
+      try:
+        return bool(m)
+      except jax.errors.ConcretizationTypeError:
+        pass
+    raise ValueError(
+        f"eligible must hold Python bools (one per parameter leaf); got {m!r}."
+    )
+
+  return jax.tree_util.tree_map(as_bool, full)
+
+
+def eligible_leaves(
+    eligible: Eligible, params: PyTree, *, name: str = "params"
+) -> tuple[list[bool], int]:
+  """Flat list of eligibility flags and the number of eligible elements.
+
+  Checks that every eligible leaf is a floating point array and that there is
+  at least one eligible element.
+  """
+  mask = resolve_eligible(eligible, params)
+  flags = jax.tree_util.tree_leaves(mask)
+  leaves_with_path = jax.tree_util.tree_leaves_with_path(params)
+  count = 0
+  for flag, (path, leaf) in zip(flags, leaves_with_path):
+    if not flag:
+      continue
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"eligible leaf {jax.tree_util.keystr(path)} of {name} has dtype"
+          f" {dtype}; only floating point parameters can be pruned. Mark it"
+          " ineligible with the `eligible` argument."
+      )
+    count += int(np.prod(jnp.shape(leaf)))
+  if count == 0:
+    raise ValueError(
+        f"no eligible weights in {name}: the `eligible` rule selected no"
+        " elements (the default selects arrays of rank >= 2). Pass `eligible`"
+        " to choose which parameters are pruned."
+    )
+  return flags, count

@@ -1,0 +1,75 @@
+"""The final step of GSM: one global magnitude prune."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gsm_optax import eligibility
+from gsm_optax.importance import magnitude
+from gsm_optax.selection import global_topk_mask
+from gsm_optax.transform import check_keep_ratio, keep_count
+
+PyTree = Any
+
+
+def prune_mask(
+    params: PyTree, keep_ratio: float, *, eligible: eligibility.Eligible = None
+) -> PyTree:
+  """Which weights :func:`prune` keeps: True for every non-eligible leaf entry.
+
+  Args:
+    params: the parameters.
+    keep_ratio: fraction of eligible weights to keep, in (0, 1].
+    eligible: which parameters are prunable (see :func:`keep_top_gradients`).
+
+  Returns:
+    A pytree of bool arrays shaped like ``params``.
+  """
+  check_keep_ratio(keep_ratio)
+  flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+  k = keep_count(keep_ratio, num_eligible)
+  if isinstance(k, int) and k < 1:
+    raise ValueError(
+        f"keep_ratio={keep_ratio!r} keeps none of the {num_eligible} eligible weights."
+    )
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  scores = [s for s, f in zip(magnitude(leaves, None), flags) if f]
+  kept = iter(global_topk_mask(scores, k))
+  masks = [next(kept) if f else jnp.ones(jnp.shape(p), bool) for p, f in zip(leaves, flags)]
+  return jax.tree_util.tree_unflatten(treedef, masks)
+
+
+def prune(
+    params: PyTree, keep_ratio: float, *, eligible: eligibility.Eligible = None
+) -> PyTree:
+  """Keeps the Q largest-magnitude eligible weights and zeroes the rest.
+
+  ``Q = floor(keep_ratio * n)`` over the ``n`` eligible weights of all leaves
+  together (one global threshold, as in the authors' code); ties are broken as
+  in :func:`gsm_optax.global_topk_mask`. Non-eligible leaves are returned
+  unchanged, and every leaf keeps its dtype. After GSM training this needs no
+  fine-tuning.
+
+  Args:
+    params: the parameters.
+    keep_ratio: fraction of eligible weights to keep, in (0, 1].
+    eligible: which parameters are prunable (see :func:`keep_top_gradients`).
+
+  Returns:
+    Parameters with exactly Q non-zero-able eligible entries kept (entries that
+    are already 0 stay 0) and every other eligible entry set to 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import prune
+    >>> prune({"w": jnp.array([[1., -3.], [2., 0.5]])}, 0.5)
+    {'w': Array([[ 0., -3.],
+           [ 2.,  0.]], dtype=float32)}
+  """
+  masks = prune_mask(params, keep_ratio, eligible=eligible)
+  return jax.tree_util.tree_map(
+      lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))), params, masks
+  )

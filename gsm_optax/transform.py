@@ -1,0 +1,329 @@
+"""The GSM selection stage and the full GSM optimizer as optax transformations."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gsm_optax import eligibility
+from gsm_optax import importance as importance_lib
+from gsm_optax.selection import global_topk_selection
+
+Array = jax.Array
+PyTree = Any
+KeepRatio = Union[float, Array, optax.Schedule]
+
+
+class KeepTopGradientsState(NamedTuple):
+  """State of :func:`keep_top_gradients`; read it with :func:`selection_stats`.
+
+  Attributes:
+    count: number of updates made so far (int32, saturating).
+    keep_count: number of eligible gradients kept at the last update (int32;
+      0 before the first update).
+    threshold: the importance score of the last kept weight at the last
+      update (NaN before the first update).
+  """
+
+  count: Array
+  keep_count: Array
+  threshold: Array
+
+
+class SelectionStats(NamedTuple):
+  """What a training loop logs about the selection; see :func:`selection_stats`."""
+
+  step: Array
+  keep_count: Array
+  threshold: Array
+
+
+def _is_concrete_number(x: Any) -> bool:
+  if isinstance(x, numbers.Real) and not isinstance(x, bool):
+    return True
+  if isinstance(x, (np.ndarray, np.generic)) and np.ndim(x) == 0:
+    return True
+  if isinstance(x, jax.Array) and x.ndim == 0 and not isinstance(x, jax.core.Tracer):
+    return True
+  return False
+
+
+def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> None:
+  """Raises a ValueError unless ``keep_ratio`` is a number in (0, 1].
+
+  Schedules (callables) and traced values cannot be checked here and pass.
+  """
+  if callable(keep_ratio) or isinstance(keep_ratio, jax.core.Tracer):
+    return
+  if isinstance(keep_ratio, bool) or not _is_concrete_number(keep_ratio):
+    raise TypeError(
+        f"{name} must be a float in (0, 1] or a schedule (step -> ratio); got"
+        f" {name}={keep_ratio!r}."
+    )
+  value = float(keep_ratio)
+  if not 0.0 < value <= 1.0:  # also rejects NaN
+    raise ValueError(f"{name} must be in (0, 1]; got {name}={keep_ratio!r}.")
+
+
+def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
+  """Q = floor(keep_ratio * num_eligible), the number of weights kept.
+
+  A Python float gives a Python int computed in float64, as the authors'
+  ``int(keep_ratio * n)``. An array (a schedule's value, or a ratio injected
+  with ``optax.inject_hyperparams``) gives a traced int32 computed in float32,
+  clipped to ``[1, num_eligible]``; NaN keeps every weight.
+
+  Args:
+    keep_ratio: fraction of eligible weights to keep.
+    num_eligible: number of eligible weights.
+
+  Returns:
+    The keep count.
+  """
+  if _is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
+    return int(math.floor(float(keep_ratio) * num_eligible))
+  ratio = jnp.asarray(keep_ratio, jnp.float32)
+  k = jnp.floor(ratio * jnp.float32(num_eligible))
+  k = jnp.where(jnp.isnan(k), num_eligible, k)
+  return jnp.clip(k, 1, num_eligible).astype(jnp.int32)
+
+
+def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int) -> None:
+  ratio = keep_ratio(0) if callable(keep_ratio) else keep_ratio
+  name = "keep_ratio(0)" if callable(keep_ratio) else "keep_ratio"
+  if isinstance(ratio, jax.core.Tracer):
+    return
+  check_keep_ratio(ratio, name)
+  if math.floor(float(ratio) * num_eligible) < 1:
+    raise ValueError(
+        f"{name}={float(ratio)!r} keeps floor({float(ratio)!r} * {num_eligible})"
+        f" = 0 of the {num_eligible} eligible weights; it must keep at least"
+        f" one (keep_ratio >= {1 / num_eligible:.3g})."
+    )
+
+
+def keep_top_gradients(
+    keep_ratio: KeepRatio,
+    *,
+    importance: importance_lib.Importance = "taylor",
+    eligible: eligibility.Eligible = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Keeps the gradients of the globally most important weights only.
+
+  Every update scores every eligible weight (by default ``|g * w|``), keeps the
+  gradient of the ``Q = floor(keep_ratio * n)`` highest-scoring of the ``n``
+  eligible weights of the whole model together, sets every other eligible
+  gradient to zero, and passes non-eligible leaves (biases, norms) through
+  untouched. This is the selection of Global Sparse Momentum SGD; put it in
+  front of any optimizer. Exactly Q gradients survive, ties broken as in
+  :func:`gsm_optax.global_topk_mask`.
+
+  Non-finite gradients are never hidden: a NaN score ranks below every other
+  score, so it cannot displace a finite weight from the top-Q, and every
+  non-finite gradient is passed on unmasked, so that NaN shows up in training
+  as it would without this stage and ``optax.apply_if_finite`` still skips the
+  step.
+
+  Args:
+    keep_ratio: fraction of eligible weights that receive their gradient, in
+      (0, 1]; a float, or a schedule ``step -> ratio``. Also works as an
+      injected hyper-parameter of ``optax.inject_hyperparams``.
+    importance: ``"taylor"`` (``|g * w|``, the paper), ``"magnitude"``
+      (``|w|``) or a callable ``(params, grads) -> scores`` returning a pytree
+      like params; higher scores are kept first.
+    eligible: which parameters are prunable: None for every array of rank >= 2,
+      or a pytree of bools / a callable ``params -> pytree of bools``, as
+      ``optax.masked``'s ``mask``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
+    ``params``.
+
+  References:
+    Ding et al., `Global Sparse Momentum SGD for Pruning Very Deep Neural
+    Networks <https://arxiv.org/abs/1909.12778>`_, NeurIPS 2019.
+
+  Example:
+    >>> import optax, jax.numpy as jnp
+    >>> from gsm_optax import keep_top_gradients
+    >>> tx = optax.chain(keep_top_gradients(0.5), optax.adam(1e-3))
+    >>> params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.array([[1., 2.], [3., 4.]]), "b": jnp.ones(2)}
+    >>> updates, state = tx.update(grads, state, params)
+  """
+  check_keep_ratio(keep_ratio)
+  score_fn = importance_lib.resolve_importance(importance)
+
+  def init_fn(params):
+    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    _check_init_keep_count(keep_ratio, num_eligible)
+    leaves = jax.tree_util.tree_leaves(params)
+    dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
+    float_dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
+    return KeepTopGradientsState(
+        count=jnp.zeros([], jnp.int32),
+        keep_count=jnp.zeros([], jnp.int32),
+        threshold=jnp.full([], jnp.nan, float_dtype),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(
+          "keep_top_gradients ranks weights by importance and needs the"
+          " parameters: call update(updates, state, params)."
+      )
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    try:
+      treedef.flatten_up_to(params)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          "params must have the structure of the updates; got params structure"
+          f" {jax.tree_util.tree_structure(params)} for updates structure"
+          f" {treedef}."
+      ) from e
+    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    scores = treedef.flatten_up_to(score_fn(params, updates))
+    eligible_scores = [s for s, f in zip(scores, flags) if f]
+
+    ratio = keep_ratio(state.count) if callable(keep_ratio) else keep_ratio
+    k = keep_count(ratio, num_eligible)
+    selection = global_topk_selection(eligible_scores, k)
+
+    masks = iter(selection.mask)
+    new_leaves = []
+    for g, f in zip(leaves, flags):
+      if f:
+        keep = next(masks) | ~jnp.isfinite(g)
+        g = jnp.where(keep, g, jnp.zeros((), g.dtype))
+      new_leaves.append(g)
+    new_state = KeepTopGradientsState(
+        count=optax.safe_increment(state.count),
+        keep_count=jnp.asarray(k, jnp.int32),
+        threshold=selection.threshold.astype(state.threshold.dtype),
+    )
+    return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def gsm(
+    learning_rate: optax.ScalarOrSchedule,
+    keep_ratio: KeepRatio,
+    *,
+    momentum: float = 0.99,
+    weight_decay: float = 5e-4,
+    nesterov: bool = False,
+    importance: importance_lib.Importance = "taylor",
+    eligible: eligibility.Eligible = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Global Sparse Momentum SGD (Ding et al., NeurIPS 2019).
+
+  Every step the ``Q = floor(keep_ratio * n)`` eligible weights of highest
+  importance receive the loss gradient; every eligible weight receives weight
+  decay; momentum accumulates both:
+
+  .. math::
+    Z \leftarrow \beta Z + \eta W + B \odot \frac{\partial L}{\partial W},
+    \qquad W \leftarrow W - \alpha Z
+
+  with ``B = 1`` on the global top-Q and 0 elsewhere, so the other weights
+  decay towards zero and a final :func:`gsm_optax.prune` to Q non-zeros needs
+  no fine-tuning. Non-eligible parameters (biases, norms) get their full
+  gradient and no decay, as in the authors' code. This is exactly
+  ``optax.chain(keep_top_gradients(keep_ratio, importance=importance,
+  eligible=eligible), optax.add_decayed_weights(weight_decay, mask=eligible),
+  optax.trace(momentum, nesterov=nesterov),
+  optax.scale_by_learning_rate(learning_rate))``.
+
+  Args:
+    learning_rate: ``alpha``, a float or an optax schedule.
+    keep_ratio: fraction of eligible weights to keep, in (0, 1]; a float or a
+      schedule. See :func:`keep_top_gradients`.
+    momentum: ``beta``, in [0, 1).
+    weight_decay: ``eta``, >= 0, applied to eligible weights only.
+    nesterov: use Nesterov momentum (the authors' LeNet runs do).
+    importance: ``"taylor"``, ``"magnitude"`` or a callable; see
+      :func:`keep_top_gradients`.
+    eligible: which parameters are prunable; see :func:`keep_top_gradients`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
+    ``params``.
+
+  References:
+    Ding et al., `Global Sparse Momentum SGD for Pruning Very Deep Neural
+    Networks <https://arxiv.org/abs/1909.12778>`_, NeurIPS 2019.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from gsm_optax import gsm, prune
+    >>> params = {"w": jnp.ones((3, 3)), "b": jnp.zeros(3)}
+    >>> tx = gsm(1e-2, keep_ratio=1 / 3, momentum=0.9)
+    >>> state = tx.init(params)
+    >>> grads = jax.grad(lambda p: jnp.sum((p["w"] @ jnp.arange(3.)) ** 2))(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> pruned = prune(params, 1 / 3)
+  """
+  if not callable(learning_rate):
+    if not _is_concrete_number(learning_rate) or not float(learning_rate) > 0:
+      raise ValueError(
+          "learning_rate must be a positive float or a schedule; got"
+          f" learning_rate={learning_rate!r}."
+      )
+  if not _is_concrete_number(momentum) or not 0.0 <= float(momentum) < 1.0:
+    raise ValueError(f"momentum must be in [0, 1); got momentum={momentum!r}.")
+  if not _is_concrete_number(weight_decay) or not 0.0 <= float(weight_decay) < math.inf:
+    raise ValueError(
+        f"weight_decay must be a finite number >= 0; got weight_decay={weight_decay!r}."
+    )
+  return optax.chain(
+      keep_top_gradients(keep_ratio, importance=importance, eligible=eligible),
+      optax.add_decayed_weights(
+          weight_decay, mask=lambda p: eligibility.resolve_eligible(eligible, p)
+      ),
+      optax.trace(decay=momentum, nesterov=nesterov),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def selection_stats(opt_state: Any) -> SelectionStats:
+  """Reads the selection's step, keep count and threshold from any optimizer state.
+
+  Works on the state of :func:`gsm`, :func:`keep_top_gradients`, or any chain,
+  ``inject_hyperparams``, ``MultiSteps`` or ``apply_if_finite`` wrapping them;
+  the first selection stage found is reported. Jit-friendly.
+
+  Args:
+    opt_state: an optax optimizer state.
+
+  Returns:
+    A :class:`SelectionStats` of ``step`` (updates made), ``keep_count`` (Q at
+    the last update) and ``threshold`` (the importance of the last kept
+    weight at the last update).
+
+  Raises:
+    ValueError: if the state holds no selection stage.
+  """
+  found = [
+      s
+      for s in jax.tree_util.tree_leaves(
+          opt_state, is_leaf=lambda x: isinstance(x, KeepTopGradientsState)
+      )
+      if isinstance(s, KeepTopGradientsState)
+  ]
+  if not found:
+    raise ValueError(
+        "selection_stats found no keep_top_gradients state in opt_state; was"
+        " the optimizer built with gsm() or keep_top_gradients()?"
+    )
+  s = found[0]
+  return SelectionStats(step=s.count, keep_count=s.keep_count, threshold=s.threshold)

@@ -1,0 +1,48 @@
+"""Independent NumPy references, written from the paper's equations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stable_topk_mask(flat_scores: np.ndarray, k: int) -> np.ndarray:
+  """Brute force: first k of a stable descending argsort, NaN last, -0 == +0."""
+  s = np.asarray(flat_scores, np.float64)
+  # Sort key: NaN -> -inf-minus (lowest), -0 -> +0 by value comparison.
+  nan = np.isnan(s)
+  order = np.lexsort((np.arange(s.size), -np.where(nan, 0, s), nan))
+  mask = np.zeros(s.size, bool)
+  mask[order[:k]] = True
+  return mask
+
+
+def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps):
+  """Global Sparse Momentum SGD in float64, straight from Ding et al. (2019).
+
+    T = |g * W|, B = 1 on the global top-Q of T over eligible weights
+    d = B * g + eta * W                (eligible weights; others: d = g)
+    Z = beta * Z + d
+    W = W - lr * Z                     (Nesterov: W = W - lr * (beta * Z + d))
+
+  Yields the list of parameter arrays after every step.
+  """
+  w = [np.asarray(x, np.float64).copy() for x in w0]
+  z = [np.zeros_like(x) for x in w]
+  n = sum(x.size for x, e in zip(w, eligible) if e)
+  q = int(np.floor(keep_ratio * n))
+  for t in range(steps):
+    g = grad_fn(t, w)
+    scores = np.concatenate([np.abs(gi * wi).ravel() for gi, wi, e in zip(g, w, eligible) if e])
+    b = stable_topk_mask(scores, q)
+    offset = 0
+    for i, e in enumerate(eligible):
+      if e:
+        bi = b[offset:offset + w[i].size].reshape(w[i].shape)
+        offset += w[i].size
+        d = bi * g[i] + eta * w[i]
+      else:
+        d = g[i]
+      z[i] = beta * z[i] + d
+      step = beta * z[i] + d if nesterov else z[i]
+      w[i] = w[i] - lr_fn(t) * step
+    yield [x.copy() for x in w], b
