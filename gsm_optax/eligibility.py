@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
-Eligible = Union[None, PyTree, Callable[[PyTree], PyTree]]
+Eligible = None | PyTree | Callable[[PyTree], PyTree]
 
 
 def default_eligible(params: PyTree) -> PyTree:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 Array = jax.Array
 PyTree = Any
 ImportanceFn = Callable[[PyTree, PyTree], PyTree]
-Importance = Union[str, ImportanceFn]
+Importance = str | ImportanceFn
 
 
 def _score_dtype(*xs: Array):

@@ -6,7 +6,8 @@ minibatches, so there is no host round trip per step.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from gsm_optax.selection import global_topk_selection
 
 Array = jax.Array
 PyTree = Any
-KeepRatio = Union[float, Array, optax.Schedule]
+KeepRatio = float | Array | optax.Schedule
 
 
 class KeepTopGradientsState(NamedTuple):
@@ -54,21 +55,27 @@ def _is_concrete_number(x: Any) -> bool:
   return False
 
 
-def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> None:
-  """Raises a ValueError unless ``keep_ratio`` is a number in (0, 1].
+def _check_number(
+    name: str, value: Any, ok: Callable[[float], bool], expected: str,
+    allow_schedule: bool = False,
+) -> None:
+  """Raises an error naming ``name`` and ``value`` unless ``ok(float(value))``.
 
-  Schedules (callables) and traced values cannot be checked here and pass.
+  Traced values (``optax.inject_hyperparams`` under ``jit``) cannot be checked
+  here and pass, as do schedules where ``allow_schedule``.
   """
-  if callable(keep_ratio) or isinstance(keep_ratio, jax.core.Tracer):
+  if isinstance(value, jax.core.Tracer) or (allow_schedule and callable(value)):
     return
-  if isinstance(keep_ratio, bool) or not _is_concrete_number(keep_ratio):
-    raise TypeError(
-        f"{name} must be a float in (0, 1] or a schedule (step -> ratio); got"
-        f" {name}={keep_ratio!r}."
-    )
-  value = float(keep_ratio)
-  if not 0.0 < value <= 1.0:  # also rejects NaN
-    raise ValueError(f"{name} must be in (0, 1]; got {name}={keep_ratio!r}.")
+  if isinstance(value, bool) or not _is_concrete_number(value):
+    raise TypeError(f"{name} must be {expected}; got {name}={value!r}.")
+  if not ok(float(value)):  # NaN fails every range check
+    raise ValueError(f"{name} must be {expected}; got {name}={value!r}.")
+
+
+def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> None:
+  """Raises unless ``keep_ratio`` is a number in (0, 1] or a schedule."""
+  _check_number(name, keep_ratio, lambda x: 0.0 < x <= 1.0,
+                "a float in (0, 1] or a schedule (step -> ratio)", allow_schedule=True)
 
 
 def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
@@ -273,18 +280,11 @@ def gsm(
     >>> params = optax.apply_updates(params, updates)
     >>> pruned = prune(params, 1 / 3)
   """
-  if not callable(learning_rate):
-    if not _is_concrete_number(learning_rate) or not float(learning_rate) > 0:
-      raise ValueError(
-          "learning_rate must be a positive float or a schedule; got"
-          f" learning_rate={learning_rate!r}."
-      )
-  if not _is_concrete_number(momentum) or not 0.0 <= float(momentum) < 1.0:
-    raise ValueError(f"momentum must be in [0, 1); got momentum={momentum!r}.")
-  if not _is_concrete_number(weight_decay) or not 0.0 <= float(weight_decay) < math.inf:
-    raise ValueError(
-        f"weight_decay must be a finite number >= 0; got weight_decay={weight_decay!r}."
-    )
+  _check_number("learning_rate", learning_rate, lambda x: x > 0,
+                "a positive float or a schedule", allow_schedule=True)
+  _check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
+                "a finite number >= 0")
   return optax.chain(
       keep_top_gradients(keep_ratio, importance=importance, eligible=eligible),
       optax.add_decayed_weights(

@@ -12,7 +12,8 @@ from tests.reference import stable_topk_mask
 
 def _flat(tree):
   leaves = jax.tree_util.tree_leaves(tree)
-  return np.concatenate([np.asarray(x, np.float32 if x.dtype != bool else bool).ravel() for x in leaves])
+  return np.concatenate(
+      [np.asarray(x, bool if x.dtype == bool else np.float32).ravel() for x in leaves])
 
 
 def _check(scores, k, fn=global_topk_mask):
