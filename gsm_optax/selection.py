@@ -77,6 +77,11 @@ def _from_key(key: Array, float_dtype: Any, key_dtype: Any) -> Array:
   return jnp.where(key == 0, jnp.asarray(jnp.nan, float_dtype), value)
 
 
+def _replicated() -> jax.sharding.PartitionSpec | None:
+  """Replicated output sharding under a mesh context (histograms are tiny)."""
+  return None if jax.sharding.get_abstract_mesh().empty else jax.sharding.PartitionSpec()
+
+
 def _histogram(keys: list[Array], prefix: Array, shift: int, key_dtype: Any) -> Array:
   """Counts of the 16-bit digit at ``shift`` among keys whose higher bits == prefix."""
   hist = jnp.zeros((_BINS,), jnp.int32)
@@ -87,7 +92,7 @@ def _histogram(keys: list[Array], prefix: Array, shift: int, key_dtype: Any) -> 
     if high < nbits:
       in_prefix = (key >> high) == prefix
       digit = jnp.where(in_prefix, digit, _BINS)  # out of range: dropped
-    hist = hist.at[digit.ravel()].add(1, mode="drop")
+    hist = hist.at[digit].add(1, mode="drop", out_sharding=_replicated())
   return hist
 
 
