@@ -9,6 +9,7 @@ selection keeps each leaf's sharding and needs only small all-reduces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -21,6 +22,7 @@ PyTree = Any
 
 _DIGIT_BITS = 16
 _BINS = 1 << _DIGIT_BITS
+_CHUNK = 1 << 16  # elements scattered per loop iteration; see _leaf_histogram
 
 
 class Selection(NamedTuple):
@@ -82,31 +84,70 @@ def _replicated() -> jax.sharding.PartitionSpec | None:
   return None if jax.sharding.get_abstract_mesh().empty else jax.sharding.PartitionSpec()
 
 
-def _histogram(keys: list[Array], prefix: Array, shift: int, key_dtype: Any) -> Array:
-  """Counts of the 16-bit digit at ``shift`` among keys whose higher bits == prefix."""
-  hist = jnp.zeros((_BINS,), jnp.int32)
-  high = shift + _DIGIT_BITS
-  nbits = np.iinfo(key_dtype).bits
-  for key in keys:
-    digit = ((key >> shift) & (_BINS - 1)).astype(jnp.int32)
-    if high < nbits:
-      in_prefix = (key >> high) == prefix
-      digit = jnp.where(in_prefix, digit, _BINS)  # out of range: dropped
-    hist = hist.at[digit].add(1, mode="drop", out_sharding=_replicated())
+def _count_digits(hist: Array, digits: Array) -> Array:
+  return hist.at[digits].add(1, mode="drop", out_sharding=_replicated())
+
+
+DigitFn = Callable[[Array, Array], Array]
+
+
+def _leaf_histogram(hist: Array, leaf: Array, digit_fn: DigitFn) -> Array:
+  """Adds ``digit_fn(values, flat_positions)`` of one leaf to ``hist``.
+
+  Digits outside ``[0, len(hist))`` are not counted. XLA materialises a
+  scatter's indices and updates, so scattering a whole leaf writes and re-reads
+  two arrays of its size (and a reduction of a converted array is no better).
+  Without a mesh the leaf is read in chunks of ``_CHUNK`` by a loop instead,
+  which keeps them in cache: several times faster on CPU, and no leaf-sized
+  temporaries. Under a mesh (``jax.set_mesh``) the leaf may be sharded and is
+  scattered whole, which the SPMD partitioner turns into a local histogram per
+  device and an all-reduce.
+  """
+  if leaf.size <= _CHUNK or not jax.sharding.get_abstract_mesh().empty:
+    return _count_digits(hist, digit_fn(leaf, _flat_index(leaf.shape)))
+  flat = leaf.reshape(-1)
+  chunks = flat.size // _CHUNK
+
+  def body(i, hist):
+    chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
+    positions = i * _CHUNK + lax.iota(jnp.int32, _CHUNK)
+    return _count_digits(hist, digit_fn(chunk, positions))
+
+  hist = lax.fori_loop(0, chunks, body, hist)
+  start = chunks * _CHUNK
+  if flat.size > start:
+    tail = flat[start:]
+    hist = _count_digits(hist, digit_fn(tail, start + lax.iota(jnp.int32, tail.size)))
   return hist
 
 
-def _kth_largest_key(keys: list[Array], k: Array, key_dtype: Any):
-  """Radix select of the k-th largest key (1 <= k <= n).
+def _kth_largest_key(leaves: list[Array], to_key: Callable[[Array], Array], k: Array,
+                     key_dtype: Any) -> tuple[Array, Array, Array]:
+  """Radix select of the k-th largest key (1 <= k <= n), 16 bits per pass.
 
-  Returns the key, the number of keys strictly above it and the number equal.
+  Each pass histograms the next 16-bit digit of the keys that share the
+  digits found so far; the running count of keys above that prefix tells
+  which digit holds the k-th key. Returns the key, the number of keys strictly
+  above it and the number equal to it.
   """
   nbits = np.iinfo(key_dtype).bits
   prefix = jnp.zeros((), key_dtype)
   above = jnp.zeros((), jnp.int32)
   equal = jnp.zeros((), jnp.int32)
   for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-    hist = _histogram(keys, prefix, shift, key_dtype)
+    high = shift + _DIGIT_BITS
+
+    def digit_fn(scores, positions, shift=shift, high=high, prefix=prefix):
+      del positions
+      key = to_key(scores)
+      digit = ((key >> shift) & (_BINS - 1)).astype(jnp.int32)
+      if high < nbits:  # keys outside the prefix go out of range: dropped
+        digit = jnp.where((key >> high) == prefix, digit, _BINS)
+      return digit
+
+    hist = jnp.zeros((_BINS,), jnp.int32)
+    for leaf in leaves:
+      hist = _leaf_histogram(hist, leaf, digit_fn)
     # at_least[j]: keys in this prefix whose digit is >= j; non-increasing in j.
     at_least = jnp.cumsum(hist[::-1])[::-1]
     digit = jnp.sum(above + at_least >= k) - 1
@@ -126,49 +167,60 @@ def _flat_index(shape: tuple[int, ...]) -> Array:
   return index
 
 
-def _first_n_true(flags: Array, n: Array) -> Array:
-  """Keeps the first ``n`` True entries of ``flags`` in row-major order.
+def _nth_tie_position(leaf: Array, is_tie: Callable[[Array], Array], n: Array) -> Array:
+  """Row-major flat position of the n-th tie (1-based ``n``) in ``leaf``.
 
-  Bisects on the flat position P such that exactly n flags lie before P, which
-  costs log2(size) counting passes and, unlike a cumulative sum, never moves
-  data between shards.
+  A radix select on positions: one histogram of the ties per block of
+  ``ceil(size / 2**16)`` positions finds the block holding the n-th tie, and a
+  second histogram within that block finds its position.
   """
-  index = _flat_index(flags.shape)
+  block = max(1, -(-leaf.size // _BINS))
 
-  def count_before(p):
-    return jnp.sum(flags & (index < p), dtype=jnp.int32)
+  def per_block(values, positions):
+    return jnp.where(is_tie(values), positions // block, _BINS)
 
-  def body(_, bounds):
-    lo, hi = bounds  # count_before(lo) < n <= count_before(hi)
-    mid = lo + (hi - lo) // 2
-    below = count_before(mid) < n
-    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+  hist = _leaf_histogram(jnp.zeros((_BINS,), jnp.int32), leaf, per_block)
+  running = jnp.cumsum(hist)
+  first_block = jnp.argmax(running >= n).astype(jnp.int32)
+  if block == 1:
+    return first_block
+  n = n - (running[first_block] - hist[first_block])
 
-  steps = max(int(flags.size).bit_length(), 1)
-  _, hi = lax.fori_loop(0, steps, body, (jnp.int32(0), jnp.int32(flags.size)))
-  return flags & (index < hi)
+  def in_block(values, positions):
+    inside = is_tie(values) & (positions // block == first_block)
+    return jnp.where(inside, positions - first_block * block, block)
+
+  hist = _leaf_histogram(jnp.zeros((block,), jnp.int32), leaf, in_block)
+  return first_block * block + jnp.argmax(jnp.cumsum(hist) >= n).astype(jnp.int32)
 
 
-def _break_ties(
-    keys: list[Array], threshold: Array, slots: Array
-) -> list[Array]:
-  """Masks with every key > threshold and the first ``slots`` keys == threshold."""
-  equal = [key == threshold for key in keys]
-  counts = jnp.stack([jnp.sum(e, dtype=jnp.int32) for e in equal])
+def _tie_cutoffs(leaves: list[Array], to_key: Callable[[Array], Array], threshold: Array,
+                 slots: Array) -> list[Array]:
+  """Per leaf, the position before which keys equal to ``threshold`` are kept.
+
+  The first ``slots`` equal keys in flattening order are kept: whole leaves
+  while slots remain, then a prefix of the one leaf where they run out (found
+  in that leaf alone, one ``lax.switch`` branch per leaf).
+  """
+  def is_tie(values):
+    return to_key(values) == threshold
+
+  def tie_count(leaf):
+    one_bin = jnp.zeros((1,), jnp.int32)
+    return _leaf_histogram(one_bin, leaf, lambda v, p: jnp.where(is_tie(v), 0, 1))[0]
+
+  counts = jnp.stack([tie_count(leaf) for leaf in leaves])
   before = jnp.cumsum(counts) - counts
-  masks = []
-  for key, eq, count, offset in zip(keys, equal, counts, before):
-    need = jnp.clip(slots - offset, 0, count)
-    partial = (need > 0) & (need < count)
-    chosen = lax.cond(
-        partial,
-        _first_n_true,
-        lambda e, n: e & (n > 0),
-        eq,
-        need,
-    )
-    masks.append((key > threshold) | chosen)
-  return masks
+  need = jnp.clip(slots - before, 0, counts)
+  sizes = jnp.asarray([leaf.size for leaf in leaves], jnp.int32)
+  partial = (need > 0) & (need < counts)  # at most one leaf
+  branches = [
+      lambda i=i: _nth_tie_position(leaves[i], is_tie, need[i]) + 1
+      for i in range(len(leaves))
+  ]
+  cut = lax.switch(jnp.argmax(partial), branches)
+  cutoffs = jnp.where(partial, cut, jnp.where(need > 0, sizes, 0))
+  return [cutoffs[i] for i in range(len(leaves))]
 
 
 def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
@@ -201,14 +253,21 @@ def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
     mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
     return Selection(jax.tree_util.tree_unflatten(treedef, mask), nan, jnp.int32(0))
 
-  keys = [_to_key(leaf, float_dtype, key_dtype) for leaf in leaves]
-  kth, above, equal = _kth_largest_key(keys, jnp.maximum(k, 1), key_dtype)
+  def to_key(x):
+    return _to_key(x, float_dtype, key_dtype)
+
+  kth, above, equal = _kth_largest_key(leaves, to_key, jnp.maximum(k, 1), key_dtype)
   slots = k - above  # how many keys equal to the threshold are kept
-  masks = lax.cond(
-      slots == equal,
-      lambda: [key >= kth for key in keys],
-      lambda: _break_ties(keys, kth, slots),
+  cutoffs = lax.cond(
+      slots == equal,  # every equal key fits: no position needed
+      lambda: [jnp.int32(leaf.size) for leaf in leaves],
+      lambda: _tie_cutoffs(leaves, to_key, kth, slots),
   )
+  masks = []
+  for leaf, cutoff in zip(leaves, cutoffs):
+    key = to_key(leaf)
+    tie = (key == kth) & (_flat_index(leaf.shape) < cutoff)
+    masks.append((key > kth) | tie)
   selected = k > 0
   masks = [m & selected for m in masks]
   threshold = jnp.where(selected, _from_key(kth, float_dtype, key_dtype), nan)
