@@ -27,7 +27,7 @@ lint: venv
 	$(BIN)/ruff check gsm_optax tests benchmarks
 
 bench: venv
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python -m benchmarks.step_time
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

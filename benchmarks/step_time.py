@@ -12,8 +12,8 @@ documented tie rule); "=naive" compares it with the naive design's set. Temp
 columns are XLA's memory_analysis() temporary bytes as a multiple of the
 weights' bytes. Runs on whatever backend JAX picks (CPU here, a GPU if present).
 
-  python benchmarks/step_time.py                      # the full table
-  python benchmarks/step_time.py --sizes 1M --ratios 0.1
+  python -m benchmarks.step_time                      # the full table (from the repo root)
+  python -m benchmarks.step_time --sizes 1M --ratios 0.1
 """
 
 from __future__ import annotations

@@ -94,31 +94,39 @@ DigitFn = Callable[[Array, Array], Array]
 def _leaf_histogram(hist: Array, leaf: Array, digit_fn: DigitFn) -> Array:
   """Adds ``digit_fn(values, flat_positions)`` of one leaf to ``hist``.
 
-  Digits outside ``[0, len(hist))`` are not counted. XLA materialises a
-  scatter's indices and updates, so scattering a whole leaf writes and re-reads
-  two arrays of its size (and a reduction of a converted array is no better).
-  Without a mesh the leaf is read in chunks of ``_CHUNK`` by a loop instead,
-  which keeps them in cache: several times faster on CPU, and no leaf-sized
-  temporaries. Under a mesh (``jax.set_mesh``) the leaf may be sharded and is
-  scattered whole, which the SPMD partitioner turns into a local histogram per
-  device and an all-reduce.
+  Digits outside ``[0, len(hist))`` are not counted. XLA:CPU materialises a
+  scatter's indices and updates, so scattering a whole leaf there writes and
+  re-reads two arrays of its size (a reduction of a converted array is no
+  better). On CPU the leaf is therefore read in chunks of ``_CHUNK`` by a loop,
+  which keeps them in cache: several times faster, and no leaf-sized
+  temporaries. Other backends fuse the digits into one scatter of the whole
+  leaf, and so does every backend under a mesh (``jax.set_mesh``), where the
+  leaf may be sharded and the SPMD partitioner turns the scatter into a local
+  histogram per device and an all-reduce.
   """
-  if leaf.size <= _CHUNK or not jax.sharding.get_abstract_mesh().empty:
+
+  def whole(hist, leaf):
     return _count_digits(hist, digit_fn(leaf, _flat_index(leaf.shape)))
-  flat = leaf.reshape(-1)
-  chunks = flat.size // _CHUNK
 
-  def body(i, hist):
-    chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
-    positions = i * _CHUNK + lax.iota(jnp.int32, _CHUNK)
-    return _count_digits(hist, digit_fn(chunk, positions))
+  def chunked(hist, leaf):
+    flat = leaf.reshape(-1)
+    chunks = flat.size // _CHUNK
 
-  hist = lax.fori_loop(0, chunks, body, hist)
-  start = chunks * _CHUNK
-  if flat.size > start:
-    tail = flat[start:]
-    hist = _count_digits(hist, digit_fn(tail, start + lax.iota(jnp.int32, tail.size)))
-  return hist
+    def body(i, hist):
+      chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
+      positions = i * _CHUNK + lax.iota(jnp.int32, _CHUNK)
+      return _count_digits(hist, digit_fn(chunk, positions))
+
+    hist = lax.fori_loop(0, chunks, body, hist)
+    start = chunks * _CHUNK
+    if flat.size > start:
+      tail = flat[start:]
+      hist = _count_digits(hist, digit_fn(tail, start + lax.iota(jnp.int32, tail.size)))
+    return hist
+
+  if leaf.size <= _CHUNK or not jax.sharding.get_abstract_mesh().empty:
+    return whole(hist, leaf)
+  return lax.platform_dependent(hist, leaf, cpu=chunked, default=whole)
 
 
 def _kth_largest_key(leaves: list[Array], to_key: Callable[[Array], Array], k: Array,
