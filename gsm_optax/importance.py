@@ -22,8 +22,11 @@ def _score_dtype(*xs: Array):
 def taylor(params: PyTree, grads: PyTree) -> PyTree:
   """First-order Taylor importance ``|g * w|`` (Ding et al. 2019, eq. 4).
 
-  Computed in float32 (float64 for float64 leaves): the product of two bfloat16
-  or float16 values is exact there, so low precision introduces no ties.
+  Computed in float32 (float64 for float64 leaves). The product of two float16
+  values is always exact there, and so is that of two bfloat16 values while
+  it stays within float32's normal range ([2**-126, 2**128)), so low precision
+  introduces no ties; bfloat16 products beyond that overflow to inf or lose
+  bits, as they would for float32 parameters.
 
   Args:
     params: parameters.

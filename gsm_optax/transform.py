@@ -83,8 +83,11 @@ def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
 
   A Python float gives a Python int computed in float64, as the authors'
   ``int(keep_ratio * n)``. An array (a schedule's value, or a ratio injected
-  with ``optax.inject_hyperparams``) gives a traced int32 computed in float32,
-  clipped to ``[1, num_eligible]``; NaN keeps every weight.
+  with ``optax.inject_hyperparams``) gives a traced int32 computed in float32:
+  a product within float32 rounding (2**-20 relative) of an integer is taken
+  as that integer, so that a schedule's 0.09999996 for 0.1 (XLA computes
+  ``count / T`` as ``count * (1 / T)``) still keeps 10% of the weights. The
+  result is clipped to ``[1, num_eligible]``; NaN keeps every weight.
 
   Args:
     keep_ratio: fraction of eligible weights to keep.
@@ -95,8 +98,9 @@ def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
   """
   if _is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
     return int(math.floor(float(keep_ratio) * num_eligible))
-  ratio = jnp.asarray(keep_ratio, jnp.float32)
-  k = jnp.floor(ratio * jnp.float32(num_eligible))
+  product = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(num_eligible)
+  nearest = jnp.round(product)
+  k = jnp.where(jnp.abs(product - nearest) <= product * 2.0**-20, nearest, jnp.floor(product))
   k = jnp.where(jnp.isnan(k), num_eligible, k)
   return jnp.clip(k, 1, num_eligible).astype(jnp.int32)
 

@@ -111,6 +111,16 @@ def test_keep_ratio_schedule_changes_q(rng):
     assert np.floor(exact - 1e-3) <= q <= np.floor(exact + 1e-3)
 
 
+def test_traced_keep_count_forgives_float32_rounding():
+  # XLA computes a schedule's count / T as count * (1 / T): 0.1 became 0.09999996.
+  ratio = jnp.float32(0.09999996)
+  assert int(jax.jit(gsm_optax.keep_count, static_argnums=1)(ratio, 700)) == 70
+  assert int(jax.jit(gsm_optax.keep_count, static_argnums=1)(jnp.float32(0.0995), 700)) == 69
+  assert int(jax.jit(gsm_optax.keep_count, static_argnums=1)(jnp.float32(jnp.nan), 700)) == 700
+  assert int(jax.jit(gsm_optax.keep_count, static_argnums=1)(jnp.float32(0.0), 700)) == 1
+  assert gsm_optax.keep_count(0.1, 700) == 70
+
+
 def test_magnitude_and_custom_importance(rng):
   w = jnp.asarray(rng.standard_normal((10, 10)), jnp.float32)
   g = jnp.asarray(rng.standard_normal((10, 10)), jnp.float32)
