@@ -273,15 +273,20 @@ def gsm(
     >>> params = optax.apply_updates(params, updates)
     >>> pruned = prune(params, 1 / 3)
   """
-  if not callable(learning_rate):
+  # optax.inject_hyperparams rebuilds the chain every step with traced values,
+  # which cannot be checked here (they were checked when concrete, at init).
+  traced = lambda x: isinstance(x, jax.core.Tracer)
+  if not callable(learning_rate) and not traced(learning_rate):
     if not _is_concrete_number(learning_rate) or not float(learning_rate) > 0:
       raise ValueError(
           "learning_rate must be a positive float or a schedule; got"
           f" learning_rate={learning_rate!r}."
       )
-  if not _is_concrete_number(momentum) or not 0.0 <= float(momentum) < 1.0:
+  if not traced(momentum) and (
+      not _is_concrete_number(momentum) or not 0.0 <= float(momentum) < 1.0):
     raise ValueError(f"momentum must be in [0, 1); got momentum={momentum!r}.")
-  if not _is_concrete_number(weight_decay) or not 0.0 <= float(weight_decay) < math.inf:
+  if not traced(weight_decay) and (
+      not _is_concrete_number(weight_decay) or not 0.0 <= float(weight_decay) < math.inf):
     raise ValueError(
         f"weight_decay must be a finite number >= 0; got weight_decay={weight_decay!r}."
     )
