@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     mask = gsm_optax.global_topk_mask(scores, gsm_optax.selection_stats(state).keep_count)
     return optax.apply_updates(params, updates), state, mask
 
+  prune = jax.jit(lambda p: gsm_optax.prune(p, 0.1))
+
   def run(params, step_fn, steps=20):
     state = tx.init(params)
     masks = []
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
       params, state, mask = step_fn(params, state)
       masks.append(mask)
     masks = jax.tree.map(lambda *m: np.stack([np.asarray(x) for x in m]), *masks)
-    pruned = gsm_optax.prune(params, 0.1)
+    pruned = prune(params)
     return {"params": params, "masks": masks, "pruned": pruned,
             "threshold": gsm_optax.selection_stats(state).threshold}
 
@@ -79,8 +81,7 @@ def main(argv=None) -> int:
       info["explicit"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
   if args.eager:
     results["jit3"] = run(params, jitted, steps=3)
-    with jax.disable_jit():
-      results["eager"] = run(params, step, steps=3)
+    results["eager"] = run(params, step, steps=3)  # op by op, no jit
 
   flat = {}
   for run_name, tree in results.items():

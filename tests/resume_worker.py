@@ -85,6 +85,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser()
   p.add_argument("--ckpt")
   p.add_argument("--resume", action="store_true")
+  p.add_argument("--restore-step", type=int, help="resume from this step, not the newest")
   p.add_argument("--until", type=int, required=True)
   p.add_argument("--every", type=int, default=0)
   p.add_argument("--kill-at", type=int, default=-1, help="SIGKILL self after this step")
@@ -100,7 +101,10 @@ def main(argv=None) -> int:
   ckpt = Checkpointer(args.ckpt, max_to_keep=3, async_save=not args.sync) if args.ckpt else None
   restored = None
   if args.resume:
-    state, restored = ckpt.restore_or_init(state)
+    if args.restore_step is None:
+      state, restored = ckpt.restore_or_init(state)
+    else:
+      state, restored = ckpt.restore(state, step=args.restore_step), args.restore_step
     if args.reset_opt_state:
       state = state.replace(opt_state=state.tx.init(state.params))
   while int(state.step) < args.until:

@@ -14,26 +14,33 @@ import chex
 import numpy as np
 import pytest
 
+from tests.shared_fixture import once_per_session
+
 WORKER = os.path.join(os.path.dirname(__file__), "determinism_worker.py")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  out = tmp_path_factory.mktemp("determinism")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = {}
-  for devices, extra in [(1, ["--eager"]), (8, [])]:
-    cmd = [sys.executable, WORKER, "--devices", str(devices), "--out",
-           str(out / f"{devices}.npz"), *extra]
-    procs[devices] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+  def body(out):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = {}
+    for devices, extra in [(1, ["--eager"]), (8, [])]:
+      cmd = [sys.executable, WORKER, "--devices", str(devices), "--out",
+             str(out / f"{devices}.npz"), *extra]
+      procs[devices] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+    infos = {}
+    for devices, proc in procs.items():
+      stdout, stderr = proc.communicate(timeout=600)
+      assert proc.returncode == 0, stderr[-3000:]
+      infos[str(devices)] = json.loads(stdout.strip().splitlines()[-1])
+    return infos
+
+  infos, out = once_per_session(tmp_path_factory, "determinism", body)
   result = {}
-  for devices, proc in procs.items():
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    data = np.load(out / f"{devices}.npz")
-    result[devices] = (json.loads(stdout.strip().splitlines()[-1]),
-                       {k: data[k] for k in data.files})
+  for devices in [1, 8]:
+    with np.load(out / f"{devices}.npz") as data:
+      result[devices] = (infos[str(devices)], {k: data[k] for k in data.files})
   return result
 
 

@@ -22,6 +22,8 @@ def _random_values(rng, dtype, shape, low_exp, high_exp):
   """Values with random significands and exponents in [low_exp, high_exp)."""
   x = rng.uniform(1, 2, shape) * np.exp2(rng.integers(low_exp, high_exp, shape))
   x = x * rng.choice([-1, 1], shape)
+  if dtype == "float16":
+    x = np.clip(x, -65504, 65504)  # finite values only
   return np.asarray(x.astype(np.float32).astype(DTYPES[dtype]))
 
 

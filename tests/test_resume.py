@@ -6,7 +6,6 @@ preemption: nothing survives but the checkpoint directory.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 
 from gsm_optax.checkpointing import Checkpointer
 from tests import resume_worker
+from tests.shared_fixture import once_per_session
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,37 +61,31 @@ def _assert_same_bits(path_a, path_b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(env, tmp_path_factory):
-  out = tmp_path_factory.mktemp("uninterrupted") / "final.npz"
-  result = _run(env, "--until", 100, "--out", out)
+  """The reference: 100 steps in one process, saving checkpoints at 50 and 100."""
+
+  def body(out):
+    return _run(env, "--ckpt", out / "ckpt", "--every", 50, "--until", 100,
+                "--out", out / "final.npz")
+
+  result, out = once_per_session(tmp_path_factory, "resume-uninterrupted", body)
   assert result == {"restored": None, "step": 100, "keep_count": result["keep_count"]}
   return out
 
 
-@pytest.fixture(scope="module")
-def half(env, tmp_path_factory):
-  """Checkpoints at steps 25 and 50 of a run stopped at 50."""
-  ckpt = tmp_path_factory.mktemp("half") / "ckpt"
-  assert _run(env, "--ckpt", ckpt, "--every", 25, "--until", 50)["step"] == 50
-  return ckpt
-
-
-def test_resume_in_a_new_process_is_bit_exact(env, uninterrupted, half, tmp_path):
-  ckpt = tmp_path / "ckpt"
-  shutil.copytree(half, ckpt)
-  resumed = _run(env, "--ckpt", ckpt, "--resume", "--until", 100, "--out", tmp_path / "r.npz")
+def test_resume_in_a_new_process_is_bit_exact(env, uninterrupted, tmp_path):
+  resumed = _run(env, "--ckpt", uninterrupted / "ckpt", "--resume", "--restore-step", 50,
+                 "--until", 100, "--out", tmp_path / "r.npz")
   assert resumed["restored"] == 50 and resumed["step"] == 100
   # Params, the whole optimizer state (selection counter, momentum, schedule
   # counters) and the step, compared bit for bit after 50 more steps.
-  _assert_same_bits(uninterrupted, tmp_path / "r.npz")
+  _assert_same_bits(uninterrupted / "final.npz", tmp_path / "r.npz")
 
 
-def test_resuming_without_the_optimizer_state_is_caught(env, uninterrupted, half, tmp_path):
+def test_resuming_without_the_optimizer_state_is_caught(env, uninterrupted, tmp_path):
   """The comparison can fail: params and step alone (a fresh GSM state) diverge."""
-  ckpt = tmp_path / "ckpt"
-  shutil.copytree(half, ckpt)
-  _run(env, "--ckpt", ckpt, "--resume", "--reset-opt-state", "--until", 100,
-       "--out", tmp_path / "r.npz")
-  a, b = np.load(uninterrupted), np.load(tmp_path / "r.npz")
+  _run(env, "--ckpt", uninterrupted / "ckpt", "--resume", "--restore-step", 50,
+       "--reset-opt-state", "--until", 100, "--out", tmp_path / "r.npz")
+  a, b = np.load(uninterrupted / "final.npz"), np.load(tmp_path / "r.npz")
   params = [k for k in a.files if k.startswith("[1]")]
   assert not all(np.array_equal(a[k], b[k]) for k in params)
 
@@ -110,7 +104,7 @@ def test_sigkill_between_checkpoints_resumes_from_the_last_complete_one(
   _copy_truncated(ckpt / "30", partial)
   resumed = _run(env, "--ckpt", ckpt, "--resume", "--until", 100, "--out", tmp_path / "r.npz")
   assert resumed["restored"] == 30
-  _assert_same_bits(uninterrupted, tmp_path / "r.npz")
+  _assert_same_bits(uninterrupted / "final.npz", tmp_path / "r.npz")
 
 
 def test_sigkill_during_an_async_save_never_loads_the_partial_checkpoint(env, tmp_path):
