@@ -12,8 +12,10 @@ bit-for-bit where the old one stopped.
 Crash safety comes from orbax's commit protocol: a checkpoint is written to a
 temporary directory (``<step>.orbax-checkpoint-tmp-*``) and renamed to
 ``<step>`` only once every file is written, so a process killed mid-save leaves
-a temporary directory that is never listed, never restored, and is removed the
-next time a checkpointer opens the directory.
+a temporary directory that is never listed and never restored (and is replaced
+if that step is saved again). It is not deleted when a directory is opened: a
+reader opening it while a trainer is saving must not remove the trainer's
+in-progress write.
 """
 
 from __future__ import annotations
