@@ -46,3 +46,16 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
       step = beta * z[i] + d if nesterov else z[i]
       w[i] = w[i] - lr_fn(t) * step
     yield [x.copy() for x in w], b
+
+
+def traced_keep_count(ratio: float, n: int) -> int:
+  """Q for a float32 (traced) ratio, as documented in gsm_optax.keep_count.
+
+  floor(ratio * n) in float32, except that a product within 2**-20 (relative)
+  of an integer counts as that integer; clipped to [1, n].
+  """
+  product = np.float32(ratio) * np.float32(n)
+  nearest = np.round(product)
+  close = abs(float(product) - float(nearest)) <= float(product) * 2.0**-20
+  k = nearest if close else np.floor(product)
+  return int(np.clip(k, 1, n))

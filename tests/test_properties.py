@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gsm_optax
-from tests.reference import stable_topk_mask
+from tests.reference import stable_topk_mask, traced_keep_count
 
 F32, BF16, F16 = jnp.float32, jnp.bfloat16, jnp.float16
 SHAPES = [
@@ -123,8 +123,8 @@ def test_prune_keeps_the_largest_magnitudes_of_eligible_leaves(data):
     return
   ratio = data.draw(st.floats(0.0, 1.0, exclude_min=True, width=32), label="keep_ratio")
   # A traced ratio (as under inject_hyperparams or jit) gives the documented
-  # Q = floor(ratio * n) in float32, clipped to [1, n].
-  k = int(np.clip(np.floor(np.float32(ratio) * np.float32(n)), 1, n))
+  # Q = floor(ratio * n) in float32 up to rounding, clipped to [1, n].
+  k = traced_keep_count(ratio, n)
   pruned = _prune(params, eligible)(params, jnp.float32(ratio))
   names = sorted(params)
   mags = _flat([jnp.abs(params[name].astype(F32)) for name in names if eligible[name]])
