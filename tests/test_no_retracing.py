@@ -8,16 +8,23 @@ import optax
 
 import gsm_optax
 from tests.reference import traced_keep_count
+from tests.trees import mlp_params, normal_like
 
 
 def _params(rng):
-  return {"w1": jnp.asarray(rng.standard_normal((30, 20)), jnp.float32),
-          "b1": jnp.asarray(rng.standard_normal(20), jnp.float32),
-          "w2": jnp.asarray(rng.standard_normal((20, 5)), jnp.float32)}
+  return mlp_params(rng, 30, 20, 5)  # 700 eligible weights
 
 
-def _grads(rng, params):
-  return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+def _counting_step(tx, traces):
+  """A jitted train step that records each time it is traced."""
+
+  @jax.jit
+  def step(params, state, grads):
+    traces.append(1)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
 
 
 def test_inject_hyperparams_gsm_under_jit(rng):
@@ -25,7 +32,7 @@ def test_inject_hyperparams_gsm_under_jit(rng):
   params = _params(rng)
   tx = optax.inject_hyperparams(gsm_optax.gsm)(learning_rate=0.1, keep_ratio=0.5)
   state = tx.init(params)
-  updates, state = jax.jit(tx.update)(_grads(rng, params), state, params)
+  updates, state = jax.jit(tx.update)(normal_like(rng, params), state, params)
   assert int(gsm_optax.selection_stats(state).keep_count) == 350
   chex.assert_tree_all_finite(updates)
 
@@ -35,17 +42,12 @@ def test_200_steps_with_keep_ratio_and_lr_schedules_compile_once(rng):
   tx = gsm_optax.gsm(optax.warmup_cosine_decay_schedule(0.0, 0.1, 20, 200),
                      optax.linear_schedule(1.0, 0.05, 150), momentum=0.9, nesterov=True)
   traces = []
-
-  @jax.jit
-  def step(params, state, grads):
-    traces.append(1)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  step = _counting_step(tx, traces)
 
   state = tx.init(params)
   kept = []
   for _ in range(200):
-    params, state = step(params, state, _grads(rng, params))
+    params, state = step(params, state, normal_like(rng, params))
     kept.append(int(gsm_optax.selection_stats(state).keep_count))
   assert len(traces) == 1
   assert step._cache_size() == 1
@@ -60,12 +62,7 @@ def test_inject_hyperparams_changing_lr_and_keep_ratio_compile_once(rng):
   params = _params(rng)
   tx = optax.inject_hyperparams(gsm_optax.gsm)(learning_rate=0.1, keep_ratio=1.0, momentum=0.9)
   traces = []
-
-  @jax.jit
-  def step(params, state, grads):
-    traces.append(1)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  step = _counting_step(tx, traces)
 
   state = tx.init(params)
   for t in range(200):
@@ -74,7 +71,7 @@ def test_inject_hyperparams_changing_lr_and_keep_ratio_compile_once(rng):
     hp["keep_ratio"] = jnp.asarray(ratio, hp["keep_ratio"].dtype)
     hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
     state = state._replace(hyperparams=hp)
-    params, state = step(params, state, _grads(rng, params))
+    params, state = step(params, state, normal_like(rng, params))
     q = int(gsm_optax.selection_stats(state).keep_count)
     assert q == traced_keep_count(ratio, 700), t
   assert len(traces) == 1
@@ -91,7 +88,7 @@ def test_step_counters_saturate_at_int32_max(rng):
   update = jax.jit(tx.update)
   counts = []
   for _ in range(5):
-    updates, state = update(_grads(rng, params), state, params)
+    updates, state = update(normal_like(rng, params), state, params)
     chex.assert_tree_all_finite(updates)
     counts.append((int(state[0].count), int(state[3].count)))
   # top - 1, top, then it stays at top: never wraps to a negative step.

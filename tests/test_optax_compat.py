@@ -8,16 +8,11 @@ import optax
 import pytest
 
 import gsm_optax
+from tests.trees import mlp_params, normal_like
 
 
 def _params(rng):
-  return {"w1": jnp.asarray(rng.standard_normal((20, 10)), jnp.float32),
-          "b1": jnp.asarray(rng.standard_normal(10), jnp.float32),
-          "w2": jnp.asarray(rng.standard_normal((10, 5)), jnp.float32)}
-
-
-def _grads(rng, params):
-  return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+  return mlp_params(rng, 20, 10, 5)  # 250 eligible weights
 
 
 def _kept(updates, names=("w1", "w2")):
@@ -30,7 +25,7 @@ def test_chain_in_front_of_adam(rng, jit):
   tx = optax.chain(gsm_optax.keep_top_gradients(0.1), optax.scale_by_adam())
   state = tx.init(params)
   update = jax.jit(tx.update) if jit else tx.update
-  grads = _grads(rng, params)
+  grads = normal_like(rng, params)
   updates, state = update(grads, state, params)
   assert _kept(updates) == 25
   # Adam's first moment saw only the kept gradients.
@@ -54,7 +49,7 @@ def test_inject_hyperparams_changes_lr_and_ratio_without_retracing(rng, jit):
   for lr, ratio in [(0.1, 0.1), (0.05, 0.5), (0.01, 0.2)]:
     state.hyperparams["learning_rate"] = jnp.asarray(lr)
     state.hyperparams["keep_ratio"] = jnp.asarray(ratio)
-    grads = _grads(rng, params)
+    grads = normal_like(rng, params)
     _, state = update(grads, state, params)
     stats = gsm_optax.selection_stats(state)
     assert int(stats.keep_count) == int(np.floor(np.float32(ratio) * np.float32(250)))
@@ -70,7 +65,7 @@ def test_inject_hyperparams_selection_stage(rng):
   update = jax.jit(tx.update)
   for ratio, q in [(0.2, 50), (0.6, 150), (1.0, 250)]:
     state.hyperparams["keep_ratio"] = jnp.asarray(ratio)
-    updates, state = update(_grads(rng, params), state, params)
+    updates, state = update(normal_like(rng, params), state, params)
     assert _kept(updates) == q
 
 
@@ -80,7 +75,7 @@ def test_multi_steps_accumulates_then_selects(rng):
   state = tx.init(params)
   update = jax.jit(tx.update)
   for i in range(6):
-    updates, state = update(_grads(rng, params), state, params)
+    updates, state = update(normal_like(rng, params), state, params)
     if i % 3 < 2:
       chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
     else:
@@ -110,16 +105,16 @@ def test_apply_if_finite_skips_bad_steps(rng):
   tx = optax.apply_if_finite(gsm_optax.gsm(0.1, 0.1, momentum=0.9), max_consecutive_errors=5)
   state = tx.init(params)
   update = jax.jit(tx.update)
-  updates, state = update(_grads(rng, params), state, params)
+  updates, state = update(normal_like(rng, params), state, params)
   params = optax.apply_updates(params, updates)
   inner_before = state.inner_state
-  bad = _grads(rng, params)
+  bad = normal_like(rng, params)
   bad["w1"] = bad["w1"].at[0, 0].set(jnp.nan)
   updates, state = update(bad, state, params)
   chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
   chex.assert_trees_all_equal(state.inner_state, inner_before)
   assert int(state.notfinite_count) == 1
-  updates, state = update(_grads(rng, params), state, params)
+  updates, state = update(normal_like(rng, params), state, params)
   assert int(gsm_optax.selection_stats(state).step) == 2
   assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
@@ -130,7 +125,7 @@ def test_masked_selects_globally_over_its_leaves(rng, jit):
   mask = {"w1": True, "b1": False, "w2": False}
   tx = optax.masked(gsm_optax.keep_top_gradients(0.1), mask)
   state = tx.init(params)
-  grads = _grads(rng, params)
+  grads = normal_like(rng, params)
   update = jax.jit(tx.update) if jit else tx.update
   updates, _ = update(grads, state, params)
   assert int(jnp.sum(updates["w1"] != 0)) == 20  # 10% of w1 only
@@ -145,7 +140,7 @@ def test_partition_gsm_for_kernels_adam_for_the_rest(rng, jit):
   tx = optax.partition({"prune": gsm_optax.gsm(0.1, 0.2, momentum=0.0, weight_decay=0.0),
                         "dense": optax.adam(1e-3)}, labels)
   state = tx.init(params)
-  grads = _grads(rng, params)
+  grads = normal_like(rng, params)
   update = jax.jit(tx.update) if jit else tx.update
   updates, state = update(grads, state, params)
   assert _kept(updates) == 50
