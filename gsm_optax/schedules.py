@@ -1,0 +1,246 @@
+"""The authors' learning-rate schedule, and how far it lets weight decay shrink a weight.
+
+GSM prunes by letting the weights outside the global top-Q decay towards zero:
+they get no loss gradient, only weight decay through momentum. Whether they
+get small enough before the final :func:`gsm_optax.prune` depends on the whole
+learning-rate schedule; :func:`decay_shrink_factor` estimates it in closed form,
+:func:`simulate_decay_shrink` computes it exactly, and :func:`shrink_warning`
+says when it is too little.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gsm_optax.transform import _check_number
+
+_CHUNK = 1 << 16  # steps reduced at a time by simulate_decay_shrink
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an int >= {minimum}; got {name}={value!r}.")
+  if value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}; got {name}={value!r}.")
+
+
+def warmup_piecewise_schedule(
+    peak_value: float,
+    *,
+    warmup_steps: int,
+    boundaries: Sequence[int],
+    factor: float = 0.1,
+) -> optax.Schedule:
+  """Linear warm-up from 0, then a step decay at fixed steps: the authors' schedule.
+
+  ``lr(t) = peak_value * min(1, t / warmup_steps) * factor ** j`` where ``j`` is
+  the number of boundaries ``<= t``: the warm-up goes up every step, from 0 at
+  step 0 to ``peak_value`` at ``warmup_steps``, and the rate is multiplied by
+  ``factor`` at each boundary. Steps are counted from 0, warm-up included.
+
+  Args:
+    peak_value: the rate after warm-up, > 0.
+    warmup_steps: length of the warm-up, >= 0 (0: none).
+    boundaries: the steps at which the rate is multiplied by ``factor``,
+      strictly increasing non-negative ints (e.g. ``epoch * steps_per_epoch``).
+    factor: the multiplier at each boundary, > 0.
+
+  Returns:
+    An ``optax.Schedule``: ``step -> rate`` (float32), for a scalar or an array
+    of steps.
+
+  Example:
+    >>> from gsm_optax.schedules import warmup_piecewise_schedule
+    >>> lr = warmup_piecewise_schedule(0.1, warmup_steps=10, boundaries=[100, 150])
+    >>> [round(float(lr(t)), 6) for t in (0, 5, 10, 99, 100, 150)]
+    [0.0, 0.05, 0.1, 0.1, 0.01, 0.001]
+  """
+  _check_number("peak_value", peak_value, lambda x: 0 < x < math.inf, "a finite number > 0")
+  _check_number("factor", factor, lambda x: 0 < x < math.inf, "a finite number > 0")
+  _check_int("warmup_steps", warmup_steps, 0)
+  boundaries = list(boundaries)
+  for i, b in enumerate(boundaries):
+    _check_int(f"boundaries[{i}]", b, 0)
+  if any(b >= c for b, c in zip(boundaries, boundaries[1:])):
+    raise ValueError(f"boundaries must be strictly increasing; got boundaries={boundaries!r}.")
+  # Rate after j boundaries, computed in float64 and rounded once.
+  levels = jnp.asarray([float(peak_value) * float(factor) ** j
+                        for j in range(len(boundaries) + 1)], jnp.float32)
+  bounds = jnp.asarray(boundaries, jnp.int32)
+
+  def schedule(count):
+    count = jnp.asarray(count)
+    passed = jnp.searchsorted(bounds, count, side="right")
+    rate = levels[passed]
+    if warmup_steps:
+      warm = jnp.minimum(count.astype(jnp.float32) / jnp.float32(warmup_steps), 1.0)
+      rate = rate * warm
+    return rate
+
+  return schedule
+
+
+def _check_decay_args(learning_rate, num_steps, momentum, weight_decay) -> None:
+  _check_number("learning_rate", learning_rate, lambda x: 0 < x < math.inf,
+                "a finite number > 0 or a schedule", allow_schedule=True)
+  _check_int("num_steps", num_steps, 0)
+  _check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
+                "a finite number >= 0")
+
+
+def _rates(learning_rate: float | optax.Schedule, num_steps: int) -> np.ndarray:
+  """``lr_t`` for ``t = 0 .. num_steps - 1``, float64."""
+  if not callable(learning_rate):
+    return np.full(num_steps, float(learning_rate), np.float64)
+  if num_steps == 0:
+    return np.zeros(0, np.float64)
+  # Fixed-size blocks of steps: one shape whatever num_steps, so JAX compiles
+  # the schedule's operations once per process, not once per call.
+  evaluate = jax.vmap(learning_rate)
+  blocks = [
+      np.asarray(evaluate(jnp.arange(start, start + _CHUNK, dtype=jnp.int32)), np.float64)
+      for start in range(0, num_steps, _CHUNK)
+  ]
+  return np.concatenate(blocks).reshape(-1)[:num_steps]
+
+
+def decay_shrink_factor(
+    learning_rate: float | optax.Schedule,
+    num_steps: int,
+    *,
+    momentum: float,
+    weight_decay: float,
+) -> float:
+  r"""Estimated factor by which a weight with no gradient shrinks over a run.
+
+  A weight outside the GSM top-Q gets only weight decay, through momentum:
+  ``Z <- m Z + eta W; W <- W - lr_t Z``. While ``lr_t eta / (1 - m)`` is small
+  and changes slowly, ``Z`` follows ``eta W / (1 - m)`` and
+
+  .. math::
+    \frac{W_T}{W_0} \approx \exp\left(-\frac{\eta}{1 - m}\sum_{t<T} \mathrm{lr}_t\right).
+
+  The sum is taken exactly over the schedule's values (evaluated on all steps
+  at once). The exponent is short by a relative ``lr eta / (1 - m)**2`` or so
+  (the true per-step rate is the dominant eigenvalue of the recurrence), plus
+  the ``1 / (1 - m)`` steps it takes momentum to build up: 5% for the authors'
+  ``lr = 1e-2, eta = 5e-4, m = 0.99``. :func:`simulate_decay_shrink` gives the
+  exact factor.
+
+  Args:
+    learning_rate: a float or an optax schedule (``step -> rate``, traceable).
+    num_steps: number of steps ``T``, >= 0.
+    momentum: ``m``, in [0, 1).
+    weight_decay: ``eta``, >= 0.
+
+  Returns:
+    The estimate of ``W_T / W_0``, a Python float in (0, 1].
+
+  Example:
+    >>> from gsm_optax.schedules import decay_shrink_factor
+    >>> round(decay_shrink_factor(1e-2, 10_000, momentum=0.99, weight_decay=5e-4), 5)
+    0.00674
+  """
+  _check_decay_args(learning_rate, num_steps, momentum, weight_decay)
+  total = math.fsum(_rates(learning_rate, num_steps))
+  return math.exp(-total * float(weight_decay) / (1.0 - float(momentum)))
+
+
+def _step_matrices(rates: np.ndarray, m: float, eta: float, nesterov: bool) -> np.ndarray:
+  """One 2x2 matrix per step, acting on the column ``(W, Z)``."""
+  mats = np.empty((rates.size, 2, 2), np.float64)
+  if nesterov:  # Z' = m Z + eta W;  W' = W - lr (m Z' + eta W)
+    mats[:, 0, 0] = 1.0 - rates * eta * (1.0 + m)
+    mats[:, 0, 1] = -rates * m * m
+  else:  # Z' = m Z + eta W;  W' = W - lr Z'
+    mats[:, 0, 0] = 1.0 - rates * eta
+    mats[:, 0, 1] = -rates * m
+  mats[:, 1, 0] = eta
+  mats[:, 1, 1] = m
+  return mats
+
+
+def _product(mats: np.ndarray) -> np.ndarray:
+  """``mats[-1] @ ... @ mats[0]`` by a balanced tree of batched products."""
+  while len(mats) > 1:
+    if len(mats) % 2:
+      mats = np.concatenate([mats, np.eye(2)[None]])
+    mats = mats[1::2] @ mats[0::2]
+  return mats[0] if len(mats) else np.eye(2)
+
+
+def simulate_decay_shrink(
+    learning_rate: float | optax.Schedule,
+    num_steps: int,
+    *,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool = False,
+) -> float:
+  """Exact factor by which a weight with no gradient shrinks over a run.
+
+  Runs the linear recurrence of SGD with momentum and weight decay on one
+  weight that never gets a loss gradient, from ``W_0 = 1`` and ``Z_0 = 0``, in
+  float64: ``Z <- m Z + eta W`` then ``W <- W - lr_t Z`` (Nesterov, as
+  ``optax.trace(nesterov=True)`` and PyTorch: ``W <- W - lr_t (m Z + eta W)``
+  with the new ``Z``). The steps are composed as 2x2 matrices, multiplied
+  pairwise in batches, so a million steps take well under a second.
+
+  Args:
+    learning_rate: a float or an optax schedule (``step -> rate``, traceable).
+    num_steps: number of steps ``T``, >= 0.
+    momentum: ``m``, in [0, 1).
+    weight_decay: ``eta``, >= 0.
+    nesterov: Nesterov momentum.
+
+  Returns:
+    ``W_T / W_0``, a Python float (negative if the schedule is so aggressive
+    that the weight overshoots zero).
+
+  Example:
+    >>> from gsm_optax.schedules import simulate_decay_shrink
+    >>> round(simulate_decay_shrink(1e-2, 10_000, momentum=0.99, weight_decay=5e-4), 5)
+    0.00541
+  """
+  _check_decay_args(learning_rate, num_steps, momentum, weight_decay)
+  rates = _rates(learning_rate, num_steps)
+  m, eta = float(momentum), float(weight_decay)
+  state = np.array([1.0, 0.0])
+  for start in range(0, num_steps, _CHUNK):
+    state = _product(_step_matrices(rates[start:start + _CHUNK], m, eta, nesterov)) @ state
+  return float(state[0])
+
+
+def shrink_warning(factor: float, threshold: float = 1e-3) -> str | None:
+  """A warning when weights outside the top-Q do not shrink below ``threshold``.
+
+  Args:
+    factor: the shrink factor, from :func:`decay_shrink_factor` or
+      :func:`simulate_decay_shrink`.
+    threshold: the largest acceptable factor, in (0, 1).
+
+  Returns:
+    A human-readable warning if ``|factor| > threshold``, else None.
+
+  Example:
+    >>> from gsm_optax.schedules import shrink_warning
+    >>> shrink_warning(1e-6) is None
+    True
+  """
+  _check_number("factor", factor, lambda x: math.isfinite(x), "a finite number")
+  _check_number("threshold", threshold, lambda x: 0 < x < 1, "in (0, 1)")
+  if abs(float(factor)) <= float(threshold):
+    return None
+  return (
+      f"weights outside the top-Q only shrink to {float(factor):.3g} of their size over"
+      " this schedule (the threshold is"
+      f" {float(threshold):.3g}): the final prune will remove weights that still"
+      " matter; train longer, raise weight_decay or momentum."
+  )
