@@ -1,9 +1,23 @@
 """gsm-optax: Global Sparse Momentum SGD as composable optax transformations."""
 
+from gsm_optax.datasets import Dataset, load_fashion_mnist, load_mnist
 from gsm_optax.eligibility import default_eligible
 from gsm_optax.importance import magnitude, taylor
+from gsm_optax.masking import (
+    GradualPruningState,
+    HoldMaskState,
+    gradual_magnitude_pruning,
+    hold_mask,
+)
+from gsm_optax.models import LeNet5, LeNet300100
 from gsm_optax.pruning import prune, prune_mask
 from gsm_optax.reporting import LeafSparsity, SparsityReport, sparsity_report
+from gsm_optax.schedules import (
+    decay_shrink_factor,
+    shrink_warning,
+    simulate_decay_shrink,
+    warmup_piecewise_schedule,
+)
 from gsm_optax.selection import Selection, global_topk_mask, global_topk_selection
 from gsm_optax.sparse import load_sparse, save_sparse, to_dense, to_sparse
 from gsm_optax.transform import (
@@ -18,25 +32,38 @@ from gsm_optax.transform import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "KeepTopGradientsState",
-    "LeafSparsity",
-    "Selection",
-    "SelectionStats",
-    "SparsityReport",
+    "Dataset",
+    "decay_shrink_factor",
     "default_eligible",
     "global_topk_mask",
     "global_topk_selection",
+    "gradual_magnitude_pruning",
+    "GradualPruningState",
     "gsm",
+    "hold_mask",
+    "HoldMaskState",
     "keep_count",
     "keep_top_gradients",
+    "KeepTopGradientsState",
+    "LeafSparsity",
+    "LeNet300100",
+    "LeNet5",
+    "load_fashion_mnist",
+    "load_mnist",
     "load_sparse",
     "magnitude",
     "prune",
     "prune_mask",
     "save_sparse",
+    "Selection",
     "selection_stats",
+    "SelectionStats",
+    "shrink_warning",
+    "simulate_decay_shrink",
     "sparsity_report",
+    "SparsityReport",
     "taylor",
     "to_dense",
     "to_sparse",
+    "warmup_piecewise_schedule",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -112,6 +113,60 @@ def run_digits(args: argparse.Namespace) -> dict:
   return result
 
 
+def _mnist_config(args: argparse.Namespace):
+  """The experiment configuration: the paper's (or the fast preset), then the overrides."""
+  import dataclasses
+
+  from gsm_optax import experiments
+
+  preset = experiments.fast_config if args.fast else experiments.paper_config
+  config = preset(args.model, args.compression)
+  phases = {}
+  for name in ("base", "gsm"):
+    phase = getattr(config, name)
+    changes = {}
+    for field, arg in (("epochs", "epochs"), ("learning_rate", "lr"), ("momentum", "momentum"),
+                       ("weight_decay", "weight_decay"), ("warmup_epochs", "warmup_epochs")):
+      value = getattr(args, f"{name}_{arg}")
+      if value is not None:
+        changes[field] = value
+    boundaries = getattr(args, f"{name}_boundaries")
+    if boundaries is not None:
+      changes["boundaries"] = tuple(boundaries)
+    phases[name] = dataclasses.replace(phase, **changes)
+  changes = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
+                               ("train_subset", args.train_subset),
+                               ("checkpoint_every", args.checkpoint_every),
+                               ("dataset", args.dataset)) if v is not None}
+  if args.methods:
+    changes["methods"] = tuple(args.methods)
+  return dataclasses.replace(config, **phases, **changes)
+
+
+def run_mnist(args: argparse.Namespace) -> dict:
+  """Base training, GSM and the baselines on MNIST, the final prune, JSON and plots."""
+  from gsm_optax import experiments
+
+  try:
+    config = _mnist_config(args)
+  except ValueError as e:
+    raise SystemExit(f"gsm-optax mnist: {e}") from e
+  out = args.out or os.path.join(
+      "runs", f"{config.dataset}_{config.model}_{config.compression:g}x_seed{config.seed}"
+      + ("_fast" if args.fast else ""))
+  results = experiments.run(config, out, quiet=args.quiet)
+  if not args.no_plots and "gsm" in results:
+    try:
+      from gsm_optax import plotting
+
+      for path in plotting.write_plots(results, out):
+        print(f"wrote {path}")
+    except ImportError as e:
+      print(f"no plots: {e}")
+  print(f"wrote {os.path.join(out, 'results.json')}")
+  return results
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="gsm-optax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +185,36 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--json", help="write the results to this JSON file")
   d.add_argument("--quiet", action="store_true")
   d.set_defaults(func=run_digits)
+
+  m = sub.add_parser(
+      "mnist", help="the paper's MNIST experiments: GSM, lottery tickets and baselines",
+      description="Dense base training, then from the same base model: GSM and the final prune,"
+      " one-shot magnitude pruning + fine-tuning, gradual magnitude pruning and lottery tickets."
+      " Defaults are the authors' schedules (200 + 280 epochs); --fast runs the whole pipeline in"
+      " about a minute. Running again with the same --out resumes.")
+  m.add_argument("--model", choices=["lenet300", "lenet5"], default="lenet300")
+  m.add_argument("--compression", type=float, default=60.0,
+                 help="prunable weights per kept weight (default 60)")
+  m.add_argument("--dataset", choices=["mnist", "fashion_mnist"])
+  m.add_argument("--fast", action="store_true", help="short schedules for smoke tests and demos")
+  m.add_argument("--methods", nargs="+", choices=["gsm", "lottery", "oneshot", "gradual"],
+                 help="what to run after the base model (default: all)")
+  m.add_argument("--seed", type=int)
+  m.add_argument("--batch-size", type=int)
+  m.add_argument("--train-subset", type=int, help="use only the first N training images")
+  for name in ("base", "gsm"):
+    m.add_argument(f"--{name}-epochs", type=int)
+    m.add_argument(f"--{name}-lr", type=float)
+    m.add_argument(f"--{name}-momentum", type=float)
+    m.add_argument(f"--{name}-weight-decay", type=float)
+    m.add_argument(f"--{name}-warmup-epochs", type=int)
+    m.add_argument(f"--{name}-boundaries", type=int, nargs="*",
+                   help=f"epochs of the {name} phase at which the learning rate drops 10x")
+  m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
+  m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
+  m.add_argument("--no-plots", action="store_true")
+  m.add_argument("--quiet", action="store_true")
+  m.set_defaults(func=run_mnist)
   return parser
 
 

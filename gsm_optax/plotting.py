@@ -1,0 +1,98 @@
+"""PNG plots of an experiment's results (needs matplotlib: ``pip install 'gsm-optax[plots]'``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["plot_layer_density", "plot_training", "write_plots"]
+
+
+def _pyplot():
+  try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError as e:
+    raise ImportError("plots need matplotlib: pip install 'gsm-optax[plots]'") from e
+  return plt
+
+
+def plot_layer_density(results: dict[str, Any], path: str) -> str:
+  """A bar chart of the density GSM found for each prunable layer.
+
+  Args:
+    results: the dictionary returned by :func:`gsm_optax.experiments.run`
+      (needs its ``"gsm"`` entry).
+    path: the PNG file to write.
+
+  Returns:
+    ``path``.
+  """
+  plt = _pyplot()
+  layers = [leaf for leaf in results["gsm"]["layers"]["leaves"] if leaf["eligible"]]
+  names = [leaf["path"] for leaf in layers]
+  density = [100 * leaf["nonzeros"] / leaf["size"] for leaf in layers]
+  overall = 100 * results["gsm"]["nonzeros"] / results["eligible_weights"]
+  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.6))
+  bars = ax.bar(range(len(names)), density, color="tab:blue")
+  for bar, leaf in zip(bars, layers):
+    ax.annotate(f"{leaf['nonzeros']:,}/{leaf['size']:,}", (bar.get_x() + bar.get_width() / 2,
+                bar.get_height()), ha="center", va="bottom", fontsize=8)
+  ax.axhline(overall, color="tab:red", ls="--", lw=1, label=f"overall {overall:.2f}%")
+  ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+  ax.set_ylabel("weights kept (%)")
+  config = results["config"]
+  ax.set_title(f"Per-layer density found by GSM: {config['model']}, {config['compression']:g}x")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_training(results: dict[str, Any], path: str) -> str:
+  """Test accuracy over GSM training (as is, and if pruned now), and the distance to the target.
+
+  The distance is the share of the prunable weights' L2 norm outside the Q
+  largest: what the final prune would remove at that epoch.
+
+  Args:
+    results: the dictionary returned by :func:`gsm_optax.experiments.run`.
+    path: the PNG file to write.
+
+  Returns:
+    ``path``.
+  """
+  plt = _pyplot()
+  history = results["gsm"]["history"]
+  epochs = [row["epoch"] for row in history]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+  ax1.plot(epochs, [100 * r["test_accuracy"] for r in history], label="GSM model")
+  ax1.plot(epochs, [100 * r["pruned_test_accuracy"] for r in history],
+           label="GSM model, pruned to Q now")
+  base = results.get("base", {}).get("final_test_accuracy")
+  if base is not None:
+    ax1.axhline(100 * base, color="gray", ls=":", label="dense base")
+  ax1.set_xlabel("GSM epoch")
+  ax1.set_ylabel("test accuracy (%)")
+  low = min(100 * r["pruned_test_accuracy"] for r in history[len(history) // 4:])
+  ax1.set_ylim(max(0, min(low, 100 * (base or 1)) - 1), 100)
+  ax1.legend(fontsize=8)
+  ax2.semilogy(epochs, [max(r["outside_fraction"], 1e-12) for r in history])
+  ax2.set_xlabel("GSM epoch")
+  ax2.set_ylabel("L2 share outside the top-Q")
+  ax2.set_title("distance to the target", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def write_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+  """Writes every plot the results allow into ``out_dir``; returns their paths."""
+  if "gsm" not in results:
+    return []
+  return [plot_layer_density(results, os.path.join(out_dir, "layer_density.png")),
+          plot_training(results, os.path.join(out_dir, "gsm_training.png"))]

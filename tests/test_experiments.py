@@ -1,0 +1,113 @@
+"""The MNIST experiment pipeline end to end, on a small slice of the data."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+
+from gsm_optax import experiments, sparsity_report
+from gsm_optax.experiments import PhaseConfig
+
+
+def tiny_config(**overrides):
+  return experiments.ExperimentConfig(**{
+      "model": "lenet300",
+      "compression": 60.0,
+      "batch_size": 64,
+      "train_subset": 1024,
+      "base": PhaseConfig(3e-2, 2, (1,), momentum=0.9, warmup_epochs=1),
+      "gsm": PhaseConfig(1e-2, 3, (2,), momentum=0.99, nesterov=True, weight_decay=1e-2,
+                         warmup_epochs=1),
+      "checkpoint_every": 1,
+      "last_k": 2,
+      **overrides,
+  })
+
+
+def load_params(directory, like):
+  with open(os.path.join(directory, "params.msgpack"), "rb") as f:
+    return flax.serialization.from_bytes(like, f.read())
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("run"))
+  return out, experiments.run(tiny_config(), out, quiet=True)
+
+
+def test_every_method_reaches_the_budget(full_run):
+  out, results = full_run
+  q = results["target_nonzeros"]
+  assert q == int(results["eligible_weights"] / 60.0)
+  assert results["gsm"]["nonzeros"] <= q  # exactly Q unless some kept weights are exactly 0
+  assert results["gsm"]["nonzeros"] >= q - 5
+  assert results["gradual"]["nonzeros"] <= q
+  for name in ("oneshot", "gradual", "lottery_gsm", "lottery_magnitude"):
+    with open(os.path.join(out, name, "result.json")) as f:
+      phase = json.load(f)
+    assert len(phase["history"]) == phase["epochs"]
+  like = experiments.Runner(tiny_config(), out, quiet=True).init_params()
+  for name in ("oneshot", "gradual", "lottery_gsm", "lottery_magnitude"):
+    report = sparsity_report(load_params(os.path.join(out, name), like))
+    assert report.eligible_nonzeros <= q, name
+  for key in ("accuracy_before_prune", "accuracy_after_prune"):
+    assert 0.0 <= results["gsm"][key] <= 1.0
+  assert results["base"]["final_test_accuracy"] > 0.5  # learning, even on 1K images
+  layers = [leaf for leaf in results["gsm"]["layers"]["leaves"] if leaf["eligible"]]
+  assert sum(leaf["nonzeros"] for leaf in layers) == results["gsm"]["nonzeros"]
+  assert 0.0 < results["predicted_shrink_factor"] < 1.0
+  assert 0.0 <= results["gsm"]["removed_l2_fraction"] <= 1.0
+  with open(os.path.join(out, "results.json")) as f:
+    assert json.load(f)["gsm"]["nonzeros"] == results["gsm"]["nonzeros"]
+
+
+def test_lottery_tickets_start_from_the_initial_weights(full_run):
+  out, results = full_run
+  runner = experiments.Runner(tiny_config(), out, quiet=True)
+  init = runner.init_params()
+  gsm_params = load_params(os.path.join(out, "gsm"), init)
+  ticket = load_params(os.path.join(out, "lottery_gsm"), init)
+  mask = experiments.prune_mask(gsm_params, 1 / 60.0)
+  for m, t in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(ticket)):
+    assert not np.any(np.asarray(t)[~np.asarray(m)])  # the pruned weights stayed at 0
+
+
+def test_interrupted_phase_resumes_bit_for_bit(full_run, tmp_path):
+  out, results = full_run
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(out, resumed)
+  # Pretend the GSM phase was killed after its second epoch's checkpoint.
+  gsm_dir = os.path.join(resumed, "gsm")
+  os.remove(os.path.join(gsm_dir, "result.json"))
+  os.remove(os.path.join(gsm_dir, "params.msgpack"))
+  ckpts = os.path.join(gsm_dir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  shutil.rmtree(os.path.join(ckpts, str(steps[-1])))
+  for name in ("oneshot", "gradual", "lottery_gsm", "lottery_magnitude"):
+    shutil.rmtree(os.path.join(resumed, name))
+  logged = []
+  again = experiments.run(tiny_config(methods=("gsm",)), resumed, quiet=True, log=logged.append)
+  assert any("resuming from the checkpoint of epoch 2" in line for line in logged), logged
+  assert any("base: finished earlier" in line for line in logged), logged
+  like = experiments.Runner(tiny_config(), out, quiet=True).init_params()
+  a = load_params(gsm_dir, like)
+  b = load_params(os.path.join(out, "gsm"), like)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert again["gsm"]["accuracy_after_prune"] == results["gsm"]["accuracy_after_prune"]
+
+
+def test_config_errors_name_the_argument():
+  with pytest.raises(ValueError, match="compression"):
+    tiny_config(compression=0.5)
+  with pytest.raises(ValueError, match="model"):
+    tiny_config(model="resnet")
+  with pytest.raises(ValueError, match="methods"):
+    tiny_config(methods=("gsm", "snip"))
+  with pytest.raises(ValueError, match="gsm.epochs"):
+    tiny_config(gsm=dataclasses.replace(tiny_config().gsm, epochs=0))
