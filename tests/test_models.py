@@ -53,3 +53,16 @@ def test_lenet5_pooling_matches_flax_max_pool():
   import flax.linen as nn
 
   np.testing.assert_array_equal(models._max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_lenet5_convolution_matches_flax_conv():
+  import flax.linen as nn
+
+  seed = np.random.SeedSequence().entropy % (2**31)
+  x = jax.random.normal(jax.random.PRNGKey(seed), (4, 12, 12, 20))
+  conv = models._Conv5x5(50)
+  params = conv.init(jax.random.PRNGKey(seed + 1), x)
+  params = jax.tree_util.tree_map(
+      lambda p: p + jax.random.normal(jax.random.PRNGKey(seed + 2), p.shape), params)
+  reference = nn.Conv(50, (5, 5), padding="VALID").apply(params, x)
+  np.testing.assert_allclose(conv.apply(params, x), reference, rtol=1e-5, atol=1e-4)
