@@ -436,10 +436,9 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   if "gsm" in config.methods or "lottery" in config.methods:
     gsm_phase = config.gsm
     lr = gsm_phase.schedule(spe)
-    shrink = schedules.simulate_decay_shrink(lr, gsm_phase.epochs * spe,
-                                             momentum=gsm_phase.momentum,
-                                             weight_decay=gsm_phase.weight_decay,
-                                             nesterov=gsm_phase.nesterov)
+    shrink = schedules.decay_shrink_factor(lr, gsm_phase.epochs * spe,
+                                           momentum=gsm_phase.momentum,
+                                           weight_decay=gsm_phase.weight_decay)
     results["predicted_shrink_factor"] = shrink
     say(f"gsm: weights outside the top-Q will shrink to about {shrink:.3g} of their size"
         " over this schedule")
