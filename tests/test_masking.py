@@ -10,7 +10,7 @@ import pytest
 
 from gsm_optax.masking import GradualPruningState, gradual_magnitude_pruning, hold_mask
 from tests.reference import stable_topk_mask
-from tests.trees import mlp_params, normal_like
+from tests.trees import counting_step, mlp_params, normal_like
 
 
 def _recorder():
@@ -19,18 +19,6 @@ def _recorder():
       lambda params: jax.tree.map(jnp.zeros_like, params),
       lambda updates, state, params=None: (updates, updates),
   )
-
-
-def _counting_step(tx, traces):
-  """A jitted train step that records each time it is traced."""
-
-  @jax.jit
-  def step(params, state, grads):
-    traces.append(1)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  return step
 
 
 def _np(tree):
@@ -61,7 +49,7 @@ def _recording_sgd():
 _GMP_KWARGS = dict(final_keep_ratio=0.1, begin_step=4, end_step=20, update_every=4)
 _GMP = gradual_magnitude_pruning(_recording_sgd(), **_GMP_KWARGS)
 _GMP_TRACES = []
-_GMP_STEP = _counting_step(_GMP, _GMP_TRACES)
+_GMP_STEP = counting_step(_GMP, _GMP_TRACES)
 
 GMP_CONFIGS = {
     # name: (kwargs, eligible keys)
@@ -87,7 +75,7 @@ def test_gradual_pruning_matches_reference_step_by_step(rng, config):
   else:
     tx = gradual_magnitude_pruning(_recording_sgd(), **kwargs)
     traces = []
-    step = _counting_step(tx, traces)
+    step = counting_step(tx, traces)
   state = tx.init(params)
   keys = sorted(params)  # flattening order
   mask = {k: np.ones(params[k].shape, bool) for k in eligible_keys}
@@ -224,7 +212,7 @@ def test_gradual_pruning_mask_continues_with_hold_mask(gmp_run):
   rng = np.random.default_rng(0)
   fine_tune = hold_mask(optax.adam(1e-2), s.mask)
   fstate = fine_tune.init(p)
-  step = _counting_step(fine_tune, [])
+  step = counting_step(fine_tune, [])
   for _ in range(3):
     p, fstate = step(p, fstate, normal_like(rng, params))
   for k in ("w1", "w2"):
@@ -288,7 +276,7 @@ def test_hold_mask_sgd_momentum_matches_float64_reference(rng):
 
   tx = hold_mask(optax.sgd(lr, momentum=m), {"w": mask, "b": None})
   traces = []
-  step = _counting_step(tx, traces)
+  step = counting_step(tx, traces)
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p0)
   state = tx.init(params)
   grad = jax.jit(jax.grad(loss))
@@ -373,7 +361,7 @@ def test_hold_mask_under_apply_if_finite_does_not_hide_nan(rng):
   mask = _magnitude_mask(params, 0.5)
   traces = []
   tx = optax.apply_if_finite(hold_mask(optax.sgd(0.1, momentum=0.9), mask), 5)
-  step = _counting_step(tx, traces)
+  step = counting_step(tx, traces)
   state = tx.init(params)
   for t in range(6):
     g = normal_like(rng, params)

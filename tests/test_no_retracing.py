@@ -8,23 +8,11 @@ import optax
 
 import gsm_optax
 from tests.reference import traced_keep_count
-from tests.trees import mlp_params, normal_like
+from tests.trees import counting_step, mlp_params, normal_like
 
 
 def _params(rng):
   return mlp_params(rng, 30, 20, 5)  # 700 eligible weights
-
-
-def _counting_step(tx, traces):
-  """A jitted train step that records each time it is traced."""
-
-  @jax.jit
-  def step(params, state, grads):
-    traces.append(1)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  return step
 
 
 def test_inject_hyperparams_gsm_under_jit(rng):
@@ -42,7 +30,7 @@ def test_200_steps_with_keep_ratio_and_lr_schedules_compile_once(rng):
   tx = gsm_optax.gsm(optax.warmup_cosine_decay_schedule(0.0, 0.1, 20, 200),
                      optax.linear_schedule(1.0, 0.05, 150), momentum=0.9, nesterov=True)
   traces = []
-  step = _counting_step(tx, traces)
+  step = counting_step(tx, traces)
 
   state = tx.init(params)
   kept = []
@@ -62,7 +50,7 @@ def test_inject_hyperparams_changing_lr_and_keep_ratio_compile_once(rng):
   params = _params(rng)
   tx = optax.inject_hyperparams(gsm_optax.gsm)(learning_rate=0.1, keep_ratio=1.0, momentum=0.9)
   traces = []
-  step = _counting_step(tx, traces)
+  step = counting_step(tx, traces)
 
   state = tx.init(params)
   for t in range(200):
