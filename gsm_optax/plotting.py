@@ -19,6 +19,12 @@ def _pyplot():
   return plt
 
 
+def _short(path: str) -> str:
+  """``"['fc1']['kernel']"`` -> ``"fc1/kernel"``."""
+  parts = [p.strip("'\"") for p in path.replace("]", "").split("[") if p]
+  return "/".join(parts) or path
+
+
 def plot_layer_density(results: dict[str, Any], path: str) -> str:
   """A bar chart of the density GSM found for each prunable layer.
 
@@ -32,7 +38,7 @@ def plot_layer_density(results: dict[str, Any], path: str) -> str:
   """
   plt = _pyplot()
   layers = [leaf for leaf in results["gsm"]["layers"]["leaves"] if leaf["eligible"]]
-  names = [leaf["path"] for leaf in layers]
+  names = [_short(leaf["path"]) for leaf in layers]
   density = [100 * leaf["nonzeros"] / leaf["size"] for leaf in layers]
   overall = 100 * results["gsm"]["nonzeros"] / results["eligible_weights"]
   fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.6))
