@@ -22,10 +22,10 @@ demo: venv
 # The whole suite, then the linter.
 test: venv
 	$(BIN)/python -m pytest -n 2 tests
-	$(BIN)/ruff check gsm_optax tests benchmarks
+	$(BIN)/ruff check gsm_optax tests benchmarks docs
 
 lint: venv
-	$(BIN)/ruff check gsm_optax tests benchmarks
+	$(BIN)/ruff check gsm_optax tests benchmarks docs
 
 bench: venv
 	$(BIN)/python -m benchmarks.step_time

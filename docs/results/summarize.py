@@ -1,0 +1,109 @@
+"""Prints the tables of docs/RESULTS.md from the runs' JSON files in this directory.
+
+    python docs/results/summarize.py
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PAPER = {("lenet300", 60): 98.18, ("lenet5", 125): 99.22, ("lenet5", 300): 99.06}
+GOAL = {("lenet300", 60): 98.1, ("lenet5", 125): 99.1, ("lenet5", 300): 98.9}
+NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
+
+
+def pct(x: float) -> str:
+  return f"{100 * x:.2f}"
+
+
+def spread(values: list[float]) -> str:
+  if len(values) == 1:
+    return pct(values[0]) + " (1 seed)"
+  v = 100 * np.asarray(values)
+  return (f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)} seeds: "
+          + ", ".join(f"{x:.2f}" for x in v) + ")")
+
+
+def schedule(r: dict) -> str:
+  c = r["config"]
+  b, g = c["base"], c["gsm"]
+  text = (f"base {b['epochs']} ep (lr {b['learning_rate']:g}, drops at {list(b['boundaries'])});"
+          f" GSM {g['epochs']} ep (lr {g['learning_rate']:g}, drops at {list(g['boundaries'])},"
+          f" momentum {g['momentum']:g}{' Nesterov' if g['nesterov'] else ''},"
+          f" decay {g['weight_decay']:g})")
+  return text
+
+
+def main() -> None:
+  runs = defaultdict(list)
+  for path in sorted(glob.glob(os.path.join(HERE, "*.json"))):
+    with open(path) as f:
+      r = json.load(f)
+    key = (r["config"]["model"], int(r["config"]["compression"]))
+    runs[key].append((os.path.basename(path), r))
+
+  print("| experiment | paper | goal | after the final prune | before the prune | base |"
+        " remaining | schedule | wall time / run | machine |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for key, items in sorted(runs.items()):
+    rs = [r for _, r in items if "gsm" in r]
+    if not rs:
+      continue
+    after = [r["gsm"]["accuracy_after_prune"] for r in rs]
+    before = [r["gsm"]["accuracy_before_prune"] for r in rs]
+    base = [r["base"]["final_test_accuracy"] for r in rs]
+    wall = np.mean([r["base"]["seconds"] + r["gsm"]["seconds"] for r in rs]) / 60
+    met = "met" if 100 * np.mean(after) >= GOAL[key] else "**not met**"
+    m = rs[0]["machine"]
+    print(f"| {NAMES[key[0]]}, {key[1]}x | {PAPER[key]} | >= {GOAL[key]} ({met}) |"
+          f" {spread(after)} | {spread(before)} | {spread(base)} |"
+          f" {rs[0]['gsm']['nonzeros']:,} of {rs[0]['eligible_weights']:,} |"
+          f" {schedule(rs[0])} | {wall:.0f} min (base + GSM) |"
+          f" {m['cpu_count']}-core {m['processor']} CPU, jax {m['jax']} |")
+
+  print("\nPer-layer density found by GSM (after the final prune):\n")
+  for key, items in sorted(runs.items()):
+    for name, r in items:
+      if "gsm" not in r:
+        continue
+      layers = [x for x in r["gsm"]["layers"]["leaves"] if x["eligible"]]
+      cells = ", ".join(f"{x['path']} {x['nonzeros']:,}/{x['size']:,} ({100 * x['density']:.2f}%)"
+                        for x in layers)
+      print(f"- {NAMES[key[0]]} {key[1]}x, `{name}`: {cells}")
+
+  print("\nThe final prune, and the shrink predicted for the weights outside the top-Q:\n")
+  print("| run | predicted shrink factor | L2 share removed by the prune |"
+        " L1 share removed | accuracy lost in the prune |")
+  print("|---|---|---|---|---|")
+  for _, items in sorted(runs.items()):
+    for name, r in items:
+      if "gsm" not in r:
+        continue
+      g = r["gsm"]
+      print(f"| `{name}` | {r['predicted_shrink_factor']:.2g} | {pct(g['removed_l2_fraction'])}% |"
+            f" {pct(g['removed_l1_fraction'])}% |"
+            f" {pct(g['accuracy_before_prune'] - g['accuracy_after_prune'])} points |")
+
+  print("\nLottery tickets and baselines (same base model, same number of epochs):\n")
+  print("| run | GSM ticket | magnitude ticket | GSM + final prune | one-shot prune + fine-tune |"
+        " gradual magnitude pruning |")
+  print("|---|---|---|---|---|---|")
+  for _, items in sorted(runs.items()):
+    for name, r in items:
+      if not any(k in r for k in ("lottery", "oneshot", "gradual")):
+        continue
+      lot = r.get("lottery", {})
+      cell = lambda d: pct(d["final_test_accuracy"]) if d else "-"
+      print(f"| `{name}` | {cell(lot.get('gsm'))} | {cell(lot.get('magnitude'))} |"
+            f" {pct(r['gsm']['accuracy_after_prune']) if 'gsm' in r else '-'} |"
+            f" {cell(r.get('oneshot'))} | {cell(r.get('gradual'))} |")
+
+
+if __name__ == "__main__":
+  main()
