@@ -45,7 +45,9 @@ def main() -> None:
   for path in sorted(glob.glob(os.path.join(HERE, "*.json"))):
     with open(path) as f:
       r = json.load(f)
-    key = (r["config"]["model"], int(r["config"]["compression"]))
+    c = r["config"]
+    key = (c["model"], int(c["compression"]), c["base"]["epochs"], c["gsm"]["epochs"],
+           c["gsm"]["weight_decay"])
     runs[key].append((os.path.basename(path), r))
 
   print("| experiment | paper | goal | after the final prune | before the prune | base |"
@@ -59,23 +61,28 @@ def main() -> None:
     before = [r["gsm"]["accuracy_before_prune"] for r in rs]
     base = [r["base"]["final_test_accuracy"] for r in rs]
     wall = np.mean([r["base"]["seconds"] + r["gsm"]["seconds"] for r in rs]) / 60
-    met = "met" if 100 * np.mean(after) >= GOAL[key] else "**not met**"
+    setting = key[:2]
+    met = "met" if 100 * np.mean(after) >= GOAL[setting] else "**not met**"
+    authors = key[2:] == (200, 280, 5e-4)
+    label = f"{NAMES[key[0]]}, {key[1]}x" + ("" if authors else
+                                             ", shortened" if key[3] < 280 else
+                                             f", GSM decay {key[4]:g}")
     m = rs[0]["machine"]
-    print(f"| {NAMES[key[0]]}, {key[1]}x | {PAPER[key]} | >= {GOAL[key]} ({met}) |"
+    print(f"| {label} | {PAPER[setting]} | >= {GOAL[setting]} ({met}) |"
           f" {spread(after)} | {spread(before)} | {spread(base)} |"
           f" {rs[0]['gsm']['nonzeros']:,} of {rs[0]['eligible_weights']:,} |"
           f" {schedule(rs[0])} | {wall:.0f} min (base + GSM) |"
           f" {m['cpu_count']}-core {m['processor']} CPU, jax {m['jax']} |")
 
   print("\nPer-layer density found by GSM (after the final prune):\n")
-  for key, items in sorted(runs.items()):
+  for _, items in sorted(runs.items()):
     for name, r in items:
       if "gsm" not in r:
         continue
       layers = [x for x in r["gsm"]["layers"]["leaves"] if x["eligible"]]
       cells = ", ".join(f"{x['path']} {x['nonzeros']:,}/{x['size']:,} ({100 * x['density']:.2f}%)"
                         for x in layers)
-      print(f"- {NAMES[key[0]]} {key[1]}x, `{name}`: {cells}")
+      print(f"- `{name}`: {cells}")
 
   print("\nThe final prune, and the shrink predicted for the weights outside the top-Q:\n")
   print("| run | predicted shrink factor | L2 share removed by the prune |"
