@@ -23,8 +23,15 @@ import optax
 from jax import lax
 
 from gsm_optax import eligibility
+from gsm_optax.importance import magnitude
 from gsm_optax.selection import global_topk_mask
-from gsm_optax.transform import _check_number, check_keep_ratio, keep_count
+from gsm_optax.transform import (
+  _check_number,
+  check_keep_ratio,
+  check_params_structure,
+  keep_count,
+  missing_params_error,
+)
 
 Array = jax.Array
 PyTree = Any
@@ -64,20 +71,6 @@ class GradualPruningState(NamedTuple):
 
 def _is_mask_leaf(x: Any) -> bool:
   return x is None or isinstance(x, optax.MaskedNode)
-
-
-def _check_structure(treedef: Any, params: PyTree) -> list[Any]:
-  try:
-    return treedef.flatten_up_to(params)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        "params must have the structure of the updates; got params structure"
-        f" {jax.tree_util.tree_structure(params)} for updates structure {treedef}."
-    ) from e
-
-
-def _missing_params(name: str, why: str) -> ValueError:
-  return ValueError(f"{name} {why} and needs the parameters: call update(updates, state, params).")
 
 
 def _check_inner(inner: Any) -> optax.GradientTransformationExtraArgs:
@@ -199,9 +192,9 @@ def hold_mask(
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise _missing_params("hold_mask", "returns -params outside the mask")
+      raise missing_params_error("hold_mask", "returns -params outside the mask")
     grads, treedef = jax.tree_util.tree_flatten(updates)
-    param_leaves = _check_structure(treedef, params)
+    param_leaves = check_params_structure(treedef, params)
     masks = treedef.flatten_up_to(state.mask)
     held = [not isinstance(m, optax.MaskedNode) for m in masks]
     grads = [_masked_grad(g, m) if h else g for g, m, h in zip(grads, masks, held)]
@@ -226,10 +219,6 @@ def _check_step(name: str, value: Any, minimum: int) -> None:
     raise TypeError(f"{name} must be a Python int; got {name}={value!r}.")
   if not minimum <= value <= _INT32_MAX:
     raise ValueError(f"{name} must be an int in [{minimum}, 2**31 - 1]; got {name}={value!r}.")
-
-
-def _score_dtype(dtype: Any) -> Any:
-  return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 
 def gradual_magnitude_pruning(
@@ -354,9 +343,9 @@ def gradual_magnitude_pruning(
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise _missing_params("gradual_magnitude_pruning", "ranks weights by magnitude")
+      raise missing_params_error("gradual_magnitude_pruning", "ranks weights by magnitude")
     grads, treedef = jax.tree_util.tree_flatten(updates)
-    param_leaves = _check_structure(treedef, params)
+    param_leaves = check_params_structure(treedef, params)
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     masks = treedef.flatten_up_to(state.mask)
     grads = [_masked_grad(g, m) if f else g for g, m, f in zip(grads, masks, flags)]
@@ -376,9 +365,8 @@ def gradual_magnitude_pruning(
       for p, u, m, f in zip(param_leaves, inner_leaves, masks, flags):
         if f:
           p = jnp.asarray(p)
-          dtype = _score_dtype(p.dtype)
-          magnitude = jnp.abs((p + u).astype(p.dtype).astype(dtype))  # as apply_updates
-          scores.append(jnp.where(m, magnitude, jnp.asarray(-1, dtype)))
+          score = magnitude((p + u).astype(p.dtype), None)  # the weight apply_updates writes
+          scores.append(jnp.where(m, score, jnp.asarray(-1, score.dtype)))
       return global_topk_mask(scores, keep_count(keep_ratio_at(state.count), num_eligible))
 
     new = iter(lax.cond(is_mask_update(state.count), new_mask, lambda: old))

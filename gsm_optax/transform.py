@@ -119,6 +119,22 @@ def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int) -> None:
     )
 
 
+def missing_params_error(name: str, why: str) -> ValueError:
+  """The error an ``update`` that needs the parameters raises when it gets none."""
+  return ValueError(f"{name} {why} and needs the parameters: call update(updates, state, params).")
+
+
+def check_params_structure(treedef: Any, params: PyTree) -> list[Any]:
+  """``params``' leaves, matched to the updates' ``treedef``, or a clear ValueError."""
+  try:
+    return treedef.flatten_up_to(params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "params must have the structure of the updates; got params structure"
+        f" {jax.tree_util.tree_structure(params)} for updates structure {treedef}."
+    ) from e
+
+
 def keep_top_gradients(
     keep_ratio: KeepRatio,
     *,
@@ -187,19 +203,9 @@ def keep_top_gradients(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError(
-          "keep_top_gradients ranks weights by importance and needs the"
-          " parameters: call update(updates, state, params)."
-      )
+      raise missing_params_error("keep_top_gradients", "ranks weights by importance")
     leaves, treedef = jax.tree_util.tree_flatten(updates)
-    try:
-      treedef.flatten_up_to(params)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-          "params must have the structure of the updates; got params structure"
-          f" {jax.tree_util.tree_structure(params)} for updates structure"
-          f" {treedef}."
-      ) from e
+    check_params_structure(treedef, params)
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = treedef.flatten_up_to(score_fn(params, updates))
     eligible_scores = [s for s, f in zip(scores, flags) if f]
