@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -115,8 +116,6 @@ def run_digits(args: argparse.Namespace) -> dict:
 
 def _mnist_config(args: argparse.Namespace):
   """The experiment configuration: the paper's (or the fast preset), then the overrides."""
-  import dataclasses
-
   from gsm_optax import experiments
 
   preset = experiments.fast_config if args.fast else experiments.paper_config

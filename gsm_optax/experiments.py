@@ -24,14 +24,13 @@ whole run's results go to ``<out>/results.json``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import platform
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -54,7 +53,7 @@ METHODS = ("gsm", "lottery", "oneshot", "gradual")
 
 __all__ = [
     "METHODS", "ExperimentConfig", "PhaseConfig", "fast_config", "load_phase_params",
-    "paper_config", "run", "summarize",
+    "paper_config", "run",
 ]
 
 
@@ -195,47 +194,46 @@ def gsm_optimizer(phase: PhaseConfig, steps_per_epoch: int, keep_ratio: float):
 # ----------------------------------------------------------------------------- measurements
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _outside_fraction(params: PyTree, keep_ratio: float) -> jax.Array:
-  mask = prune_mask(params, keep_ratio)
-  eligible = default_eligible(params)
+jit_prune = jax.jit(prune, static_argnums=1)
+jit_prune_mask = jax.jit(prune_mask, static_argnums=1)
+
+
+def _eligible_pairs(params: PyTree, pruned: PyTree) -> list[tuple[Any, Any]]:
+  flags = jax.tree_util.tree_leaves(default_eligible(params))
+  return [(w, p) for w, p, e in zip(jax.tree_util.tree_leaves(params),
+                                    jax.tree_util.tree_leaves(pruned), flags) if e]
+
+
+@jax.jit
+def _outside_fraction(params: PyTree, pruned: PyTree) -> jax.Array:
   total = outside = jnp.zeros((), jnp.float32)
-  for w, m, e in zip(*(jax.tree_util.tree_leaves(t) for t in (params, mask, eligible))):
-    if e:
-      sq = jnp.square(w.astype(jnp.float32))
-      total += jnp.sum(sq)
-      outside += jnp.sum(jnp.where(m, 0.0, sq))
+  for w, p in _eligible_pairs(params, pruned):
+    w = w.astype(jnp.float32)
+    total += jnp.sum(jnp.square(w))
+    outside += jnp.sum(jnp.square(w - p.astype(jnp.float32)))
   return jnp.sqrt(outside / jnp.maximum(total, jnp.finfo(jnp.float32).tiny))
 
 
-def outside_fraction(params: PyTree, keep_ratio: float) -> float:
-  """Share of the eligible weights' L2 norm that lies outside the magnitude top-Q.
+def outside_fraction(params: PyTree, pruned: PyTree) -> float:
+  """Share of the eligible weights' L2 norm that ``pruned = prune(params, ...)`` removed.
 
   Zero once the model is exactly Q-sparse: the "distance to the target".
   """
-  return float(_outside_fraction(params, keep_ratio))
+  return float(_outside_fraction(params, pruned))
 
 
-jit_prune = jax.jit(prune, static_argnums=1)
-
-
-def removed_by_prune(params: PyTree, keep_ratio: float) -> dict[str, float]:
-  """How much of the eligible weights' magnitude the final prune removes."""
-  mask = prune_mask(params, keep_ratio)
-  eligible = default_eligible(params)
+def removed_by_prune(params: PyTree, pruned: PyTree) -> dict[str, float]:
+  """How much of the eligible weights' magnitude ``pruned = prune(params, ...)`` removed."""
   l1 = l1_out = l2 = l2_out = 0.0
   largest_removed = 0.0
-  for w, m, e in zip(*(jax.tree_util.tree_leaves(t) for t in (params, mask, eligible))):
-    if not e:
-      continue
+  for w, p in _eligible_pairs(params, pruned):
     a = np.abs(np.asarray(w, np.float64))
-    m = np.asarray(m)
+    removed = np.abs(np.asarray(w, np.float64) - np.asarray(p, np.float64))
     l1 += a.sum()
-    l1_out += a[~m].sum()
+    l1_out += removed.sum()
     l2 += np.square(a).sum()
-    l2_out += np.square(a[~m]).sum()
-    if (~m).any():
-      largest_removed = max(largest_removed, float(a[~m].max()))
+    l2_out += np.square(removed).sum()
+    largest_removed = max(largest_removed, float(removed.max(initial=0.0)))
   return {
       "removed_l1_fraction": l1_out / l1 if l1 else 0.0,
       "removed_l2_fraction": float(np.sqrt(l2_out / l2)) if l2 else 0.0,
@@ -448,17 +446,18 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
 
     def gsm_extra(state):
       stats = selection_stats(state.opt_state)
+      pruned_now = jit_prune(state.params, keep)
       return {
           "keep_count": int(stats.keep_count),
           "threshold": float(stats.threshold),
-          "pruned_test_accuracy": runner.evaluate(jit_prune(state.params, keep)),
-          "outside_fraction": outside_fraction(state.params, keep),
+          "pruned_test_accuracy": runner.evaluate(pruned_now),
+          "outside_fraction": outside_fraction(state.params, pruned_now),
       }
 
     gsm_params, trained = runner.phase("gsm", base_params,
                                        gsm_optimizer(gsm_phase, spe, keep), gsm_phase.epochs,
                                        extra=gsm_extra)
-    pruned = prune(gsm_params, keep)
+    pruned = jit_prune(gsm_params, keep)
     report = sparsity_report(pruned)
     results["gsm"] = _summary(trained, config.last_k) | {
         "accuracy_before_prune": trained["final_test_accuracy"],
@@ -466,7 +465,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
         "nonzeros": report.eligible_nonzeros,
         "compression": report.compression,
         "layers": report.to_dict(),
-        **removed_by_prune(gsm_params, keep),
+        **removed_by_prune(gsm_params, pruned),
     }
     g = results["gsm"]
     say(str(report))
@@ -474,10 +473,12 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
         f" {g['accuracy_after_prune']:.4f} after; the prune removed"
         f" {100 * g['removed_l2_fraction']:.2f}% of the weights' L2 norm")
 
+  if "oneshot" in config.methods or "lottery" in config.methods:
+    base_mask = jit_prune_mask(base_params, keep)
+
   if "oneshot" in config.methods:
-    pruned_base = prune(base_params, keep)
-    mask = prune_mask(base_params, keep)
-    tx = masking.hold_mask(momentum_sgd(config.gsm, spe), mask)
+    pruned_base = _apply_mask(base_params, base_mask)
+    tx = masking.hold_mask(momentum_sgd(config.gsm, spe), base_mask)
     _, ft = runner.phase("oneshot", pruned_base, tx, config.gsm.epochs)
     results["oneshot"] = _summary(ft, config.last_k) | {
         "accuracy_before_finetune": runner.evaluate(pruned_base)}
@@ -499,10 +500,10 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
 
   if "lottery" in config.methods:
-    tickets = {"gsm": prune_mask(gsm_params, keep), "magnitude": prune_mask(base_params, keep)}
+    tickets = {"gsm": jit_prune_mask(gsm_params, keep), "magnitude": base_mask}
     results["lottery"] = {}
     for kind, mask in tickets.items():
-      start = jax.tree_util.tree_map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), init, mask)
+      start = _apply_mask(init, mask)
       tx = masking.hold_mask(momentum_sgd(config.base, spe), mask)
       _, lt = runner.phase(f"lottery_{kind}", start, tx, config.base.epochs)
       results["lottery"][kind] = _summary(lt, config.last_k)
@@ -511,6 +512,11 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   results["seconds"] = time.time() - t_start
   _write_json(os.path.join(out_dir, "results.json"), results)
   return results
+
+
+def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
+  """``params`` with every entry outside ``mask`` set to 0, as :func:`prune` does."""
+  return jax.tree_util.tree_map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), params, mask)
 
 
 def load_phase_params(out_dir: str, phase: str, config: ExperimentConfig) -> PyTree:
@@ -522,25 +528,3 @@ def load_phase_params(out_dir: str, phase: str, config: ExperimentConfig) -> PyT
   like = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
   with open(path, "rb") as f:
     return flax.serialization.from_bytes(like, f.read())
-
-
-def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """Mean and standard deviation over seeds of the headline numbers."""
-  def stat(path: Sequence[str]) -> dict[str, float] | None:
-    values = []
-    for r in results:
-      node: Any = r
-      for p in path:
-        node = node.get(p) if isinstance(node, dict) else None
-      if node is not None:
-        values.append(float(node))
-    if not values:
-      return None
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
-            if len(values) > 1 else 0.0, "n": len(values), "values": values}
-
-  return {
-      "base": stat(["base", "final_test_accuracy"]),
-      "gsm_before_prune": stat(["gsm", "accuracy_before_prune"]),
-      "gsm_after_prune": stat(["gsm", "accuracy_after_prune"]),
-  }

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -29,11 +28,6 @@ def tiny_config(**overrides):
   })
 
 
-def load_params(directory, like):
-  with open(os.path.join(directory, "params.msgpack"), "rb") as f:
-    return flax.serialization.from_bytes(like, f.read())
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("run"))
@@ -51,9 +45,8 @@ def test_every_method_reaches_the_budget(full_run):
     with open(os.path.join(out, name, "result.json")) as f:
       phase = json.load(f)
     assert len(phase["history"]) == phase["epochs"]
-  like = experiments.Runner(tiny_config(), out, quiet=True).init_params()
   for name in ("oneshot", "gradual", "lottery_gsm", "lottery_magnitude"):
-    report = sparsity_report(load_params(os.path.join(out, name), like))
+    report = sparsity_report(experiments.load_phase_params(out, name, tiny_config()))
     assert report.eligible_nonzeros <= q, name
   for key in ("accuracy_before_prune", "accuracy_after_prune"):
     assert 0.0 <= results["gsm"][key] <= 1.0
@@ -68,10 +61,8 @@ def test_every_method_reaches_the_budget(full_run):
 
 def test_lottery_tickets_start_from_the_initial_weights(full_run):
   out, results = full_run
-  runner = experiments.Runner(tiny_config(), out, quiet=True)
-  init = runner.init_params()
-  gsm_params = load_params(os.path.join(out, "gsm"), init)
-  ticket = load_params(os.path.join(out, "lottery_gsm"), init)
+  gsm_params = experiments.load_phase_params(out, "gsm", tiny_config())
+  ticket = experiments.load_phase_params(out, "lottery_gsm", tiny_config())
   mask = experiments.prune_mask(gsm_params, 1 / 60.0)
   for m, t in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(ticket)):
     assert not np.any(np.asarray(t)[~np.asarray(m)])  # the pruned weights stayed at 0
@@ -94,9 +85,8 @@ def test_interrupted_phase_resumes_bit_for_bit(full_run, tmp_path):
   again = experiments.run(tiny_config(methods=("gsm",)), resumed, quiet=True, log=logged.append)
   assert any("resuming from the checkpoint of epoch 2" in line for line in logged), logged
   assert any("base: finished earlier" in line for line in logged), logged
-  like = experiments.Runner(tiny_config(), out, quiet=True).init_params()
-  a = load_params(gsm_dir, like)
-  b = load_params(os.path.join(out, "gsm"), like)
+  a = experiments.load_phase_params(resumed, "gsm", tiny_config())
+  b = experiments.load_phase_params(out, "gsm", tiny_config())
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert again["gsm"]["accuracy_after_prune"] == results["gsm"]["accuracy_after_prune"]
