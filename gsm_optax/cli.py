@@ -137,6 +137,9 @@ def _mnist_config(args: argparse.Namespace):
                                ("train_subset", args.train_subset),
                                ("checkpoint_every", args.checkpoint_every),
                                ("dataset", args.dataset)) if v is not None}
+  for name in ("passive_decay", "passive_decay_begin_epoch", "importance_ema", "anneal_epochs"):
+    if getattr(args, name) is not None:
+      changes[name] = getattr(args, name)
   if args.methods:
     changes["methods"] = tuple(args.methods)
   return dataclasses.replace(config, **phases, **changes)
@@ -209,6 +212,14 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(f"--{name}-warmup-epochs", type=int)
     m.add_argument(f"--{name}-boundaries", type=int, nargs="*",
                    help=f"epochs of the {name} phase at which the learning rate drops 10x")
+  m.add_argument("--passive-decay", type=float,
+                 help="extra weight decay of the weights outside the top-Q (0: the paper)")
+  m.add_argument("--passive-decay-begin-epoch", type=int,
+                 help="GSM epoch from which --passive-decay applies (default 0)")
+  m.add_argument("--importance-ema", type=float,
+                 help="rank by a moving average of the Taylor scores at this rate (0: the paper)")
+  m.add_argument("--anneal-epochs", type=int,
+                 help="keep ratio from 1 to 1/compression by a cubic over these GSM epochs")
   m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
   m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
   m.add_argument("--no-plots", action="store_true")

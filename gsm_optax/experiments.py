@@ -91,6 +91,11 @@ class ExperimentConfig:
   methods: tuple[str, ...] = METHODS
   base: PhaseConfig = PhaseConfig(3e-2, 200, (40, 80, 120, 160), momentum=0.9)
   gsm: PhaseConfig = PhaseConfig(1e-2, 280, (160, 200, 240), momentum=0.99, nesterov=True)
+  # GSM beyond the paper (0 is the paper's update; see gsm_optax.gsm):
+  passive_decay: float = 0.0  # extra decay of the weights outside the top-Q
+  passive_decay_begin_epoch: int = 0  # ... from this GSM epoch on (0 before it)
+  importance_ema: float = 0.0  # rank by a moving average of the Taylor scores
+  anneal_epochs: int = 0  # keep ratio from 1 to 1/compression by a cubic over these GSM epochs
   # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
   # (None: the GSM phase's first learning-rate boundary), every this many steps.
   gradual_end_epoch: int | None = None
@@ -112,6 +117,16 @@ class ExperimentConfig:
     for name in ("batch_size", "checkpoint_every", "last_k"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)!r}.")
+    if not 0 <= self.passive_decay < float("inf"):
+      raise ValueError(f"passive_decay must be >= 0; got passive_decay={self.passive_decay!r}.")
+    if not 0 <= self.importance_ema < 1:
+      raise ValueError(f"importance_ema must be in [0, 1); got {self.importance_ema!r}.")
+    if not 0 <= self.passive_decay_begin_epoch <= self.gsm.epochs:
+      raise ValueError(f"passive_decay_begin_epoch must be in [0, gsm.epochs={self.gsm.epochs}];"
+                       f" got {self.passive_decay_begin_epoch!r}.")
+    if not 0 <= self.anneal_epochs <= self.gsm.epochs:
+      raise ValueError(f"anneal_epochs must be in [0, gsm.epochs={self.gsm.epochs}];"
+                       f" got anneal_epochs={self.anneal_epochs!r}.")
     for name in ("base", "gsm"):
       phase = getattr(self, name)
       if phase.epochs < 1:
@@ -186,9 +201,24 @@ def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int) -> optax.GradientTran
   )
 
 
-def gsm_optimizer(phase: PhaseConfig, steps_per_epoch: int, keep_ratio: float):
+def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int):
+  phase = config.gsm
+  keep_ratio = config.keep_ratio
+  if config.anneal_epochs:
+    keep_ratio = schedules.cubic_keep_ratio_schedule(
+        config.keep_ratio, begin_step=0, end_step=config.anneal_epochs * steps_per_epoch)
+  passive_decay = config.passive_decay
+  if config.passive_decay_begin_epoch and passive_decay:
+    passive_decay = optax.piecewise_constant_schedule(
+        0.0, {config.passive_decay_begin_epoch * steps_per_epoch: 1.0})
+    passive_decay = _scaled(passive_decay, config.passive_decay)
   return gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
-             weight_decay=phase.weight_decay, nesterov=phase.nesterov)
+             weight_decay=phase.weight_decay, nesterov=phase.nesterov,
+             passive_weight_decay=passive_decay, importance_ema=config.importance_ema)
+
+
+def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
+  return lambda count: factor * schedule(count)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -455,7 +485,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
       }
 
     gsm_params, trained = runner.phase("gsm", base_params,
-                                       gsm_optimizer(gsm_phase, spe, keep), gsm_phase.epochs,
+                                       gsm_optimizer(config, spe), gsm_phase.epochs,
                                        extra=gsm_extra)
     pruned = jit_prune(gsm_params, keep)
     report = sparsity_report(pruned)

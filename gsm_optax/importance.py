@@ -14,7 +14,8 @@ ImportanceFn = Callable[[PyTree, PyTree], PyTree]
 Importance = str | ImportanceFn
 
 
-def _score_dtype(*xs: Array):
+def score_dtype(*xs: Array):
+  """float64 for float64 inputs, float32 for every other dtype: the dtype scores are ranked in."""
   dtype = jnp.result_type(*xs)
   return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
@@ -37,7 +38,7 @@ def taylor(params: PyTree, grads: PyTree) -> PyTree:
   """
 
   def score(w, g):
-    dtype = _score_dtype(w, g)
+    dtype = score_dtype(w, g)
     return jnp.abs(g.astype(dtype) * w.astype(dtype))
 
   return jax.tree_util.tree_map(score, params, grads)
@@ -54,7 +55,7 @@ def magnitude(params: PyTree, grads: PyTree) -> PyTree:
     Scores, same structure, float32 (or float64).
   """
   del grads
-  return jax.tree_util.tree_map(lambda w: jnp.abs(w.astype(_score_dtype(w))), params)
+  return jax.tree_util.tree_map(lambda w: jnp.abs(w.astype(score_dtype(w))), params)
 
 
 _BUILTIN = {"taylor": taylor, "magnitude": magnitude}

@@ -24,10 +24,10 @@ from jax import lax
 
 from gsm_optax import eligibility
 from gsm_optax.importance import magnitude
+from gsm_optax.schedules import cubic_keep_ratio_schedule
 from gsm_optax.selection import global_topk_mask
 from gsm_optax.transform import (
   _check_number,
-  check_keep_ratio,
   check_params_structure,
   keep_count,
   missing_params_error,
@@ -291,8 +291,6 @@ def gradual_magnitude_pruning(
     >>> updates, state = tx.update(grads, state, params)
   """
   inner = _check_inner(inner)
-  check_keep_ratio(final_keep_ratio, "final_keep_ratio")
-  check_keep_ratio(initial_keep_ratio, "initial_keep_ratio")
   for name, value in [("final_keep_ratio", final_keep_ratio),
                       ("initial_keep_ratio", initial_keep_ratio)]:
     if callable(value):
@@ -300,26 +298,9 @@ def gradual_magnitude_pruning(
   _check_step("begin_step", begin_step, 0)
   _check_step("end_step", end_step, 0)
   _check_step("update_every", update_every, 1)
-  if end_step <= begin_step:
-    raise ValueError(
-        f"end_step must be greater than begin_step; got begin_step={begin_step},"
-        f" end_step={end_step}."
-    )
-  concrete = not any(isinstance(r, jax.core.Tracer) for r in (final_keep_ratio, initial_keep_ratio))
-  if concrete and float(final_keep_ratio) > float(initial_keep_ratio):
-    raise ValueError(
-        "final_keep_ratio must be at most initial_keep_ratio (pruning only removes"
-        f" weights); got final_keep_ratio={final_keep_ratio!r},"
-        f" initial_keep_ratio={initial_keep_ratio!r}."
-    )
-  span = end_step - begin_step
-
-  def keep_ratio_at(count):
-    done = jnp.clip(count - begin_step, 0, span)
-    remaining = (span - done).astype(jnp.float32) / jnp.float32(span)
-    final = jnp.asarray(final_keep_ratio, jnp.float32)
-    initial = jnp.asarray(initial_keep_ratio, jnp.float32)
-    return final + (initial - final) * remaining**3
+  keep_ratio_at = cubic_keep_ratio_schedule(
+      final_keep_ratio, begin_step=begin_step, end_step=end_step,
+      initial_keep_ratio=initial_keep_ratio)
 
   def is_mask_update(count):
     offset = count - begin_step

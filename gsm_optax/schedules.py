@@ -86,6 +86,72 @@ def warmup_piecewise_schedule(
   return schedule
 
 
+def cubic_keep_ratio_schedule(
+    final_keep_ratio: float,
+    *,
+    begin_step: int,
+    end_step: int,
+    initial_keep_ratio: float = 1.0,
+) -> optax.Schedule:
+  r"""A keep ratio that falls from ``initial_keep_ratio`` to ``final_keep_ratio`` by a cubic.
+
+  .. math::
+    r_t = r_f + (r_i - r_f) \left(1 - \mathrm{clip}\left(
+      \frac{t - t_b}{t_e - t_b}, 0, 1\right)\right)^3
+
+  Zhu & Gupta's gradual-pruning schedule written as a keep ratio: flat at
+  ``r_i`` up to ``begin_step``, steep at first and flat at the end, ``r_f``
+  from ``end_step`` on. Give it to :func:`gsm_optax.gsm` or
+  :func:`gsm_optax.keep_top_gradients` as ``keep_ratio`` to let GSM go from a
+  dense model to Q weights over a schedule rather than in one step.
+
+  Args:
+    final_keep_ratio: ``r_f`` in (0, 1], at most ``initial_keep_ratio``.
+    begin_step: ``t_b >= 0``.
+    end_step: ``t_e > t_b``.
+    initial_keep_ratio: ``r_i`` in (0, 1].
+
+  Returns:
+    An ``optax.Schedule``, ``step -> ratio`` in float32.
+
+  References:
+    Zhu & Gupta, `To prune, or not to prune: exploring the efficacy of pruning
+    for model compression <https://arxiv.org/abs/1710.01878>`_, 2017.
+
+  Example:
+    >>> from gsm_optax import cubic_keep_ratio_schedule
+    >>> ratio = cubic_keep_ratio_schedule(0.1, begin_step=0, end_step=100)
+    >>> [round(float(ratio(t)), 4) for t in (0, 50, 100, 200)]
+    [1.0, 0.2125, 0.1, 0.1]
+  """
+  for name, value in (("final_keep_ratio", final_keep_ratio),
+                      ("initial_keep_ratio", initial_keep_ratio)):
+    _check_number(name, value, lambda x: 0 < x <= 1, "a float in (0, 1]")
+  _check_int("begin_step", begin_step, 0)
+  _check_int("end_step", end_step, 0)
+  if end_step <= begin_step:
+    raise ValueError(
+        f"end_step must be greater than begin_step; got begin_step={begin_step},"
+        f" end_step={end_step}."
+    )
+  concrete = not any(isinstance(r, jax.core.Tracer) for r in (final_keep_ratio, initial_keep_ratio))
+  if concrete and float(final_keep_ratio) > float(initial_keep_ratio):
+    raise ValueError(
+        "final_keep_ratio must be at most initial_keep_ratio; got"
+        f" final_keep_ratio={final_keep_ratio!r}, initial_keep_ratio={initial_keep_ratio!r}."
+    )
+  span = end_step - begin_step
+
+  def schedule(count):
+    done = jnp.clip(jnp.asarray(count) - begin_step, 0, span)
+    remaining = (span - done).astype(jnp.float32) / jnp.float32(span)
+    final = jnp.asarray(final_keep_ratio, jnp.float32)
+    initial = jnp.asarray(initial_keep_ratio, jnp.float32)
+    return final + (initial - final) * remaining**3
+
+  return schedule
+
+
 def _check_decay_args(learning_rate, num_steps, momentum, weight_decay) -> None:
   _check_number("learning_rate", learning_rate, lambda x: 0 < x < math.inf,
                 "a finite number > 0 or a schedule", allow_schedule=True)

@@ -19,6 +19,7 @@ from gsm_optax.selection import global_topk_selection
 Array = jax.Array
 PyTree = Any
 KeepRatio = float | Array | optax.Schedule
+ScalarOrSchedule = float | Array | optax.Schedule
 
 
 class KeepTopGradientsState(NamedTuple):
@@ -28,13 +29,17 @@ class KeepTopGradientsState(NamedTuple):
     count: number of updates made so far (int32, saturating).
     keep_count: number of eligible gradients kept at the last update (int32;
       0 before the first update).
-    threshold: the importance score of the last kept weight at the last
-      update (NaN before the first update).
+    threshold: the ranking score of the last kept weight at the last update
+      (NaN before the first update).
+    average_scores: the exponential moving average of the importance scores,
+      shaped like params (zero for non-eligible leaves), when
+      ``importance_ema > 0``; None otherwise.
   """
 
   count: Array
   keep_count: Array
   threshold: Array
+  average_scores: PyTree = None
 
 
 class SelectionStats(NamedTuple):
@@ -135,11 +140,22 @@ def check_params_structure(treedef: Any, params: PyTree) -> list[Any]:
     ) from e
 
 
+def _is_zero(value: Any) -> bool:
+  """True for a concrete 0 (the option is off), False for anything else."""
+  return _is_concrete_number(value) and float(value) == 0.0
+
+
+def _value_at(value: ScalarOrSchedule, count: Array) -> Any:
+  return value(count) if callable(value) else value
+
+
 def keep_top_gradients(
     keep_ratio: KeepRatio,
     *,
     importance: importance_lib.Importance = "taylor",
     eligible: eligibility.Eligible = None,
+    passive_decay: ScalarOrSchedule = 0.0,
+    importance_ema: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   """Keeps the gradients of the globally most important weights only.
 
@@ -157,16 +173,37 @@ def keep_top_gradients(
   as it would without this stage and ``optax.apply_if_finite`` still skips the
   step.
 
+  Two options go beyond the paper (both off by default, and then the stage is
+  exactly the paper's mask ``B``):
+
+  - ``passive_decay`` (``eta_p``) gives the eligible weights outside the
+    top-Q an update of ``eta_p * w`` instead of 0, so the stage returns
+    ``B * g + eta_p * (1 - B) * w``. Followed by a weight decay ``eta`` on all
+    eligible weights (as in :func:`gsm`), the passive weights then decay at
+    ``eta + eta_p`` while the active ones keep ``eta``.
+  - ``importance_ema`` (``r``) ranks the weights by an exponential moving
+    average of their importance, ``S <- r * S + (1 - r) * T``, instead of the
+    current step's ``T`` alone. The minibatch Taylor score of a converged
+    weight is mostly noise, so the averaged score keeps the top-Q from
+    churning.
+
   Args:
     keep_ratio: fraction of eligible weights that receive their gradient, in
-      (0, 1]; a float, or a schedule ``step -> ratio``. Also works as an
-      injected hyper-parameter of ``optax.inject_hyperparams``.
+      (0, 1]; a float, or a schedule ``step -> ratio`` (for example
+      :func:`gsm_optax.cubic_keep_ratio_schedule`, dense to Q). Also works as
+      an injected hyper-parameter of ``optax.inject_hyperparams``.
     importance: ``"taylor"`` (``|g * w|``, the paper), ``"magnitude"``
       (``|w|``) or a callable ``(params, grads) -> scores`` returning a pytree
       like params; higher scores are kept first.
     eligible: which parameters are prunable: None for every array of rank >= 2,
       or a pytree of bools / a callable ``params -> pytree of bools``, as
       ``optax.masked``'s ``mask``.
+    passive_decay: ``eta_p >= 0``, a float or a schedule ``step -> eta_p``:
+      the update given to the eligible weights outside the top-Q, per unit of
+      their value. 0 (the paper) zeroes their gradient.
+    importance_ema: ``r`` in [0, 1): the rate of the moving average of the
+      scores used for ranking. 0 (the paper) ranks by the current scores; the
+      average is kept in the state (one float32 array per parameter).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -186,6 +223,10 @@ def keep_top_gradients(
     >>> updates, state = tx.update(grads, state, params)
   """
   check_keep_ratio(keep_ratio)
+  _check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
+                "a finite number >= 0 or a schedule", allow_schedule=True)
+  _check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
+  averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
 
   def init_fn(params):
@@ -194,10 +235,15 @@ def keep_top_gradients(
     leaves = jax.tree_util.tree_leaves(params)
     dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
     float_dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
+    average_scores = None
+    if averaging:
+      average_scores = jax.tree_util.tree_map(
+          lambda p: jnp.zeros(jnp.shape(p), importance_lib.score_dtype(p)), params)
     return KeepTopGradientsState(
         count=jnp.zeros([], jnp.int32),
         keep_count=jnp.zeros([], jnp.int32),
         threshold=jnp.full([], jnp.nan, float_dtype),
+        average_scores=average_scores,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -205,26 +251,38 @@ def keep_top_gradients(
     if params is None:
       raise missing_params_error("keep_top_gradients", "ranks weights by importance")
     leaves, treedef = jax.tree_util.tree_flatten(updates)
-    check_params_structure(treedef, params)
+    param_leaves = check_params_structure(treedef, params)
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = treedef.flatten_up_to(score_fn(params, updates))
+    average_scores = state.average_scores
+    if averaging:
+      rate = jnp.asarray(importance_ema, jnp.float32)
+      previous = treedef.flatten_up_to(state.average_scores)
+      scores = [
+          (rate * a + (1 - rate) * s).astype(a.dtype) if f else a
+          for a, s, f in zip(previous, scores, flags)
+      ]
+      average_scores = jax.tree_util.tree_unflatten(treedef, scores)
     eligible_scores = [s for s, f in zip(scores, flags) if f]
 
-    ratio = keep_ratio(state.count) if callable(keep_ratio) else keep_ratio
-    k = keep_count(ratio, num_eligible)
+    k = keep_count(_value_at(keep_ratio, state.count), num_eligible)
     selection = global_topk_selection(eligible_scores, k)
+    eta_p = _value_at(passive_decay, state.count)
 
     masks = iter(selection.mask)
     new_leaves = []
-    for g, f in zip(leaves, flags):
+    for g, w, f in zip(leaves, param_leaves, flags):
       if f:
         keep = next(masks) | ~jnp.isfinite(g)
-        g = jnp.where(keep, g, jnp.zeros((), g.dtype))
+        passive = (jnp.zeros((), g.dtype) if _is_zero(passive_decay)
+                   else (eta_p * w).astype(g.dtype))
+        g = jnp.where(keep, g, passive)
       new_leaves.append(g)
     new_state = KeepTopGradientsState(
         count=optax.safe_increment(state.count),
         keep_count=jnp.asarray(k, jnp.int32),
         threshold=selection.threshold.astype(state.threshold.dtype),
+        average_scores=average_scores,
     )
     return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
 
@@ -240,6 +298,8 @@ def gsm(
     nesterov: bool = False,
     importance: importance_lib.Importance = "taylor",
     eligible: eligibility.Eligible = None,
+    passive_weight_decay: ScalarOrSchedule = 0.0,
+    importance_ema: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Global Sparse Momentum SGD (Ding et al., NeurIPS 2019).
 
@@ -260,6 +320,15 @@ def gsm(
   optax.trace(momentum, nesterov=nesterov),
   optax.scale_by_learning_rate(learning_rate))``.
 
+  With its defaults this is the paper's update. Two options (passed on to
+  :func:`keep_top_gradients`) make the final prune free where the paper's
+  update leaves weights beyond Q that still matter (see the README's
+  recommended recipe): ``passive_weight_decay`` adds a term
+  ``eta_p (1 - B) W`` to the update of ``Z``, so only the weights outside the
+  top-Q decay harder, and ``importance_ema`` ranks by a moving average of the
+  importance. A ``keep_ratio`` schedule such as
+  :func:`gsm_optax.cubic_keep_ratio_schedule` goes from dense to Q.
+
   Args:
     learning_rate: ``alpha``, a float or an optax schedule.
     keep_ratio: fraction of eligible weights to keep, in (0, 1]; a float or a
@@ -270,6 +339,11 @@ def gsm(
     importance: ``"taylor"``, ``"magnitude"`` or a callable; see
       :func:`keep_top_gradients`.
     eligible: which parameters are prunable; see :func:`keep_top_gradients`.
+    passive_weight_decay: ``eta_p >= 0``, a float or a schedule: extra decay
+      of the eligible weights outside the top-Q at each step, on top of
+      ``weight_decay``. 0 is the paper.
+    importance_ema: rate in [0, 1) of the moving average of the importance
+      used for ranking; 0 (the paper) ranks by the current minibatch's scores.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -296,7 +370,8 @@ def gsm(
   _check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
                 "a finite number >= 0")
   return optax.chain(
-      keep_top_gradients(keep_ratio, importance=importance, eligible=eligible),
+      keep_top_gradients(keep_ratio, importance=importance, eligible=eligible,
+                         passive_decay=passive_weight_decay, importance_ema=importance_ema),
       optax.add_decayed_weights(
           weight_decay, mask=lambda p: eligibility.resolve_eligible(eligible, p)
       ),
