@@ -1,6 +1,5 @@
 """gsm-optax: Global Sparse Momentum SGD as composable optax transformations."""
 
-from gsm_optax.datasets import Dataset, load_fashion_mnist, load_mnist
 from gsm_optax.eligibility import default_eligible
 from gsm_optax.importance import magnitude, taylor
 from gsm_optax.masking import (
@@ -9,10 +8,11 @@ from gsm_optax.masking import (
     gradual_magnitude_pruning,
     hold_mask,
 )
-from gsm_optax.models import LeNet5, LeNet300100
 from gsm_optax.pruning import prune, prune_mask
+from gsm_optax.readiness import PruneReadiness, prune_readiness
 from gsm_optax.reporting import LeafSparsity, SparsityReport, sparsity_report
 from gsm_optax.schedules import (
+    cubic_keep_ratio_schedule,
     decay_shrink_factor,
     shrink_warning,
     simulate_decay_shrink,
@@ -32,7 +32,7 @@ from gsm_optax.transform import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Dataset",
+    "cubic_keep_ratio_schedule",
     "decay_shrink_factor",
     "default_eligible",
     "global_topk_mask",
@@ -46,14 +46,12 @@ __all__ = [
     "keep_top_gradients",
     "KeepTopGradientsState",
     "LeafSparsity",
-    "LeNet300100",
-    "LeNet5",
-    "load_fashion_mnist",
-    "load_mnist",
     "load_sparse",
     "magnitude",
     "prune",
     "prune_mask",
+    "prune_readiness",
+    "PruneReadiness",
     "save_sparse",
     "Selection",
     "selection_stats",

@@ -22,22 +22,15 @@ import numpy as np
 import optax
 from jax import lax
 
-from gsm_optax import eligibility
+from gsm_optax import _utils, eligibility
 from gsm_optax.importance import magnitude
 from gsm_optax.schedules import cubic_keep_ratio_schedule
 from gsm_optax.selection import global_topk_mask
-from gsm_optax.transform import (
-  _check_number,
-  check_params_structure,
-  keep_count,
-  missing_params_error,
-)
+from gsm_optax.transform import keep_count
 
 Array = jax.Array
 PyTree = Any
 Mask = PyTree | Callable[[PyTree], PyTree]
-
-_INT32_MAX = 2**31 - 1
 
 
 class HoldMaskState(NamedTuple):
@@ -181,6 +174,8 @@ def hold_mask(
   inner = _check_inner(inner)
 
   def init_fn(params):
+    if _utils.has_no_leaves(params):  # optax.tree_map_params: the mask is shaped like params
+      return HoldMaskState(mask=params, inner_state=inner.init(params))
     masks = _resolve_hold_mask(mask, params)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     masked = [p if m is None else _zero_outside(p, m) for p, m in zip(leaves, masks)]
@@ -192,9 +187,9 @@ def hold_mask(
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise missing_params_error("hold_mask", "returns -params outside the mask")
+      raise _utils.missing_params_error("hold_mask", "returns -params outside the mask")
     grads, treedef = jax.tree_util.tree_flatten(updates)
-    param_leaves = check_params_structure(treedef, params)
+    param_leaves = _utils.check_params_structure(treedef, params)
     masks = treedef.flatten_up_to(state.mask)
     held = [not isinstance(m, optax.MaskedNode) for m in masks]
     grads = [_masked_grad(g, m) if h else g for g, m, h in zip(grads, masks, held)]
@@ -212,13 +207,6 @@ def hold_mask(
     return jax.tree_util.tree_unflatten(treedef, out), HoldMaskState(state.mask, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _check_step(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be a Python int; got {name}={value!r}.")
-  if not minimum <= value <= _INT32_MAX:
-    raise ValueError(f"{name} must be an int in [{minimum}, 2**31 - 1]; got {name}={value!r}.")
 
 
 def gradual_magnitude_pruning(
@@ -295,9 +283,9 @@ def gradual_magnitude_pruning(
                       ("initial_keep_ratio", initial_keep_ratio)]:
     if callable(value):
       raise TypeError(f"{name} must be a float in (0, 1]; got {name}={value!r}.")
-  _check_step("begin_step", begin_step, 0)
-  _check_step("end_step", end_step, 0)
-  _check_step("update_every", update_every, 1)
+  _utils.check_int("begin_step", begin_step, 0, _utils.INT32_MAX)
+  _utils.check_int("end_step", end_step, 0, _utils.INT32_MAX)
+  _utils.check_int("update_every", update_every, 1, _utils.INT32_MAX)
   keep_ratio_at = cubic_keep_ratio_schedule(
       final_keep_ratio, begin_step=begin_step, end_step=end_step,
       initial_keep_ratio=initial_keep_ratio)
@@ -308,8 +296,10 @@ def gradual_magnitude_pruning(
     return (count >= begin_step) & (count <= end_step) & on_grid
 
   def init_fn(params):
+    if _utils.has_no_leaves(params):  # optax.tree_map_params: the mask is shaped like params
+      return GradualPruningState(jnp.zeros([], jnp.int32), params, inner.init(params))
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-    _check_number("final_keep_ratio", final_keep_ratio,
+    _utils.check_number("final_keep_ratio", final_keep_ratio,
                   lambda r: np.floor(r * num_eligible) >= 1,
                   f"large enough to keep at least one of the {num_eligible} eligible weights"
                   f" (>= {1 / num_eligible:.3g})")
@@ -324,9 +314,9 @@ def gradual_magnitude_pruning(
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise missing_params_error("gradual_magnitude_pruning", "ranks weights by magnitude")
+      raise _utils.missing_params_error("gradual_magnitude_pruning", "ranks weights by magnitude")
     grads, treedef = jax.tree_util.tree_flatten(updates)
-    param_leaves = check_params_structure(treedef, params)
+    param_leaves = _utils.check_params_structure(treedef, params)
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     masks = treedef.flatten_up_to(state.mask)
     grads = [_masked_grad(g, m) if f else g for g, m, f in zip(grads, masks, flags)]

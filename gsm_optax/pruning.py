@@ -7,10 +7,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import eligibility
+from gsm_optax import _utils, eligibility
 from gsm_optax.importance import magnitude
 from gsm_optax.selection import global_topk_mask
-from gsm_optax.transform import check_keep_ratio, keep_count
+from gsm_optax.transform import keep_count
 
 PyTree = Any
 
@@ -28,7 +28,7 @@ def prune_mask(
   Returns:
     A pytree of bool arrays shaped like ``params``.
   """
-  check_keep_ratio(keep_ratio)
+  _utils.check_keep_ratio(keep_ratio)
   flags, num_eligible = eligibility.eligible_leaves(eligible, params)
   k = keep_count(keep_ratio, num_eligible)
   if isinstance(k, int) and k < 1:

@@ -18,16 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gsm_optax.transform import _check_number
+from gsm_optax import _utils
 
 _CHUNK = 1 << 16  # steps reduced at a time by simulate_decay_shrink
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be an int >= {minimum}; got {name}={value!r}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}; got {name}={value!r}.")
 
 
 def warmup_piecewise_schedule(
@@ -61,26 +54,24 @@ def warmup_piecewise_schedule(
     >>> [round(float(lr(t)), 6) for t in (0, 5, 10, 99, 100, 150)]
     [0.0, 0.05, 0.1, 0.1, 0.01, 0.001]
   """
-  _check_number("peak_value", peak_value, lambda x: 0 < x < math.inf, "a finite number > 0")
-  _check_number("factor", factor, lambda x: 0 < x < math.inf, "a finite number > 0")
-  _check_int("warmup_steps", warmup_steps, 0)
+  _utils.check_number("peak_value", peak_value, lambda x: 0 < x < math.inf, "a finite number > 0")
+  _utils.check_number("factor", factor, lambda x: 0 < x < math.inf, "a finite number > 0")
+  _utils.check_int("warmup_steps", warmup_steps, 0)
   boundaries = list(boundaries)
   for i, b in enumerate(boundaries):
-    _check_int(f"boundaries[{i}]", b, 0)
+    _utils.check_int(f"boundaries[{i}]", b, 0)
   if any(b >= c for b, c in zip(boundaries, boundaries[1:])):
     raise ValueError(f"boundaries must be strictly increasing; got boundaries={boundaries!r}.")
-  # Rate after j boundaries, computed in float64 and rounded once.
-  levels = jnp.asarray([float(peak_value) * float(factor) ** j
-                        for j in range(len(boundaries) + 1)], jnp.float32)
-  bounds = jnp.asarray(boundaries, jnp.int32)
+  # The step decay is optax's own (it scales at every count >= a boundary). The warm-up ramp is
+  # written out: optax.linear_schedule computes 1 - (1 - t / T), which loses bits near t = 0.
+  steps = optax.piecewise_constant_schedule(
+      float(peak_value), {int(b): float(factor) for b in boundaries})
 
   def schedule(count):
-    count = jnp.asarray(count)
-    passed = jnp.searchsorted(bounds, count, side="right")
-    rate = levels[passed]
+    rate = jnp.asarray(steps(count), jnp.float32)
     if warmup_steps:
-      warm = jnp.minimum(count.astype(jnp.float32) / jnp.float32(warmup_steps), 1.0)
-      rate = rate * warm
+      count = jnp.asarray(count)
+      rate = rate * jnp.minimum(count.astype(jnp.float32) / jnp.float32(warmup_steps), 1.0)
     return rate
 
   return schedule
@@ -126,9 +117,9 @@ def cubic_keep_ratio_schedule(
   """
   for name, value in (("final_keep_ratio", final_keep_ratio),
                       ("initial_keep_ratio", initial_keep_ratio)):
-    _check_number(name, value, lambda x: 0 < x <= 1, "a float in (0, 1]")
-  _check_int("begin_step", begin_step, 0)
-  _check_int("end_step", end_step, 0)
+    _utils.check_number(name, value, lambda x: 0 < x <= 1, "a float in (0, 1]")
+  _utils.check_int("begin_step", begin_step, 0)
+  _utils.check_int("end_step", end_step, 0)
   if end_step <= begin_step:
     raise ValueError(
         f"end_step must be greater than begin_step; got begin_step={begin_step},"
@@ -153,11 +144,11 @@ def cubic_keep_ratio_schedule(
 
 
 def _check_decay_args(learning_rate, num_steps, momentum, weight_decay) -> None:
-  _check_number("learning_rate", learning_rate, lambda x: 0 < x < math.inf,
+  _utils.check_number("learning_rate", learning_rate, lambda x: 0 < x < math.inf,
                 "a finite number > 0 or a schedule", allow_schedule=True)
-  _check_int("num_steps", num_steps, 0)
-  _check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
-  _check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
+  _utils.check_int("num_steps", num_steps, 0)
+  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
                 "a finite number >= 0")
 
 
@@ -300,8 +291,8 @@ def shrink_warning(factor: float, threshold: float = 1e-3) -> str | None:
     >>> shrink_warning(1e-6) is None
     True
   """
-  _check_number("factor", factor, lambda x: math.isfinite(x), "a finite number")
-  _check_number("threshold", threshold, lambda x: 0 < x < 1, "in (0, 1)")
+  _utils.check_number("factor", factor, lambda x: math.isfinite(x), "a finite number")
+  _utils.check_number("threshold", threshold, lambda x: 0 < x < 1, "in (0, 1)")
   if abs(float(factor)) <= float(threshold):
     return None
   return (

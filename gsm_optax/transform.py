@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from gsm_optax import eligibility
+from gsm_optax import _utils, eligibility
 from gsm_optax import importance as importance_lib
 from gsm_optax.selection import global_topk_selection
 
@@ -50,39 +47,6 @@ class SelectionStats(NamedTuple):
   threshold: Array
 
 
-def _is_concrete_number(x: Any) -> bool:
-  if isinstance(x, numbers.Real) and not isinstance(x, bool):
-    return True
-  if isinstance(x, (np.ndarray, np.generic)) and np.ndim(x) == 0:
-    return True
-  if isinstance(x, jax.Array) and x.ndim == 0 and not isinstance(x, jax.core.Tracer):
-    return True
-  return False
-
-
-def _check_number(
-    name: str, value: Any, ok: Callable[[float], bool], expected: str,
-    allow_schedule: bool = False,
-) -> None:
-  """Raises an error naming ``name`` and ``value`` unless ``ok(float(value))``.
-
-  Traced values (``optax.inject_hyperparams`` under ``jit``) cannot be checked
-  here and pass, as do schedules where ``allow_schedule``.
-  """
-  if isinstance(value, jax.core.Tracer) or (allow_schedule and callable(value)):
-    return
-  if isinstance(value, bool) or not _is_concrete_number(value):
-    raise TypeError(f"{name} must be {expected}; got {name}={value!r}.")
-  if not ok(float(value)):  # NaN fails every range check
-    raise ValueError(f"{name} must be {expected}; got {name}={value!r}.")
-
-
-def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> None:
-  """Raises unless ``keep_ratio`` is a number in (0, 1] or a schedule."""
-  _check_number(name, keep_ratio, lambda x: 0.0 < x <= 1.0,
-                "a float in (0, 1] or a schedule (step -> ratio)", allow_schedule=True)
-
-
 def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
   """Q = floor(keep_ratio * num_eligible), the number of weights kept.
 
@@ -101,7 +65,7 @@ def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
   Returns:
     The keep count.
   """
-  if _is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
+  if _utils.is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
     return int(math.floor(float(keep_ratio) * num_eligible))
   product = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(num_eligible)
   nearest = jnp.round(product)
@@ -115,7 +79,7 @@ def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int) -> None:
   name = "keep_ratio(0)" if callable(keep_ratio) else "keep_ratio"
   if isinstance(ratio, jax.core.Tracer):
     return
-  check_keep_ratio(ratio, name)
+  _utils.check_keep_ratio(ratio, name)
   if math.floor(float(ratio) * num_eligible) < 1:
     raise ValueError(
         f"{name}={float(ratio)!r} keeps floor({float(ratio)!r} * {num_eligible})"
@@ -124,25 +88,9 @@ def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int) -> None:
     )
 
 
-def missing_params_error(name: str, why: str) -> ValueError:
-  """The error an ``update`` that needs the parameters raises when it gets none."""
-  return ValueError(f"{name} {why} and needs the parameters: call update(updates, state, params).")
-
-
-def check_params_structure(treedef: Any, params: PyTree) -> list[Any]:
-  """``params``' leaves, matched to the updates' ``treedef``, or a clear ValueError."""
-  try:
-    return treedef.flatten_up_to(params)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        "params must have the structure of the updates; got params structure"
-        f" {jax.tree_util.tree_structure(params)} for updates structure {treedef}."
-    ) from e
-
-
 def _is_zero(value: Any) -> bool:
   """True for a concrete 0 (the option is off), False for anything else."""
-  return _is_concrete_number(value) and float(value) == 0.0
+  return _utils.is_concrete_number(value) and float(value) == 0.0
 
 
 def _value_at(value: ScalarOrSchedule, count: Array) -> Any:
@@ -203,7 +151,8 @@ def keep_top_gradients(
       their value. 0 (the paper) zeroes their gradient.
     importance_ema: ``r`` in [0, 1): the rate of the moving average of the
       scores used for ranking. 0 (the paper) ranks by the current scores; the
-      average is kept in the state (one float32 array per parameter).
+      average is kept in the state (one float32 array per parameter) when the
+      rate is not 0 at ``init``, so an injected rate must start non-zero.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -222,19 +171,21 @@ def keep_top_gradients(
     >>> grads = {"w": jnp.array([[1., 2.], [3., 4.]]), "b": jnp.ones(2)}
     >>> updates, state = tx.update(grads, state, params)
   """
-  check_keep_ratio(keep_ratio)
-  _check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
+  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
                 "a finite number >= 0 or a schedule", allow_schedule=True)
-  _check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
 
   def init_fn(params):
-    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-    _check_init_keep_count(keep_ratio, num_eligible)
-    leaves = jax.tree_util.tree_leaves(params)
-    dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
-    float_dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
+    float_dtype = jnp.float32
+    if not _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
+      flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+      _check_init_keep_count(keep_ratio, num_eligible)
+      leaves = jax.tree_util.tree_leaves(params)
+      dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
+      float_dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
     average_scores = None
     if averaging:
       average_scores = jax.tree_util.tree_map(
@@ -249,13 +200,15 @@ def keep_top_gradients(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise missing_params_error("keep_top_gradients", "ranks weights by importance")
+      raise _utils.missing_params_error("keep_top_gradients", "ranks weights by importance")
     leaves, treedef = jax.tree_util.tree_flatten(updates)
-    param_leaves = check_params_structure(treedef, params)
+    param_leaves = _utils.check_params_structure(treedef, params)
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = treedef.flatten_up_to(score_fn(params, updates))
     average_scores = state.average_scores
-    if averaging:
+    # Whether averages are kept was settled by init (a concrete 0 keeps none), so that an
+    # importance_ema injected by optax.inject_hyperparams (traced here) keeps the state's shape.
+    if average_scores is not None:
       rate = jnp.asarray(importance_ema, jnp.float32)
       previous = treedef.flatten_up_to(state.average_scores)
       scores = [
@@ -364,10 +317,10 @@ def gsm(
     >>> params = optax.apply_updates(params, updates)
     >>> pruned = prune(params, 1 / 3)
   """
-  _check_number("learning_rate", learning_rate, lambda x: x > 0,
+  _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
                 "a positive float or a schedule", allow_schedule=True)
-  _check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
-  _check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
+  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
                 "a finite number >= 0")
   return optax.chain(
       keep_top_gradients(keep_ratio, importance=importance, eligible=eligible,

@@ -16,7 +16,8 @@ def stable_topk_mask(flat_scores: np.ndarray, k: int) -> np.ndarray:
   return mask
 
 
-def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps):
+def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps, *,
+                  passive_decay=lambda t: 0.0, ema=0.0):
   """Global Sparse Momentum SGD in float64, straight from Ding et al. (2019).
 
     T = |g * W|, B = 1 on the global top-Q of T over eligible weights
@@ -24,22 +25,30 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
     Z = beta * Z + d
     W = W - lr * Z                     (Nesterov: W = W - lr * (beta * Z + d))
 
-  Yields the list of parameter arrays after every step.
+  and the two extensions of gsm_optax.gsm, both off by default:
+
+    d = B * g + eta * W + eta_p(t) * (1 - B) * W      (passive_decay = eta_p)
+    S = ema * S + (1 - ema) * T, B from the top-Q of S  (S starts at 0)
+
+  ``keep_ratio`` is a float (Q = floor(keep_ratio * n)) or a function ``t -> Q``.
+  Yields the list of parameter arrays and the mask B after every step.
   """
   w = [np.asarray(x, np.float64).copy() for x in w0]
   z = [np.zeros_like(x) for x in w]
   n = sum(x.size for x, e in zip(w, eligible) if e)
-  q = int(np.floor(keep_ratio * n))
+  s_avg = np.zeros(n)
   for t in range(steps):
+    q = keep_ratio(t) if callable(keep_ratio) else int(np.floor(keep_ratio * n))
     g = grad_fn(t, w)
     scores = np.concatenate([np.abs(gi * wi).ravel() for gi, wi, e in zip(g, w, eligible) if e])
-    b = stable_topk_mask(scores, q)
+    s_avg = ema * s_avg + (1 - ema) * scores
+    b = stable_topk_mask(s_avg, q)
     offset = 0
     for i, e in enumerate(eligible):
       if e:
         bi = b[offset:offset + w[i].size].reshape(w[i].shape)
         offset += w[i].size
-        d = bi * g[i] + eta * w[i]
+        d = bi * g[i] + eta * w[i] + passive_decay(t) * (1 - bi) * w[i]
       else:
         d = g[i]
       z[i] = beta * z[i] + d

@@ -28,7 +28,7 @@ from flax.training import train_state
 
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
-from gsm_optax.cli import MLP
+from gsm_optax.experiments.cli import MLP
 
 BATCH = 64
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gsm_optax import cli
+from gsm_optax.experiments import cli
 
 
 def test_digits_job_reaches_the_target_density(tmp_path):

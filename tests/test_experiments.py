@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from gsm_optax import experiments, sparsity_report
+from gsm_optax import experiments, prune_mask, sparsity_report
 from gsm_optax.experiments import PhaseConfig
 
 
@@ -63,7 +63,7 @@ def test_lottery_tickets_start_from_the_initial_weights(full_run):
   out, results = full_run
   gsm_params = experiments.load_phase_params(out, "gsm", tiny_config())
   ticket = experiments.load_phase_params(out, "lottery_gsm", tiny_config())
-  mask = experiments.prune_mask(gsm_params, 1 / 60.0)
+  mask = prune_mask(gsm_params, 1 / 60.0)
   for m, t in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(ticket)):
     assert not np.any(np.asarray(t)[~np.asarray(m)])  # the pruned weights stayed at 0
 

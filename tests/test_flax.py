@@ -8,8 +8,8 @@ from flax import nnx
 from flax.training import train_state
 
 import gsm_optax
-from gsm_optax.cli import MLP, load_digits_split
-from gsm_optax.training import accuracy, make_train_epoch
+from gsm_optax.experiments.cli import MLP, load_digits_split
+from gsm_optax.experiments.training import accuracy, make_train_epoch
 
 KEEP = 0.1
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gsm_optax import default_eligible, models
+from gsm_optax import default_eligible
+from gsm_optax.experiments import models
 
 
 @pytest.mark.parametrize(

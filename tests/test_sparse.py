@@ -11,7 +11,7 @@ import pytest
 from jax.experimental import sparse as jsparse
 
 import gsm_optax
-from gsm_optax.cli import MLP
+from gsm_optax.experiments.cli import MLP
 
 
 def _lenet_300_100(rng):

@@ -17,10 +17,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from gsm_optax.pruning import prune
-from gsm_optax.reporting import sparsity_report
-from gsm_optax.training import accuracy, make_train_epoch
-from gsm_optax.transform import gsm, selection_stats
+from gsm_optax import gsm, prune, selection_stats, sparsity_report
+from gsm_optax.experiments.training import accuracy, make_train_epoch
 
 
 class MLP(nn.Module):
@@ -116,7 +114,7 @@ def run_digits(args: argparse.Namespace) -> dict:
 
 def _mnist_config(args: argparse.Namespace):
   """The experiment configuration: the paper's (or the fast preset), then the overrides."""
-  from gsm_optax import experiments
+  from gsm_optax.experiments import runner as experiments
 
   preset = experiments.fast_config if args.fast else experiments.paper_config
   config = preset(args.model, args.compression)
@@ -133,6 +131,7 @@ def _mnist_config(args: argparse.Namespace):
     if boundaries is not None:
       changes["boundaries"] = tuple(boundaries)
     phases[name] = dataclasses.replace(phase, **changes)
+  config = experiments.with_recipe(dataclasses.replace(config, **phases), args.recipe)
   changes = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
                                ("train_subset", args.train_subset),
                                ("checkpoint_every", args.checkpoint_every),
@@ -142,12 +141,12 @@ def _mnist_config(args: argparse.Namespace):
       changes[name] = getattr(args, name)
   if args.methods:
     changes["methods"] = tuple(args.methods)
-  return dataclasses.replace(config, **phases, **changes)
+  return dataclasses.replace(config, **changes)
 
 
 def run_mnist(args: argparse.Namespace) -> dict:
   """Base training, GSM and the baselines on MNIST, the final prune, JSON and plots."""
-  from gsm_optax import experiments
+  from gsm_optax.experiments import runner as experiments
 
   try:
     config = _mnist_config(args)
@@ -159,7 +158,7 @@ def run_mnist(args: argparse.Namespace) -> dict:
   results = experiments.run(config, out, quiet=args.quiet)
   if not args.no_plots and "gsm" in results:
     try:
-      from gsm_optax import plotting
+      from gsm_optax.experiments import plotting
 
       for path in plotting.write_plots(results, out):
         print(f"wrote {path}")
@@ -212,6 +211,11 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(f"--{name}-warmup-epochs", type=int)
     m.add_argument(f"--{name}-boundaries", type=int, nargs="*",
                    help=f"epochs of the {name} phase at which the learning rate drops 10x")
+  m.add_argument("--recipe", choices=["recommended", "paper"], default="recommended",
+                 help="the GSM update: 'recommended' (default: the keep ratio annealed from dense"
+                 " to Q, then an extra decay for the weights outside the top-Q, so the final"
+                 " prune is free) or 'paper' (the authors' update, unchanged); the flags below"
+                 " override either")
   m.add_argument("--passive-decay", type=float,
                  help="extra weight decay of the weights outside the top-Q (0: the paper)")
   m.add_argument("--passive-decay-begin-epoch", type=int,

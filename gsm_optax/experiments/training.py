@@ -47,6 +47,12 @@ def make_train_epoch(batch_size: int) -> Callable:
   return epoch
 
 
+def correct_count(apply_fn: Callable, params: Any, images: Array, labels: Array) -> Array:
+  """How many images are classified correctly (int32); pure, for use under ``jit``."""
+  logits = apply_fn({"params": params}, images)
+  return jnp.sum(jnp.argmax(logits, -1) == labels, dtype=jnp.int32)
+
+
 def accuracy(apply_fn: Callable, params: Any, images: Array, labels: Array,
              batch_size: int = 10_000) -> float:
   """Top-1 accuracy in [0, 1], evaluated in batches."""

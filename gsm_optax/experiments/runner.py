@@ -24,6 +24,7 @@ whole run's results go to ``<out>/results.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -40,13 +41,10 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from gsm_optax import datasets, masking, models, schedules
+import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
-from gsm_optax.eligibility import default_eligible
-from gsm_optax.pruning import prune, prune_mask
-from gsm_optax.reporting import sparsity_report
-from gsm_optax.training import accuracy, make_train_epoch
-from gsm_optax.transform import gsm, selection_stats
+from gsm_optax.experiments import datasets, models
+from gsm_optax.experiments.training import accuracy, correct_count, make_train_epoch
 
 PyTree = Any
 METHODS = ("gsm", "lottery", "oneshot", "gradual")
@@ -71,7 +69,7 @@ class PhaseConfig:
   lr_factor: float = 0.1
 
   def schedule(self, steps_per_epoch: int) -> optax.Schedule:
-    return schedules.warmup_piecewise_schedule(
+    return gsm_optax.warmup_piecewise_schedule(
         self.learning_rate,
         warmup_steps=self.warmup_epochs * steps_per_epoch,
         boundaries=[b * steps_per_epoch for b in self.boundaries],
@@ -81,7 +79,13 @@ class PhaseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """Everything one run depends on; the defaults are the authors' (GUIDE section 2)."""
+  """Everything one run depends on.
+
+  The defaults are the authors' LeNet settings (Ding et al. 2019, Section 4.1, and their public
+  code, DingXiaoH/GSM-SGD): batch 256; base: lr 3e-2, momentum 0.9, weight decay 5e-4, 200
+  epochs, x0.1 at 40/80/120/160; GSM: lr 1e-2, Nesterov momentum 0.99, weight decay 5e-4, 280
+  epochs, x0.1 at 160/200/240; a 5-epoch linear warm-up in both.
+  """
 
   model: str = "lenet300"
   compression: float = 60.0
@@ -143,8 +147,42 @@ class ExperimentConfig:
 def paper_config(
     model: str = "lenet300", compression: float = 60.0, **overrides
 ) -> ExperimentConfig:
-  """The authors' schedules: 200 base epochs, 280 GSM epochs (GUIDE section 2)."""
+  """The authors' schedules and GSM update: 200 base epochs, 280 GSM epochs (DingXiaoH/GSM-SGD)."""
   return ExperimentConfig(model=model, compression=compression, **overrides)
+
+
+# The recommended GSM recipe (README, docs/RESULTS.md): measured on LeNet-300-100 at 60x, where
+# the paper's update leaves weights beyond Q that the final prune cannot remove for free.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "recommended": {"anneal_fraction": 100 / 160, "passive_decay": 5e-3},
+}
+
+
+def with_recipe(config: ExperimentConfig, recipe: str) -> ExperimentConfig:
+  """``config`` with a named GSM recipe: ``"paper"`` (unchanged) or ``"recommended"``.
+
+  The recommended recipe anneals the keep ratio from dense to Q by a cubic over
+  ``anneal_fraction`` of the GSM phase's epochs up to its first learning-rate drop (100 of the
+  authors' 160), and gives the weights outside the top-Q at each step an extra decay of
+  ``passive_decay`` throughout.
+  """
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe must be one of {sorted(RECIPES)}; got recipe={recipe!r}.")
+  settings = RECIPES[recipe]
+  if not settings:
+    return config
+  phase = config.gsm
+  first_drop = phase.boundaries[0] if phase.boundaries else phase.epochs
+  anneal = max(1, round(settings["anneal_fraction"] * first_drop))
+  return dataclasses.replace(config, anneal_epochs=anneal, passive_decay=settings["passive_decay"])
+
+
+def recommended_config(
+    model: str = "lenet300", compression: float = 60.0, **overrides
+) -> ExperimentConfig:
+  """The authors' schedules with the recommended GSM recipe (see :func:`with_recipe`)."""
+  return with_recipe(paper_config(model, compression, **overrides), "recommended")
 
 
 def fast_config(
@@ -154,7 +192,7 @@ def fast_config(
 
   The GSM phase is 10 epochs instead of 280, so the authors' weight decay would
   leave the weights outside the top-Q far from zero (see
-  :func:`gsm_optax.schedules.decay_shrink_factor`); it uses 1e-2 instead.
+  :func:`gsm_optax.decay_shrink_factor`); it uses 1e-2 instead.
   """
   defaults = dict(
       train_subset=20_000,
@@ -195,7 +233,7 @@ def load_data(config: ExperimentConfig) -> tuple[jax.Array, jax.Array, jax.Array
 def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD with momentum and weight decay on the eligible (rank >= 2) weights only."""
   return optax.chain(
-      optax.add_decayed_weights(phase.weight_decay, mask=default_eligible),
+      optax.add_decayed_weights(phase.weight_decay, mask=gsm_optax.default_eligible),
       optax.trace(phase.momentum, nesterov=phase.nesterov),
       optax.scale_by_learning_rate(phase.schedule(steps_per_epoch)),
   )
@@ -205,100 +243,51 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int):
   phase = config.gsm
   keep_ratio = config.keep_ratio
   if config.anneal_epochs:
-    keep_ratio = schedules.cubic_keep_ratio_schedule(
+    keep_ratio = gsm_optax.cubic_keep_ratio_schedule(
         config.keep_ratio, begin_step=0, end_step=config.anneal_epochs * steps_per_epoch)
   passive_decay = config.passive_decay
   if config.passive_decay_begin_epoch and passive_decay:
-    passive_decay = optax.piecewise_constant_schedule(
-        0.0, {config.passive_decay_begin_epoch * steps_per_epoch: 1.0})
-    passive_decay = _scaled(passive_decay, config.passive_decay)
-  return gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
+    begin = config.passive_decay_begin_epoch * steps_per_epoch
+    passive_decay = lambda count: jnp.where(count >= begin, config.passive_decay, 0.0)
+  return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
              weight_decay=phase.weight_decay, nesterov=phase.nesterov,
              passive_weight_decay=passive_decay, importance_ema=config.importance_ema)
 
-
-def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
-  return lambda count: factor * schedule(count)
 
 
 # ----------------------------------------------------------------------------- measurements
 
 
-jit_prune = jax.jit(prune, static_argnums=1)
-jit_prune_mask = jax.jit(prune_mask, static_argnums=1)
+jit_prune = jax.jit(gsm_optax.prune, static_argnums=1)
+jit_prune_mask = jax.jit(gsm_optax.prune_mask, static_argnums=1)
 
 
-def _eligible_pairs(params: PyTree, pruned: PyTree) -> list[tuple[Any, Any]]:
-  flags = jax.tree_util.tree_leaves(default_eligible(params))
-  return [(w, p) for w, p, e in zip(jax.tree_util.tree_leaves(params),
-                                    jax.tree_util.tree_leaves(pruned), flags) if e]
-
-
-@jax.jit
-def _outside_fraction(params: PyTree, pruned: PyTree) -> jax.Array:
-  total = outside = jnp.zeros((), jnp.float32)
-  for w, p in _eligible_pairs(params, pruned):
-    w = w.astype(jnp.float32)
-    total += jnp.sum(jnp.square(w))
-    outside += jnp.sum(jnp.square(w - p.astype(jnp.float32)))
-  return jnp.sqrt(outside / jnp.maximum(total, jnp.finfo(jnp.float32).tiny))
-
-
-def outside_fraction(params: PyTree, pruned: PyTree) -> float:
-  """Share of the eligible weights' L2 norm that ``pruned = prune(params, ...)`` removed.
-
-  Zero once the model is exactly Q-sparse: the "distance to the target".
-  """
-  return float(_outside_fraction(params, pruned))
-
-
-def removed_by_prune(params: PyTree, pruned: PyTree) -> dict[str, float]:
-  """How much of the eligible weights' magnitude ``pruned = prune(params, ...)`` removed."""
-  l1 = l1_out = l2 = l2_out = 0.0
-  largest_removed = 0.0
-  for w, p in _eligible_pairs(params, pruned):
-    a = np.abs(np.asarray(w, np.float64))
-    removed = np.abs(np.asarray(w, np.float64) - np.asarray(p, np.float64))
-    l1 += a.sum()
-    l1_out += removed.sum()
-    l2 += np.square(a).sum()
-    l2_out += np.square(removed).sum()
-    largest_removed = max(largest_removed, float(removed.max(initial=0.0)))
+def readiness_row(r: gsm_optax.PruneReadiness, num_test: int) -> dict[str, Any]:
+  """A :class:`gsm_optax.PruneReadiness` (``eval_fn`` counting correct answers) as JSON fields."""
   return {
-      "removed_l1_fraction": l1_out / l1 if l1 else 0.0,
-      "removed_l2_fraction": float(np.sqrt(l2_out / l2)) if l2 else 0.0,
-      "largest_removed_magnitude": largest_removed,
+      "test_accuracy": int(r.metric_before) / num_test,
+      "pruned_test_accuracy": int(r.metric_after) / num_test,
+      "outside_fraction": float(r.removed_l2_fraction),
+      "removed_l1_fraction": float(r.removed_l1_fraction),
+      "largest_removed_magnitude": float(r.largest_removed),
+      "carrying_beyond_q": int(r.num_carrying),
   }
 
 
 # ----------------------------------------------------------------------------- progress
 
 
-class Progress:
-  """A one-line progress bar on a terminal; a line every few epochs in a log file."""
+def progress_bar(label: str, total: int, initial: int, quiet: bool):
+  """tqdm's bar (``tqdm.auto``: a widget in notebooks); in a log file a line every 30 s."""
+  try:
+    from tqdm.auto import tqdm
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("the experiments need tqdm: pip install 'gsm-optax[experiments]'") from e
 
-  def __init__(self, label: str, total: int, stream=None, quiet: bool = False):
-    self.label, self.total, self.quiet = label, total, quiet
-    self.stream = stream or sys.stderr
-    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self.every = max(1, total // 20)
-    self.t0 = time.time()
-
-  def update(self, done: int, **fields: Any) -> None:
-    if self.quiet:
-      return
-    width = 24
-    filled = int(width * done / self.total)
-    bar = "#" * filled + "-" * (width - filled)
-    info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in fields.items())
-    line = (f"{self.label:<16} [{bar}] {done:>4}/{self.total}"
-            f"  {time.time() - self.t0:6.0f}s  {info}")
-    if self.tty:
-      end = "\n" if done == self.total else ""
-      print("\r" + line, end=end, file=self.stream, flush=True)
-    elif done % self.every == 0 or done == self.total:
-      print(line, file=self.stream, flush=True)
+  tty = sys.stderr.isatty()
+  return tqdm(total=total, initial=initial, desc=label, unit="epoch", disable=quiet,
+              file=sys.stderr, mininterval=0.1 if tty else 30.0, dynamic_ncols=tty,
+              ascii=not tty)
 
 
 # ----------------------------------------------------------------------------- phases
@@ -329,12 +318,20 @@ class Runner:
     os.makedirs(out_dir, exist_ok=True)
     self.x_train, self.y_train, self.x_test, self.y_test = load_data(config)
     self.steps_per_epoch = self.x_train.shape[0] // config.batch_size
+    self.num_test = int(self.y_test.shape[0])
     self.model = models.MODELS[config.model]()
     self.train_epoch = make_train_epoch(config.batch_size)
     self.key = jax.random.PRNGKey(config.seed)
 
   def evaluate(self, params: PyTree) -> float:
     return accuracy(self.model.apply, params, self.x_test, self.y_test)
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def readiness(self, params: PyTree, keep_ratio: float) -> gsm_optax.PruneReadiness:
+    """The library's prune readiness, with the number of correct test answers as metric."""
+    return gsm_optax.prune_readiness(
+        params, keep_ratio,
+        eval_fn=lambda p: correct_count(self.model.apply, p, self.x_test, self.y_test))
 
   def init_params(self) -> PyTree:
     return self.model.init(jax.random.fold_in(self.key, 0), self.x_train[:1])["params"]
@@ -376,7 +373,7 @@ class Runner:
           wall = saved.get("seconds", 0.0)
         self.log(f"{name}: resuming from the checkpoint of epoch {start}")
       phase_key = jax.random.fold_in(self.key, zlib.crc32(name.encode()) % (2**31))
-      progress = Progress(name, epochs, quiet=self.quiet)
+      progress = progress_bar(name, epochs, start, self.quiet)
       t0 = time.time() - wall
       for epoch in range(start, epochs):
         state, loss = self.train_epoch(state, self.x_train, self.y_train,
@@ -386,11 +383,13 @@ class Runner:
         if extra is not None:
           row.update(extra(state))
         history.append(row)
-        progress.update(epoch + 1, **{k: v for k, v in row.items() if k != "epoch"})
+        progress.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
+        progress.update()
         if (epoch + 1) % self.config.checkpoint_every == 0 or epoch + 1 == epochs:
           ckpt.save(state, step=int(state.step), force=True)
           ckpt.wait_until_finished()
           _write_json(history_file, {"epochs": history, "seconds": time.time() - t0})
+      progress.close()
     seconds = time.time() - t0
     accs = [row["test_accuracy"] for row in history]
     result = {
@@ -449,7 +448,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
                              "steps_per_epoch": spe}
 
   init = runner.init_params()
-  eligible_total = sparsity_report(init).eligible_size
+  eligible_total = gsm_optax.sparsity_report(init).eligible_size
   results["parameters"] = models.count_params(init)
   results["eligible_weights"] = eligible_total
   results["target_nonzeros"] = int(keep * eligible_total)
@@ -464,38 +463,42 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   if "gsm" in config.methods or "lottery" in config.methods:
     gsm_phase = config.gsm
     lr = gsm_phase.schedule(spe)
-    shrink = schedules.decay_shrink_factor(lr, gsm_phase.epochs * spe,
-                                           momentum=gsm_phase.momentum,
+    steps = gsm_phase.epochs * spe
+    shrink = gsm_optax.decay_shrink_factor(lr, steps, momentum=gsm_phase.momentum,
                                            weight_decay=gsm_phase.weight_decay)
+    if config.passive_decay:
+      # The estimate is exp(-sum lr * decay / (1 - momentum)): the passive decay's share
+      # multiplies in, summed over the steps from the one it starts at.
+      begin = config.passive_decay_begin_epoch * spe
+      shrink *= gsm_optax.decay_shrink_factor(lambda t: lr(t + begin), steps - begin,
+                                              momentum=gsm_phase.momentum,
+                                              weight_decay=config.passive_decay)
     results["predicted_shrink_factor"] = shrink
     say(f"gsm: weights outside the top-Q will shrink to about {shrink:.3g} of their size"
         " over this schedule")
-    warning = schedules.shrink_warning(shrink)
+    warning = gsm_optax.shrink_warning(shrink)
     if warning:
       say("WARNING: " + warning)
 
     def gsm_extra(state):
-      stats = selection_stats(state.opt_state)
-      pruned_now = jit_prune(state.params, keep)
-      return {
-          "keep_count": int(stats.keep_count),
-          "threshold": float(stats.threshold),
-          "pruned_test_accuracy": runner.evaluate(pruned_now),
-          "outside_fraction": outside_fraction(state.params, pruned_now),
-      }
+      stats = gsm_optax.selection_stats(state.opt_state)
+      row = readiness_row(runner.readiness(state.params, keep), runner.num_test)
+      del row["test_accuracy"]  # the phase's own row has it
+      return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
 
     gsm_params, trained = runner.phase("gsm", base_params,
                                        gsm_optimizer(config, spe), gsm_phase.epochs,
                                        extra=gsm_extra)
-    pruned = jit_prune(gsm_params, keep)
-    report = sparsity_report(pruned)
+    report = gsm_optax.sparsity_report(jit_prune(gsm_params, keep))
+    ready = readiness_row(runner.readiness(gsm_params, keep), runner.num_test)
     results["gsm"] = _summary(trained, config.last_k) | {
-        "accuracy_before_prune": trained["final_test_accuracy"],
-        "accuracy_after_prune": runner.evaluate(pruned),
+        "accuracy_before_prune": ready.pop("test_accuracy"),
+        "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
+        "removed_l2_fraction": ready.pop("outside_fraction"),
         "nonzeros": report.eligible_nonzeros,
         "compression": report.compression,
         "layers": report.to_dict(),
-        **removed_by_prune(gsm_params, pruned),
+        **ready,
     }
     g = results["gsm"]
     say(str(report))
@@ -508,7 +511,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
 
   if "oneshot" in config.methods:
     pruned_base = _apply_mask(base_params, base_mask)
-    tx = masking.hold_mask(momentum_sgd(config.gsm, spe), base_mask)
+    tx = gsm_optax.hold_mask(momentum_sgd(config.gsm, spe), base_mask)
     _, ft = runner.phase("oneshot", pruned_base, tx, config.gsm.epochs)
     results["oneshot"] = _summary(ft, config.last_k) | {
         "accuracy_before_finetune": runner.evaluate(pruned_base)}
@@ -520,12 +523,12 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     if end_epoch is None:
       end_epoch = config.gsm.boundaries[0] if config.gsm.boundaries else config.gsm.epochs
     every = config.gradual_update_every or spe
-    tx = masking.gradual_magnitude_pruning(
+    tx = gsm_optax.gradual_magnitude_pruning(
         momentum_sgd(config.gsm, spe), keep, begin_step=0,
         end_step=max(end_epoch * spe - 1, 1), update_every=every)
     gradual_params, gr = runner.phase("gradual", base_params, tx, config.gsm.epochs)
     results["gradual"] = _summary(gr, config.last_k) | {
-        "nonzeros": sparsity_report(gradual_params).eligible_nonzeros,
+        "nonzeros": gsm_optax.sparsity_report(gradual_params).eligible_nonzeros,
         "end_epoch": end_epoch, "update_every_steps": every}
     say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
 
@@ -534,7 +537,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     results["lottery"] = {}
     for kind, mask in tickets.items():
       start = _apply_mask(init, mask)
-      tx = masking.hold_mask(momentum_sgd(config.base, spe), mask)
+      tx = gsm_optax.hold_mask(momentum_sgd(config.base, spe), mask)
       _, lt = runner.phase(f"lottery_{kind}", start, tx, config.base.epochs)
       results["lottery"][kind] = _summary(lt, config.last_k)
       say(f"lottery ticket from {kind}: {lt['final_test_accuracy']:.4f}")
