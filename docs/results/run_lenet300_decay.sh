@@ -12,6 +12,6 @@ for seed in ${SEEDS:-0 1 2}; do
   mkdir -p "$out"
   [ -d "$out/base" ] || cp -r "runs/paper/lenet300_60x_seed${seed}/base" "$out/base"
   taskset -c "$CORE" .venv/bin/gsm-optax mnist --model lenet300 --compression 60 --seed "$seed" \
-    --methods gsm --gsm-weight-decay "$DECAY" --out "$out" \
+    --recipe paper --methods gsm --gsm-weight-decay "$DECAY" --out "$out" \
     > "docs/results/logs/lenet300_60x_seed${seed}_decay$DECAY.log" 2>&1
 done

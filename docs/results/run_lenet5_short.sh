@@ -16,7 +16,7 @@ for c in ${COMPRESSIONS:-125 300}; do
       cp -r "runs/paper/lenet5_125x_seed$seed/base" "$out/base"
     fi
     taskset -c "$CORE" .venv/bin/gsm-optax mnist --model lenet5 --compression "$c" --seed "$seed" \
-      --methods ${METHODS:-gsm} \
+      --recipe paper --methods ${METHODS:-gsm} \
       --base-epochs 8 --base-boundaries 5 7 --base-warmup-epochs 1 \
       --gsm-epochs 16 --gsm-boundaries 10 13 --gsm-warmup-epochs 2 --gsm-weight-decay 8e-3 \
       --checkpoint-every 2 --out "$out" > "docs/results/logs/lenet5_${c}x_seed$seed.log" 2>&1
