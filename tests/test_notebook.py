@@ -27,6 +27,13 @@ def test_notebook_runs_in_its_fast_setting(tmp_path, monkeypatch):
                      for o in cell.outputs)
       outputs[i] = text
   everything = "\n".join(outputs.values())
+  # The user's own nnx loop: GSM's selection and the prune readiness every epoch, then the prune.
+  assert "gradients to 4,436 weights" in everything  # selection_stats at the end of the anneal
+  assert "if pruned now" in everything  # prune_readiness with an accuracy eval_fn
+  assert "nnx loop: before the prune" in everything
+  assert "nnx loop: after the prune" in everything
+  after = float(everything.split("nnx loop: after the prune")[1].split()[0])
+  assert after > 0.5, after  # chance is 0.1; the short run is a demonstration
   assert "GSM, after the prune:" in everything
   assert "eligible total" in everything  # the sparsity report was printed
   assert "4,436" in everything  # Q = floor(266,200 / 60) weights kept
