@@ -17,6 +17,7 @@ from gsm_optax.experiments.runner import (
     paper_config,
     recommended_config,
     run,
+    with_recipe,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "paper_config",
     "recommended_config",
     "run",
+    "with_recipe",
 ]
