@@ -300,9 +300,9 @@ def gradual_magnitude_pruning(
       return GradualPruningState(jnp.zeros([], jnp.int32), params, inner.init(params))
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     _utils.check_number("final_keep_ratio", final_keep_ratio,
-                  lambda r: np.floor(r * num_eligible) >= 1,
-                  f"large enough to keep at least one of the {num_eligible} eligible weights"
-                  f" (>= {1 / num_eligible:.3g})")
+                        lambda r: np.floor(r * num_eligible) >= 1,
+                        f"large enough to keep at least one of the {num_eligible} eligible weights"
+                        f" (>= {1 / num_eligible:.3g})")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     mask = [jnp.ones_like(p, dtype=bool) if f else optax.MaskedNode()
             for p, f in zip(leaves, flags)]

@@ -145,11 +145,11 @@ def cubic_keep_ratio_schedule(
 
 def _check_decay_args(learning_rate, num_steps, momentum, weight_decay) -> None:
   _utils.check_number("learning_rate", learning_rate, lambda x: 0 < x < math.inf,
-                "a finite number > 0 or a schedule", allow_schedule=True)
+                      "a finite number > 0 or a schedule", allow_schedule=True)
   _utils.check_int("num_steps", num_steps, 0)
   _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                "a finite number >= 0")
+                      "a finite number >= 0")
 
 
 def _rates(learning_rate: float | optax.Schedule, num_steps: int) -> np.ndarray:

@@ -173,7 +173,7 @@ def keep_top_gradients(
   """
   _utils.check_keep_ratio(keep_ratio)
   _utils.check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
-                "a finite number >= 0 or a schedule", allow_schedule=True)
+                      "a finite number >= 0 or a schedule", allow_schedule=True)
   _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
@@ -318,10 +318,10 @@ def gsm(
     >>> pruned = prune(params, 1 / 3)
   """
   _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
-                "a positive float or a schedule", allow_schedule=True)
+                      "a positive float or a schedule", allow_schedule=True)
   _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                "a finite number >= 0")
+                      "a finite number >= 0")
   return optax.chain(
       keep_top_gradients(keep_ratio, importance=importance, eligible=eligible,
                          passive_decay=passive_weight_decay, importance_ema=importance_ema),
