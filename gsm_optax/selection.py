@@ -79,13 +79,35 @@ def _from_key(key: Array, float_dtype: Any, key_dtype: Any) -> Array:
   return jnp.where(key == 0, jnp.asarray(jnp.nan, float_dtype), value)
 
 
-def _replicated() -> jax.sharding.PartitionSpec | None:
-  """Replicated output sharding under a mesh context (histograms are tiny)."""
-  return None if jax.sharding.get_abstract_mesh().empty else jax.sharding.PartitionSpec()
+def _mesh_of(x: Array) -> jax.sharding.AbstractMesh:
+  """The mesh ``x`` is placed on as far as tracing can tell: the context's
+  (``jax.set_mesh``), else the one its type carries (a plain ``jax.jit`` of
+  arrays with a ``NamedSharding``); empty when neither is known."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh if not mesh.empty else jax.typeof(x).sharding.mesh
 
 
 def _count_digits(hist: Array, digits: Array) -> Array:
-  return hist.at[digits].add(1, mode="drop", out_sharding=_replicated())
+  # Histograms are tiny: replicated, on the digits' mesh when they carry one.
+  mesh = _mesh_of(digits)
+  out = None if mesh.empty else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return hist.at[digits].add(1, mode="drop", out_sharding=out)
+
+
+def _runs_on_one_device() -> bool:
+  """Whether what is traced now runs on one device, however it is compiled.
+
+  Under a plain ``jax.jit`` the shardings a leaf will have are only known at
+  compilation (``in_shardings``, or the arguments' shardings with Auto axes),
+  so the one sure sign at trace time is that there is nothing to shard over:
+  no mesh in context and a single CPU device in all.
+  """
+  if not jax.sharding.get_abstract_mesh().empty:
+    return False
+  try:
+    return jax.device_count("cpu") == 1
+  except RuntimeError:  # no CPU backend: nothing is lowered for CPU
+    return False
 
 
 DigitFn = Callable[[Array, Array], Array]
@@ -100,9 +122,12 @@ def _leaf_histogram(hist: Array, leaf: Array, digit_fn: DigitFn) -> Array:
   better). On CPU the leaf is therefore read in chunks of ``_CHUNK`` by a loop,
   which keeps them in cache: several times faster, and no leaf-sized
   temporaries. Other backends fuse the digits into one scatter of the whole
-  leaf, and so does every backend under a mesh (``jax.set_mesh``), where the
-  leaf may be sharded and the SPMD partitioner turns the scatter into a local
-  histogram per device and an all-reduce.
+  leaf, and so does CPU whenever the leaf could be sharded: the SPMD
+  partitioner turns that scatter into a local histogram per device and an
+  all-reduce, but it would all-gather a sharded leaf to slice chunks of it.
+  Whether a leaf is sharded is often not known at trace time (a plain
+  ``jax.jit`` learns its arguments' shardings only when it compiles), so CPU
+  chunks only when there is a single CPU device and no mesh in context.
   """
 
   def whole(hist, leaf):
@@ -124,7 +149,7 @@ def _leaf_histogram(hist: Array, leaf: Array, digit_fn: DigitFn) -> Array:
       hist = _count_digits(hist, digit_fn(tail, start + lax.iota(jnp.int32, tail.size)))
     return hist
 
-  if leaf.size <= _CHUNK or not jax.sharding.get_abstract_mesh().empty:
+  if leaf.size <= _CHUNK or not _runs_on_one_device():
     return whole(hist, leaf)
   return lax.platform_dependent(hist, leaf, cpu=chunked, default=whole)
 
