@@ -346,7 +346,11 @@ class Runner:
       *,
       extra: Callable[[train_state.TrainState], dict[str, Any]] | None = None,
   ) -> tuple[PyTree, dict[str, Any]]:
-    """Trains ``params`` with ``tx`` for ``epochs``; resumes or reuses finished work."""
+    """Trains ``params`` with ``tx`` for ``epochs``; resumes or reuses finished work.
+
+    After every epoch the test accuracy is logged, or, given ``extra``, whatever it returns
+    (which must include ``test_accuracy``).
+    """
     directory = os.path.join(self.out_dir, name)
     params_file = os.path.join(directory, "params.msgpack")
     result_file = os.path.join(directory, "result.json")
@@ -379,10 +383,9 @@ class Runner:
       for epoch in range(start, epochs):
         state, loss = self.train_epoch(state, self.x_train, self.y_train,
                                        jax.random.fold_in(phase_key, epoch))
-        row = {"epoch": epoch + 1, "loss": float(loss),
-               "test_accuracy": self.evaluate(state.params)}
-        if extra is not None:
-          row.update(extra(state))
+        row = {"epoch": epoch + 1, "loss": float(loss)}
+        row.update(extra(state) if extra is not None
+                   else {"test_accuracy": self.evaluate(state.params)})
         history.append(row)
         progress.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
         progress.update()
@@ -484,7 +487,6 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     def gsm_extra(state):
       stats = gsm_optax.selection_stats(state.opt_state)
       row = readiness_row(runner.readiness(state.params, keep), runner.num_test)
-      del row["test_accuracy"]  # the phase's own row has it
       return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
 
     gsm_params, trained = runner.phase("gsm", base_params,
