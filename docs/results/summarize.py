@@ -130,5 +130,27 @@ def main() -> None:
             f" {cell(r.get('oneshot'))} | {cell(r.get('gradual'))} |")
 
 
+  print("\nGSM against gradual magnitude pruning from the same base model, seed by seed"
+        " (test accuracy after the final prune / at the end, no fine-tuning after either):\n")
+  gradual = {}
+  for items in runs.values():
+    for _, r in items:
+      if "gradual" in r:
+        c = r["config"]
+        gradual[(c["model"], int(c["compression"]), c["seed"], c["base"]["epochs"])] = r
+  print("| setting | seed | GSM run | GSM after the prune | gradual magnitude pruning |"
+        " GSM - gradual |")
+  print("|---|---|---|---|---|---|")
+  for key, items in sorted(runs.items()):
+    for name, r in items:
+      c = r["config"]
+      g = gradual.get((c["model"], int(c["compression"]), c["seed"], c["base"]["epochs"]))
+      if "gsm" not in r or g is None:
+        continue
+      a, b = r["gsm"]["accuracy_after_prune"], g["gradual"]["final_test_accuracy"]
+      print(f"| {NAMES[key[0]]}, {key[1]}x{recipe(r) or ', paper'} | {c['seed']} | `{name}` |"
+            f" {pct(a)} | {pct(b)} | {100 * (a - b):+.2f} |")
+
+
 if __name__ == "__main__":
   main()
