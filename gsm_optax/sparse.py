@@ -14,7 +14,7 @@ dense matmul is what CPUs and GPUs run fastest at these sizes.
 ``jax.experimental.sparse.sparsify(model.apply)`` also accepts the BCOO tree,
 but only for models whose every primitive has a sparse rule: in jax 0.10 it
 fails on ``jax.nn.relu`` (a ``custom_jvp``: ``KeyError: 'subfuns'``), so
-e.g. :class:`gsm_optax.cli.MLP` cannot be sparsified, and its sums run in a
+e.g. :class:`gsm_optax.experiments.cli.MLP` cannot be sparsified, and its sums run in a
 different order (logits equal up to float rounding, not bit for bit).
 """
 

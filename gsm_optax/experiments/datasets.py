@@ -339,7 +339,7 @@ class _Loader:
 
   def log(self, message: str) -> None:
     if self.verbose:
-      print(f"[gsm_optax.datasets] {message}", file=sys.stderr, flush=True)
+      print(f"[gsm_optax.experiments.datasets] {message}", file=sys.stderr, flush=True)
 
   @property
   def missing(self) -> list[str]:
