@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse as jsparse
 
 from gsm_optax import eligibility
 
@@ -38,8 +38,18 @@ _FORMAT = "gsm_optax.sparse/1"
 __all__ = ["load_sparse", "save_sparse", "to_dense", "to_sparse"]
 
 
+def _bcoo() -> type:
+  """``jax.experimental.sparse.BCOO``, imported on first use: it adds a third to the package's
+  import time, and only the sparse export needs it."""
+  from jax.experimental import sparse as jsparse
+
+  return jsparse.BCOO
+
+
 def _is_bcoo(x: Any) -> bool:
-  return isinstance(x, jsparse.BCOO)
+  # Nothing can be a BCOO before jax.experimental.sparse is imported.
+  module = sys.modules.get("jax.experimental.sparse")
+  return module is not None and isinstance(x, module.BCOO)
 
 
 def to_sparse(params: PyTree, *, eligible: eligibility.Eligible = None) -> PyTree:
@@ -85,8 +95,8 @@ def to_sparse(params: PyTree, *, eligible: eligibility.Eligible = None) -> PyTre
       indices = np.stack(np.nonzero(value), axis=-1).astype(np.int32)
       indices = indices.reshape(-1, value.ndim)
       data = jnp.asarray(value[tuple(indices.T)])
-      leaf = jsparse.BCOO((data, jnp.asarray(indices)), shape=value.shape,
-                          indices_sorted=True, unique_indices=True)
+      leaf = _bcoo()((data, jnp.asarray(indices)), shape=value.shape,
+                     indices_sorted=True, unique_indices=True)
     out.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -109,7 +119,7 @@ def to_dense(params: PyTree) -> PyTree:
   )
 
 
-def _bcoo_to_dense(x: jsparse.BCOO) -> jax.Array:
+def _bcoo_to_dense(x: Any) -> jax.Array:
   """Scatters on the host: ``BCOO.todense`` on CPU flushes subnormal values to 0."""
   if x.n_batch or x.n_dense:
     return x.todense()
@@ -255,7 +265,7 @@ def load_sparse(path: str | os.PathLike) -> PyTree:
         indices = np.stack(np.unravel_index(flat, shape), axis=-1).astype(np.int32)
         indices = indices.reshape(flat.shape[0], len(shape))
         values = jnp.asarray(data[f"{i}/values"].view(dtype))
-        leaves.append(jsparse.BCOO((values, jnp.asarray(indices)), shape=shape,
-                                   indices_sorted=True, unique_indices=True))
+        leaves.append(_bcoo()((values, jnp.asarray(indices)), shape=shape,
+                              indices_sorted=True, unique_indices=True))
       i += 1
   return _build(tree, leaves)
