@@ -31,8 +31,28 @@ def test_mnist_overrides_reach_the_config():
   assert config.base.learning_rate == 0.05 and config.base.epochs == 200
 
 
+def test_mnist_recipe_flag():
+  """The recommended recipe is the default; the paper's update is one flag away; flags win."""
+  default = cli._mnist_config(cli._parser().parse_args(["mnist"]))
+  assert (default.anneal_epochs, default.passive_decay, default.importance_ema) == (100, 5e-3, 0)
+  paper = cli._mnist_config(cli._parser().parse_args(["mnist", "--recipe", "paper"]))
+  assert (paper.anneal_epochs, paper.passive_decay, paper.importance_ema) == (0, 0.0, 0.0)
+  short = cli._mnist_config(cli._parser().parse_args(
+      ["mnist", "--gsm-epochs", "90", "--gsm-boundaries", "51", "64", "77"]))
+  assert short.anneal_epochs == round(100 / 160 * 51)  # the anneal scales with the schedule
+  mixed = cli._mnist_config(cli._parser().parse_args(
+      ["mnist", "--recipe", "paper", "--passive-decay", "2e-3", "--importance-ema", "0.9"]))
+  assert (mixed.anneal_epochs, mixed.passive_decay, mixed.importance_ema) == (0, 2e-3, 0.9)
+  with pytest.raises(SystemExit):
+    cli._parser().parse_args(["mnist", "--recipe", "fancy"])
+
+
 def test_mnist_bad_arguments_fail_before_training():
   with pytest.raises(SystemExit, match="compression"):
     cli.main(["mnist", "--compression", "0.5"])
   with pytest.raises(SystemExit, match="batch_size"):
     cli.main(["mnist", "--batch-size", "0"])
+  with pytest.raises(SystemExit, match="passive_decay"):
+    cli.main(["mnist", "--passive-decay", "-1"])
+  with pytest.raises(SystemExit, match="anneal_epochs"):
+    cli.main(["mnist", "--anneal-epochs", "1000"])

@@ -50,8 +50,8 @@ PyTree = Any
 METHODS = ("gsm", "lottery", "oneshot", "gradual")
 
 __all__ = [
-    "METHODS", "ExperimentConfig", "PhaseConfig", "fast_config", "load_phase_params",
-    "paper_config", "run",
+    "METHODS", "RECIPES", "ExperimentConfig", "PhaseConfig", "fast_config", "load_phase_params",
+    "paper_config", "recommended_config", "run", "with_recipe",
 ]
 
 
@@ -240,7 +240,8 @@ def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int) -> optax.GradientTran
   )
 
 
-def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int):
+def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The GSM phase's optimizer: ``gsm_optax.gsm`` with the config's schedule and recipe."""
   phase = config.gsm
   keep_ratio = config.keep_ratio
   if config.anneal_epochs:
@@ -251,9 +252,8 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int):
     begin = config.passive_decay_begin_epoch * steps_per_epoch
     passive_decay = lambda count: jnp.where(count >= begin, config.passive_decay, 0.0)
   return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
-             weight_decay=phase.weight_decay, nesterov=phase.nesterov,
-             passive_weight_decay=passive_decay, importance_ema=config.importance_ema)
-
+                       weight_decay=phase.weight_decay, nesterov=phase.nesterov,
+                       passive_weight_decay=passive_decay, importance_ema=config.importance_ema)
 
 
 # ----------------------------------------------------------------------------- measurements
