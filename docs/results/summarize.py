@@ -55,6 +55,14 @@ def recipe(r: dict) -> str:
   return (", recipe: " + ", ".join(parts)) if parts else ""
 
 
+def _base_key(r: dict) -> tuple:
+  """Runs from the same base model: same setting and seed, and the same base accuracy (a base
+  model retrained on another machine or jax build can differ in the last digits)."""
+  c = r["config"]
+  return (c["model"], int(c["compression"]), c["seed"], c["base"]["epochs"],
+          r["base"]["final_test_accuracy"])
+
+
 def main() -> None:
   runs = defaultdict(list)
   for path in sorted(glob.glob(os.path.join(HERE, "*.json"))):
@@ -137,14 +145,14 @@ def main() -> None:
     for _, r in items:
       if "gradual" in r:
         c = r["config"]
-        gradual[(c["model"], int(c["compression"]), c["seed"], c["base"]["epochs"])] = r
+        gradual[_base_key(r)] = r
   print("| setting | seed | GSM run | GSM after the prune | gradual magnitude pruning |"
         " GSM - gradual |")
   print("|---|---|---|---|---|---|")
   for key, items in sorted(runs.items()):
     for name, r in items:
       c = r["config"]
-      g = gradual.get((c["model"], int(c["compression"]), c["seed"], c["base"]["epochs"]))
+      g = gradual.get(_base_key(r))
       if "gsm" not in r or g is None:
         continue
       a, b = r["gsm"]["accuracy_after_prune"], g["gradual"]["final_test_accuracy"]
