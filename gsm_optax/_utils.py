@@ -77,3 +77,17 @@ def has_no_leaves(params: PyTree) -> bool:
   """True for a pytree without arrays, such as the placeholder params that
   ``optax.tree_map_params`` passes to ``init``: there is nothing to validate yet."""
   return not jax.tree_util.tree_leaves(params)
+
+
+def path_name(path: tuple[Any, ...]) -> str:
+  """A key path as ``"fc1/kernel"``: dict keys, attribute names and indices joined by "/"."""
+  parts = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return "/".join(parts)
+

@@ -9,6 +9,7 @@ selection keeps each leaf's sharding and needs only small all-reduces.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from gsm_optax import _utils
 
 Array = jax.Array
 PyTree = Any
@@ -39,6 +42,33 @@ class Selection(NamedTuple):
   mask: PyTree
   threshold: Array
   num_greater: Array
+
+
+def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
+  """Q = floor(keep_ratio * num_eligible), the number of weights kept.
+
+  A Python float gives a Python int computed in float64, as the authors'
+  ``int(keep_ratio * n)``. An array (a schedule's value, or a ratio injected
+  with ``optax.inject_hyperparams``) gives a traced int32 computed in float32:
+  a product within float32 rounding (2**-20 relative) of an integer is taken
+  as that integer, so that a schedule's 0.09999996 for 0.1 (XLA computes
+  ``count / T`` as ``count * (1 / T)``) still keeps 10% of the weights. The
+  result is clipped to ``[1, num_eligible]``; NaN keeps every weight.
+
+  Args:
+    keep_ratio: fraction of eligible weights to keep.
+    num_eligible: number of eligible weights.
+
+  Returns:
+    The keep count.
+  """
+  if _utils.is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
+    return int(math.floor(float(keep_ratio) * num_eligible))
+  product = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(num_eligible)
+  nearest = jnp.round(product)
+  k = jnp.where(jnp.abs(product - nearest) <= product * 2.0**-20, nearest, jnp.floor(product))
+  k = jnp.where(jnp.isnan(k), num_eligible, k)
+  return jnp.clip(k, 1, num_eligible).astype(jnp.int32)
 
 
 def _key_dtypes(leaves: list[Array]) -> tuple[Any, Any]:
@@ -339,3 +369,72 @@ def global_topk_mask(scores: PyTree, k: int | Array) -> PyTree:
     {'a': Array([ True, False], dtype=bool), 'b': Array([ True], dtype=bool)}
   """
   return global_topk_selection(scores, k).mask
+
+
+def global_budget_selection(
+    scores: PyTree, costs: PyTree | Callable[[list[Array]], Array], budget: float | Array,
+) -> Selection:
+  """Keeps the highest scores, best first, while their total cost fits a budget.
+
+  The entries are taken in the order of :func:`global_topk_mask` (descending
+  score, NaN last, ties by flattening position) and kept as long as the cost
+  of what is kept stays within ``budget``: the longest such prefix. With every
+  cost 1 and an integer budget this is exactly ``global_topk_selection(scores,
+  budget)``. It is meant for small pytrees, such as one score per neuron or
+  filter: it sorts the concatenated scores, where :func:`global_topk_selection`
+  needs no sort and keeps each leaf's sharding.
+
+  Args:
+    scores: pytree of floating point arrays.
+    costs: what a prefix costs. Either a pytree with the structure of
+      ``scores`` (arrays of their shapes, or a scalar per leaf) of
+      non-negative costs that add up, or a callable that gets, for each leaf
+      (in flattening order), how many of its entries the first ``i + 1``
+      entries of the order hold (a list of int32 arrays of length ``n``) and
+      returns the cost of each of those ``n`` prefixes, non-decreasing: a
+      cost that is not a sum, such as the multiply-accumulates of layers
+      whose input and output widths both shrink.
+    budget: the cost allowed, a number or a traced scalar.
+
+  Returns:
+    A :class:`Selection`: the mask, the score of the last entry kept (NaN when
+    none is) and the number of entries kept (in ``num_greater``'s place).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import global_budget_selection
+    >>> s = global_budget_selection([jnp.array([3., 1., 2.])], [jnp.array([2., 1., 2.])], 3.)
+    >>> s.mask
+    [Array([ True, False, False], dtype=bool)]
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(scores)
+  float_dtype, key_dtype = _key_dtypes(leaves)
+  sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+  if sum(sizes) == 0:
+    mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
+    return Selection(jax.tree_util.tree_unflatten(treedef, mask),
+                     jnp.asarray(jnp.nan, float_dtype), jnp.int32(0))
+  keys = jnp.concatenate([_to_key(leaf, float_dtype, key_dtype).reshape(-1) for leaf in leaves])
+  flat_scores = jnp.concatenate([leaf.astype(float_dtype).reshape(-1) for leaf in leaves])
+  order = jnp.argsort(~keys, stable=True)  # descending keys, earlier position first on ties
+  if callable(costs):
+    owner = np.repeat(np.arange(len(leaves)), sizes)
+    counts = [jnp.cumsum(jnp.asarray(owner == i)[order], dtype=jnp.int32)
+              for i in range(len(leaves))]
+    prefix_cost = jnp.asarray(costs(counts), float_dtype)
+  else:
+    cost = jnp.concatenate([
+        jnp.broadcast_to(jnp.asarray(c, float_dtype), leaf.shape).reshape(-1)
+        for c, leaf in zip(treedef.flatten_up_to(costs), leaves)])
+    prefix_cost = jnp.cumsum(cost[order])
+  fits = prefix_cost <= jnp.asarray(budget, float_dtype)
+  kept_sorted = jnp.cumsum(~fits) == 0  # the prefix before the first entry that does not fit
+  kept = jnp.zeros(keys.shape, bool).at[order].set(kept_sorted)
+  count = jnp.sum(kept_sorted, dtype=jnp.int32)
+  last = flat_scores[order][jnp.maximum(count - 1, 0)]
+  threshold = jnp.where(count > 0, last, jnp.asarray(jnp.nan, float_dtype))
+  masks, start = [], 0
+  for leaf, size in zip(leaves, sizes):
+    masks.append(kept[start:start + size].reshape(leaf.shape))
+    start += size
+  return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, count)
