@@ -1,6 +1,24 @@
 """gsm-optax: Global Sparse Momentum SGD as composable optax transformations."""
 
 from gsm_optax.eligibility import default_eligible
+from gsm_optax.export import (
+    Channels,
+    Exported,
+    Layer,
+    count_macs,
+    export_pruned,
+    sequential_coupling,
+    sequential_groups,
+    trace_layers,
+)
+from gsm_optax.grouping import (
+    GroupMember,
+    Groups,
+    MacTerm,
+    input_groups,
+    mac_costs,
+    output_groups,
+)
 from gsm_optax.importance import magnitude, taylor
 from gsm_optax.masking import (
     GradualPruningState,
@@ -18,7 +36,12 @@ from gsm_optax.schedules import (
     simulate_decay_shrink,
     warmup_piecewise_schedule,
 )
-from gsm_optax.selection import Selection, global_topk_mask, global_topk_selection
+from gsm_optax.selection import (
+    Selection,
+    global_budget_selection,
+    global_topk_mask,
+    global_topk_selection,
+)
 from gsm_optax.sparse import load_sparse, save_sparse, to_dense, to_sparse
 from gsm_optax.transform import (
     KeepTopGradientsState,
@@ -32,22 +55,34 @@ from gsm_optax.transform import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Channels",
+    "count_macs",
     "cubic_keep_ratio_schedule",
     "decay_shrink_factor",
     "default_eligible",
+    "export_pruned",
+    "Exported",
+    "global_budget_selection",
     "global_topk_mask",
     "global_topk_selection",
     "gradual_magnitude_pruning",
     "GradualPruningState",
+    "GroupMember",
+    "Groups",
     "gsm",
     "hold_mask",
     "HoldMaskState",
+    "input_groups",
     "keep_count",
     "keep_top_gradients",
     "KeepTopGradientsState",
+    "Layer",
     "LeafSparsity",
     "load_sparse",
+    "mac_costs",
+    "MacTerm",
     "magnitude",
+    "output_groups",
     "prune",
     "prune_mask",
     "prune_readiness",
@@ -56,6 +91,8 @@ __all__ = [
     "Selection",
     "selection_stats",
     "SelectionStats",
+    "sequential_coupling",
+    "sequential_groups",
     "shrink_warning",
     "simulate_decay_shrink",
     "sparsity_report",
@@ -63,5 +100,6 @@ __all__ = [
     "taylor",
     "to_dense",
     "to_sparse",
+    "trace_layers",
     "warmup_piecewise_schedule",
 ]

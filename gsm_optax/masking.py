@@ -22,11 +22,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from gsm_optax import _utils, eligibility
+from gsm_optax import _utils, eligibility, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.schedules import cubic_keep_ratio_schedule
-from gsm_optax.selection import global_topk_mask
-from gsm_optax.transform import keep_count
+from gsm_optax.selection import global_topk_mask, keep_count
 
 Array = jax.Array
 PyTree = Any
@@ -218,6 +217,8 @@ def gradual_magnitude_pruning(
     update_every: int,
     eligible: eligibility.Eligible = None,
     initial_keep_ratio: float = 1.0,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradual magnitude pruning (Zhu & Gupta 2017) around any optimizer.
 
@@ -258,6 +259,14 @@ def gradual_magnitude_pruning(
       or a pytree of bools / a callable ``params -> pytree of bools``, as
       ``optax.masked``'s ``mask``.
     initial_keep_ratio: ``r_i``, the ratio at ``begin_step``, in (0, 1].
+    groups: prune whole groups instead of weights (structured gradual
+      pruning): at a mask update the groups are ranked by their L2 norm (per
+      cost for a budget in weights or cost), pruned groups below every kept
+      one, and every entry of a pruned group, biases included, is held at 0.
+      See :func:`gsm_optax.keep_top_gradients` for the spec; ``eligible``
+      must then be None.
+    budget: with ``groups``, what the keep ratios count: ``"groups"``,
+      ``"weights"`` or ``"cost"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -286,6 +295,20 @@ def gradual_magnitude_pruning(
   _utils.check_int("begin_step", begin_step, 0, _utils.INT32_MAX)
   _utils.check_int("end_step", end_step, 0, _utils.INT32_MAX)
   _utils.check_int("update_every", update_every, 1, _utils.INT32_MAX)
+  grouping.check_budget(budget)
+  if groups is not None and eligible is not None:
+    raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
+  if groups is None and budget != "groups":
+    raise ValueError(f"budget={budget!r} needs groups.")
+
+  def prunable(params):
+    """Per leaf whether it is pruned, the number of units ranked, and the groups (or None)."""
+    if groups is None:
+      flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+      return flags, num_eligible, None
+    resolved = grouping.resolve_groups(groups, params)
+    return resolved.flags, resolved.num_groups, resolved
+
   keep_ratio_at = cubic_keep_ratio_schedule(
       final_keep_ratio, begin_step=begin_step, end_step=end_step,
       initial_keep_ratio=initial_keep_ratio)
@@ -298,11 +321,13 @@ def gradual_magnitude_pruning(
   def init_fn(params):
     if _utils.has_no_leaves(params):  # optax.tree_map_params: the mask is shaped like params
       return GradualPruningState(jnp.zeros([], jnp.int32), params, inner.init(params))
-    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-    _utils.check_number("final_keep_ratio", final_keep_ratio,
-                        lambda r: np.floor(r * num_eligible) >= 1,
-                        f"large enough to keep at least one of the {num_eligible} eligible weights"
-                        f" (>= {1 / num_eligible:.3g})")
+    flags, num_eligible, resolved = prunable(params)
+    what = "eligible weights" if resolved is None else "groups"
+    if budget == "groups":
+      _utils.check_number("final_keep_ratio", final_keep_ratio,
+                          lambda r: np.floor(r * num_eligible) >= 1,
+                          f"large enough to keep at least one of the {num_eligible} {what}"
+                          f" (>= {1 / num_eligible:.3g})")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     mask = [jnp.ones_like(p, dtype=bool) if f else optax.MaskedNode()
             for p, f in zip(leaves, flags)]
@@ -317,7 +342,7 @@ def gradual_magnitude_pruning(
       raise _utils.missing_params_error("gradual_magnitude_pruning", "ranks weights by magnitude")
     grads, treedef = jax.tree_util.tree_flatten(updates)
     param_leaves = _utils.check_params_structure(treedef, params)
-    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    flags, num_eligible, resolved = prunable(params)
     masks = treedef.flatten_up_to(state.mask)
     grads = [_masked_grad(g, m) if f else g for g, m, f in zip(grads, masks, flags)]
     inner_params = [_zero_outside(p, m) if f else p
@@ -331,7 +356,23 @@ def gradual_magnitude_pruning(
     inner_leaves = treedef.flatten_up_to(inner_updates)
     old = [m for m, f in zip(masks, flags) if f]
 
+    def new_group_mask():
+      written = [jnp.asarray(p) + u if f else p
+                 for p, u, f in zip(param_leaves, inner_leaves, flags)]
+      costs = grouping.group_costs(resolved, budget, param_leaves)
+      norms = grouping.group_norms(resolved, written)
+      alive = grouping.group_scores(
+          resolved, [m.astype(jnp.float32) if f else None for m, f in zip(masks, flags)])
+      scores = [jnp.where(a > 0, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
+      selection = grouping.select_groups(resolved, scores, keep_ratio_at(state.count), budget,
+                                         costs)
+      expanded = grouping.expand_group_mask(resolved, selection.mask,
+                                            [jnp.shape(p) for p in param_leaves])
+      return [m for m in expanded if m is not None]
+
     def new_mask():
+      if resolved is not None:
+        return new_group_mask()
       scores = []
       for p, u, m, f in zip(param_leaves, inner_leaves, masks, flags):
         if f:

@@ -7,28 +7,51 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import _utils, eligibility
+from gsm_optax import _utils, eligibility, grouping
 from gsm_optax.importance import magnitude
-from gsm_optax.selection import global_topk_mask
-from gsm_optax.transform import keep_count
+from gsm_optax.selection import global_topk_mask, keep_count
 
 PyTree = Any
 
 
 def prune_mask(
-    params: PyTree, keep_ratio: float, *, eligible: eligibility.Eligible = None
+    params: PyTree,
+    keep_ratio: float,
+    *,
+    eligible: eligibility.Eligible = None,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> PyTree:
   """Which weights :func:`prune` keeps: True for every non-eligible leaf entry.
 
   Args:
     params: the parameters.
-    keep_ratio: fraction of eligible weights to keep, in (0, 1].
+    keep_ratio: fraction of eligible weights (or of groups, or of the groups'
+      cost) to keep, in (0, 1].
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
+    groups: prune whole groups, ranked by their L2 norm; see
+      :func:`gsm_optax.keep_top_gradients`.
+    budget: with ``groups``: ``"groups"``, ``"weights"`` or ``"cost"``.
 
   Returns:
     A pytree of bool arrays shaped like ``params``.
   """
   _utils.check_keep_ratio(keep_ratio)
+  grouping.check_budget(budget)
+  if groups is not None:
+    if eligible is not None:
+      raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    resolved = grouping.resolve_groups(groups, params)
+    k = keep_count(keep_ratio, resolved.num_groups)
+    if budget == "groups" and isinstance(k, int) and k < 1:
+      raise ValueError(f"keep_ratio={keep_ratio!r} keeps none of the {resolved.num_groups}"
+                       " groups.")
+    _, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved, budget=budget)
+    masks = [jnp.ones(jnp.shape(p), bool) if m is None else m for p, m in zip(leaves, masks)]
+    return jax.tree_util.tree_unflatten(treedef, masks)
+  if budget != "groups":
+    raise ValueError(f"budget={budget!r} needs groups.")
   flags, num_eligible = eligibility.eligible_leaves(eligible, params)
   k = keep_count(keep_ratio, num_eligible)
   if isinstance(k, int) and k < 1:
@@ -43,7 +66,12 @@ def prune_mask(
 
 
 def prune(
-    params: PyTree, keep_ratio: float, *, eligible: eligibility.Eligible = None
+    params: PyTree,
+    keep_ratio: float,
+    *,
+    eligible: eligibility.Eligible = None,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> PyTree:
   """Keeps the Q largest-magnitude eligible weights and zeroes the rest.
 
@@ -53,10 +81,19 @@ def prune(
   unchanged, and every leaf keeps its dtype. After GSM training this needs no
   fine-tuning.
 
+  With ``groups`` whole groups are kept or zeroed (every member entry,
+  biases included), ranked by their L2 norm: after structured GSM the result
+  is ready for :func:`gsm_optax.export_pruned`.
+
   Args:
     params: the parameters.
-    keep_ratio: fraction of eligible weights to keep, in (0, 1].
+    keep_ratio: fraction of eligible weights to keep, in (0, 1] (with
+      ``groups``, the fraction of groups, or of their cost; see ``budget``).
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
+    groups: prune whole groups (see :func:`gsm_optax.keep_top_gradients`).
+    budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
+      :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_gradients`;
+      groups are ranked by their L2 norm).
 
   Returns:
     Parameters with exactly Q non-zero-able eligible entries kept (entries that
@@ -69,7 +106,7 @@ def prune(
     {'w': Array([[ 0., -3.],
            [ 2.,  0.]], dtype=float32)}
   """
-  masks = prune_mask(params, keep_ratio, eligible=eligible)
+  masks = prune_mask(params, keep_ratio, eligible=eligible, groups=groups, budget=budget)
   return jax.tree_util.tree_map(
       lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))), params, masks
   )

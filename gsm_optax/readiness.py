@@ -8,10 +8,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import _utils, eligibility
+from gsm_optax import _utils, eligibility, grouping
 from gsm_optax.importance import magnitude
-from gsm_optax.selection import global_topk_selection
-from gsm_optax.transform import keep_count
+from gsm_optax.selection import global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
@@ -29,7 +28,8 @@ class PruneReadiness(NamedTuple):
     threshold: the Q-th largest magnitude, the smallest one kept.
     num_carrying: how many weights beyond the Q kept ones still have a
       magnitude above ``tolerance * threshold``: the weights GSM has not yet
-      driven towards 0.
+      driven towards 0. With ``groups``, ``threshold`` and ``num_carrying``
+      are about groups and their L2 norms, and ``largest_removed`` is the largest removed entry.
     metric_before: ``eval_fn(params)``; NaN when no ``eval_fn`` was given.
     metric_after: ``eval_fn(prune(params))``; NaN when no ``eval_fn``.
   """
@@ -55,6 +55,8 @@ def prune_readiness(
     eligible: eligibility.Eligible = None,
     tolerance: float = 0.1,
     eval_fn: Callable[[PyTree], Array] | None = None,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> PruneReadiness:
   """Measures how much the final :func:`gsm_optax.prune` to Q weights would change now.
 
@@ -74,6 +76,9 @@ def prune_readiness(
       exceeds ``tolerance`` times the Q-th largest magnitude; >= 0.
     eval_fn: optional ``params -> scalar``, evaluated on ``params`` and on
       their pruned copy.
+    groups: measure the structured prune of :func:`gsm_optax.prune` with
+      these groups (see :func:`gsm_optax.keep_top_gradients`).
+    budget: with ``groups``, ``"groups"``, ``"weights"`` or ``"cost"``.
 
   Returns:
     A :class:`PruneReadiness`.
@@ -88,29 +93,46 @@ def prune_readiness(
   """
   _utils.check_keep_ratio(keep_ratio)
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
-  flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+  grouping.check_budget(budget)
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  weights = [w for w, f in zip(leaves, flags) if f]
-  scores = magnitude(weights, None)
-  selection = global_topk_selection(scores, keep_count(keep_ratio, num_eligible))
+  if groups is None:
+    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
+    selection = global_topk_selection(scores, keep_count(keep_ratio, num_eligible))
+    kept_masks = selection.mask
+    unit_scores, unit_masks = scores, selection.mask
+  else:
+    if eligible is not None:
+      raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
+    resolved = grouping.resolve_groups(groups, params)
+    flags = resolved.flags
+    selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
+                                                    budget=budget)
+    scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
+    kept_masks = [m for m in masks if m is not None]
+    norms = grouping.group_norms(resolved, leaves)
+    unit_masks = selection.mask
+    unit_scores = norms
   threshold = selection.threshold
   dtype = threshold.dtype
   zero = jnp.zeros((), dtype)
   l1 = l2 = l1_out = l2_out = largest = zero
-  carrying = jnp.zeros((), jnp.int32)
-  for s, kept in zip(scores, selection.mask):
-    removed = jnp.where(kept, zero, s)
+  for s, kept in zip(scores, kept_masks):
+    removed = jnp.where(kept, zero, s.astype(dtype))
     l1 += jnp.sum(s)
     l2 += jnp.sum(jnp.square(s))
     l1_out += jnp.sum(removed)
     l2_out += jnp.sum(jnp.square(removed))
     largest = jnp.maximum(largest, jnp.max(removed, initial=0))
+  carrying = jnp.zeros((), jnp.int32)
+  for s, kept in zip(unit_scores, unit_masks):
+    removed = jnp.where(kept, zero, s.astype(dtype))
     carrying += jnp.sum(removed > tolerance * threshold, dtype=jnp.int32)
   tiny = jnp.finfo(dtype).tiny
   nan = jnp.full((), jnp.nan, jnp.float32)
   before = after = nan
   if eval_fn is not None:
-    masks = iter(selection.mask)
+    masks = iter(kept_masks)
     pruned = [jnp.where(next(masks), w, jnp.zeros((), jnp.result_type(w))) if f else w
               for w, f in zip(leaves, flags)]
     before = jnp.asarray(eval_fn(params))

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gsm_optax import _utils, eligibility
+from gsm_optax import _utils, eligibility, grouping
 from gsm_optax import importance as importance_lib
-from gsm_optax.selection import global_topk_selection
+from gsm_optax.selection import global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
@@ -30,7 +30,8 @@ class KeepTopGradientsState(NamedTuple):
       (NaN before the first update).
     average_scores: the exponential moving average of the importance scores,
       shaped like params (zero for non-eligible leaves), when
-      ``importance_ema > 0``; None otherwise.
+      ``importance_ema > 0``; None otherwise. With ``groups``, a tuple of one
+      ``[size]`` array per :class:`gsm_optax.Groups` (the averaged sums).
   """
 
   count: Array
@@ -47,34 +48,18 @@ class SelectionStats(NamedTuple):
   threshold: Array
 
 
-def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
-  """Q = floor(keep_ratio * num_eligible), the number of weights kept.
-
-  A Python float gives a Python int computed in float64, as the authors'
-  ``int(keep_ratio * n)``. An array (a schedule's value, or a ratio injected
-  with ``optax.inject_hyperparams``) gives a traced int32 computed in float32:
-  a product within float32 rounding (2**-20 relative) of an integer is taken
-  as that integer, so that a schedule's 0.09999996 for 0.1 (XLA computes
-  ``count / T`` as ``count * (1 / T)``) still keeps 10% of the weights. The
-  result is clipped to ``[1, num_eligible]``; NaN keeps every weight.
-
-  Args:
-    keep_ratio: fraction of eligible weights to keep.
-    num_eligible: number of eligible weights.
-
-  Returns:
-    The keep count.
-  """
-  if _utils.is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
-    return int(math.floor(float(keep_ratio) * num_eligible))
-  product = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(num_eligible)
-  nearest = jnp.round(product)
-  k = jnp.where(jnp.abs(product - nearest) <= product * 2.0**-20, nearest, jnp.floor(product))
-  k = jnp.where(jnp.isnan(k), num_eligible, k)
-  return jnp.clip(k, 1, num_eligible).astype(jnp.int32)
+def _check_groups_args(groups: Any, eligible: Any, budget: str) -> None:
+  grouping.check_budget(budget)
+  if groups is not None and eligible is not None:
+    raise ValueError("give either groups or eligible: with groups, the groups' members are the"
+                     f" prunable parameters; got eligible={eligible!r}.")
+  if groups is None and budget != "groups":
+    raise ValueError(f"budget={budget!r} needs groups: a budget in weights is what keep_ratio"
+                     " already is without groups.")
 
 
-def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int) -> None:
+def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int,
+                           what: str = "eligible weights") -> None:
   ratio = keep_ratio(0) if callable(keep_ratio) else keep_ratio
   name = "keep_ratio(0)" if callable(keep_ratio) else "keep_ratio"
   if isinstance(ratio, jax.core.Tracer):
@@ -83,7 +68,7 @@ def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int) -> None:
   if math.floor(float(ratio) * num_eligible) < 1:
     raise ValueError(
         f"{name}={float(ratio)!r} keeps floor({float(ratio)!r} * {num_eligible})"
-        f" = 0 of the {num_eligible} eligible weights; it must keep at least"
+        f" = 0 of the {num_eligible} {what}; it must keep at least"
         f" one (keep_ratio >= {1 / num_eligible:.3g})."
     )
 
@@ -104,6 +89,8 @@ def keep_top_gradients(
     eligible: eligibility.Eligible = None,
     passive_decay: ScalarOrSchedule = 0.0,
     importance_ema: float = 0.0,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> optax.GradientTransformationExtraArgs:
   """Keeps the gradients of the globally most important weights only.
 
@@ -135,6 +122,16 @@ def keep_top_gradients(
     weight is mostly noise, so the averaged score keeps the top-Q from
     churning.
 
+  With ``groups`` the stage is structured: whole neurons, filters or input
+  features (see :class:`gsm_optax.Groups`) are ranked together, the global
+  top-Q groups keep the gradient of every entry (the unit's bias and
+  following norm included), and every entry of the other groups gets the
+  passive update. A group's Taylor score is ``|sum g * w|`` over its entries,
+  the first-order change of the loss when the group is removed (Molchanov et
+  al. 2019); ``"magnitude"`` ranks groups by their L2 norm, and a callable's
+  scores are summed over each group. The members of the groups are then the
+  prunable parameters, in place of ``eligible``.
+
   Args:
     keep_ratio: fraction of eligible weights that receive their gradient, in
       (0, 1]; a float, or a schedule ``step -> ratio`` (for example
@@ -142,7 +139,8 @@ def keep_top_gradients(
       an injected hyper-parameter of ``optax.inject_hyperparams``.
     importance: ``"taylor"`` (``|g * w|``, the paper), ``"magnitude"``
       (``|w|``) or a callable ``(params, grads) -> scores`` returning a pytree
-      like params; higher scores are kept first.
+      like params; higher scores are kept first. For groups see above;
+      ``importance=gsm_optax.taylor`` sums ``|g * w|`` over each group.
     eligible: which parameters are prunable: None for every array of rank >= 2,
       or a pytree of bools / a callable ``params -> pytree of bools``, as
       ``optax.masked``'s ``mask``.
@@ -153,6 +151,19 @@ def keep_top_gradients(
       scores used for ranking. 0 (the paper) ranks by the current scores; the
       average is kept in the state (one float32 array per parameter) when the
       rate is not 0 at ``init``, so an injected rate must start non-zero.
+    groups: None (every eligible weight on its own, the paper), or the
+      groups to rank: ``"outputs"`` (:func:`gsm_optax.output_groups`: output
+      neurons and filters with their biases), ``"inputs"``
+      (:func:`gsm_optax.input_groups`), a sequence of
+      :class:`gsm_optax.Groups`, or a callable ``params -> Groups``. Excludes
+      ``eligible``.
+    budget: with ``groups``, what ``keep_ratio`` is a fraction of:
+      ``"groups"`` (Q = floor(keep_ratio * number of groups), an exact top-Q
+      as for weights), ``"weights"`` (groups taken best score first while
+      their weights fit ``keep_ratio`` of all grouped weights), ``"cost"``
+      (the same with each :class:`gsm_optax.Groups`' own ``cost``) or
+      :func:`gsm_optax.mac_costs` (the same with the model's
+      multiply-accumulates at the widths kept).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -161,6 +172,9 @@ def keep_top_gradients(
   References:
     Ding et al., `Global Sparse Momentum SGD for Pruning Very Deep Neural
     Networks <https://arxiv.org/abs/1909.12778>`_, NeurIPS 2019.
+
+    Molchanov et al., `Importance Estimation for Neural Network Pruning
+    <https://arxiv.org/abs/1906.10771>`_, CVPR 2019.
 
   Example:
     >>> import optax, jax.numpy as jnp
@@ -177,17 +191,28 @@ def keep_top_gradients(
   _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
+  _check_groups_args(groups, eligible, budget)
 
   def init_fn(params):
     float_dtype = jnp.float32
     if not _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
-      flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-      _check_init_keep_count(keep_ratio, num_eligible)
+      if groups is None:
+        flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+        _check_init_keep_count(keep_ratio, num_eligible)
+      else:
+        resolved = grouping.resolve_groups(groups, params)
+        flags = resolved.flags
+        if budget == "groups":
+          _check_init_keep_count(keep_ratio, resolved.num_groups, "groups")
+        grouping.group_costs(resolved, budget, jax.tree_util.tree_leaves(params))
       leaves = jax.tree_util.tree_leaves(params)
       dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
       float_dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
     average_scores = None
-    if averaging:
+    if averaging and groups is not None and not _utils.has_no_leaves(params):
+      # One running sum per group (before |.| for the Taylor score; see grouping.group_values).
+      average_scores = tuple(jnp.zeros((g.size,), float_dtype) for g in resolved.groups)
+    elif averaging:
       average_scores = jax.tree_util.tree_map(
           lambda p: jnp.zeros(jnp.shape(p), importance_lib.score_dtype(p)), params)
     return KeepTopGradientsState(
@@ -203,30 +228,46 @@ def keep_top_gradients(
       raise _utils.missing_params_error("keep_top_gradients", "ranks weights by importance")
     leaves, treedef = jax.tree_util.tree_flatten(updates)
     param_leaves = _utils.check_params_structure(treedef, params)
-    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-    scores = treedef.flatten_up_to(score_fn(params, updates))
-    average_scores = state.average_scores
+    if groups is None:
+      flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    else:
+      resolved = grouping.resolve_groups(groups, params)
+      flags = resolved.flags
     # Whether averages are kept was settled by init (a concrete 0 keeps none), so that an
     # importance_ema injected by optax.inject_hyperparams (traced here) keeps the state's shape.
-    if average_scores is not None:
-      rate = jnp.asarray(importance_ema, jnp.float32)
-      previous = treedef.flatten_up_to(state.average_scores)
-      scores = [
-          (rate * a + (1 - rate) * s).astype(a.dtype) if f else a
-          for a, s, f in zip(previous, scores, flags)
-      ]
-      average_scores = jax.tree_util.tree_unflatten(treedef, scores)
-    eligible_scores = [s for s, f in zip(scores, flags) if f]
-
-    k = keep_count(_value_at(keep_ratio, state.count), num_eligible)
-    selection = global_topk_selection(eligible_scores, k)
+    average_scores = state.average_scores
+    rate = jnp.asarray(importance_ema, jnp.float32)
+    ratio = _value_at(keep_ratio, state.count)
+    if groups is None:
+      scores = treedef.flatten_up_to(score_fn(params, updates))
+      if average_scores is not None:
+        previous = treedef.flatten_up_to(state.average_scores)
+        scores = [(rate * a + (1 - rate) * s).astype(a.dtype) if f else a
+                  for a, s, f in zip(previous, scores, flags)]
+        average_scores = jax.tree_util.tree_unflatten(treedef, scores)
+      k = keep_count(ratio, num_eligible)
+      selection = global_topk_selection([s for s, f in zip(scores, flags) if f], k)
+      kept = iter(selection.mask)
+      masks = [next(kept) if f else None for f in flags]
+    else:
+      sums = grouping.group_values(importance, resolved, params, updates, treedef)
+      if average_scores is not None:
+        sums = [(rate * a + (1 - rate) * s).astype(a.dtype)
+                for a, s in zip(average_scores, sums)]
+        average_scores = tuple(sums)
+      costs = grouping.group_costs(resolved, budget, param_leaves)
+      selection = grouping.select_groups(
+          resolved, grouping.finish_group_scores(importance, sums), ratio, budget, costs)
+      k = (keep_count(ratio, resolved.num_groups) if budget == "groups"
+           else selection.num_greater)
+      masks = grouping.expand_group_mask(resolved, selection.mask,
+                                         [jnp.shape(g) for g in leaves])
     eta_p = _value_at(passive_decay, state.count)
 
-    masks = iter(selection.mask)
     new_leaves = []
-    for g, w, f in zip(leaves, param_leaves, flags):
+    for g, w, f, mask in zip(leaves, param_leaves, flags, masks):
       if f:
-        keep = next(masks) | ~jnp.isfinite(g)
+        keep = mask | ~jnp.isfinite(g)
         passive = (jnp.zeros((), g.dtype) if _is_zero(passive_decay)
                    else (eta_p * w).astype(g.dtype))
         g = jnp.where(keep, g, passive)
@@ -253,6 +294,8 @@ def gsm(
     eligible: eligibility.Eligible = None,
     passive_weight_decay: ScalarOrSchedule = 0.0,
     importance_ema: float = 0.0,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Global Sparse Momentum SGD (Ding et al., NeurIPS 2019).
 
@@ -282,6 +325,13 @@ def gsm(
   importance. A ``keep_ratio`` schedule such as
   :func:`gsm_optax.cubic_keep_ratio_schedule` goes from dense to Q.
 
+  With ``groups`` this is structured GSM: the ranking, the mask ``B`` and the
+  weight decay apply to whole groups (neurons, filters, input features, with
+  their biases and norms; see :class:`gsm_optax.Groups`), so that the passive
+  groups decay as wholes and ``gsm_optax.prune(..., groups=groups)`` followed
+  by :func:`gsm_optax.export_pruned` gives a narrower dense model. This is
+  the rule that Ding et al.'s ResRep applies to channels.
+
   Args:
     learning_rate: ``alpha``, a float or an optax schedule.
     keep_ratio: fraction of eligible weights to keep, in (0, 1]; a float or a
@@ -297,6 +347,12 @@ def gsm(
       ``weight_decay``. 0 is the paper.
     importance_ema: rate in [0, 1) of the moving average of the importance
       used for ranking; 0 (the paper) ranks by the current minibatch's scores.
+    groups: rank groups of weights instead of weights; see
+      :func:`keep_top_gradients`. Their members (biases and norms included)
+      receive the weight decay; ``eligible`` must then be None.
+    budget: with ``groups``, what ``keep_ratio`` counts: ``"groups"``,
+      ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs` (see
+      :func:`keep_top_gradients`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -322,12 +378,16 @@ def gsm(
   _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
                       "a finite number >= 0")
+  _check_groups_args(groups, eligible, budget)
+  if groups is None:
+    decayed = lambda p: eligibility.resolve_eligible(eligible, p)
+  else:
+    decayed = lambda p: grouping.member_mask(groups, p)
   return optax.chain(
       keep_top_gradients(keep_ratio, importance=importance, eligible=eligible,
-                         passive_decay=passive_weight_decay, importance_ema=importance_ema),
-      optax.add_decayed_weights(
-          weight_decay, mask=lambda p: eligibility.resolve_eligible(eligible, p)
-      ),
+                         passive_decay=passive_weight_decay, importance_ema=importance_ema,
+                         groups=groups, budget=budget),
+      optax.add_decayed_weights(weight_decay, mask=decayed),
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -68,3 +68,60 @@ def traced_keep_count(ratio: float, n: int) -> int:
   close = abs(float(product) - float(nearest)) <= float(product) * 2.0**-20
   k = nearest if close else np.floor(product)
   return int(np.clip(k, 1, n))
+
+
+def group_index(shape, axis: int, size: int) -> np.ndarray:
+  """For every entry of an array of ``shape``, its group: its index along ``axis``, mod ``size``."""
+  idx = np.arange(shape[axis]) % size
+  view = [1] * len(shape)
+  view[axis] = shape[axis]
+  return np.broadcast_to(idx.reshape(view), shape)
+
+
+def group_sums(values, spec):
+  """Per group set of ``spec`` (a list of (size, [(leaf, axis), ...])), the sums of ``values``."""
+  out = []
+  for size, members in spec:
+    total = np.zeros(size)
+    for leaf, axis in members:
+      v = np.asarray(values[leaf], np.float64)
+      np.add.at(total, group_index(v.shape, axis, size).ravel(), v.ravel())
+    out.append(total)
+  return out
+
+
+def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *, passive_decay=0.0,
+                             ema=0.0):
+  """Structured GSM in float64, from the equations with groups in place of weights.
+
+    T_j = |sum over the entries i of group j of g_i * W_i|
+    S_j = ema * S_j + (1 - ema) * sum_i g_i * W_i, T_j = |S_j|   (ema > 0; S starts at 0)
+    B_i = 1 when the group of entry i is among the top-Q groups by T (stable order)
+    d = B * g + eta * W + passive_decay * (1 - B) * W   (members of a group; others: d = g)
+    Z = beta * Z + d, W = W - lr * Z
+
+  Yields the parameters and the group masks after every step.
+  """
+  w = [np.asarray(x, np.float64).copy() for x in w0]
+  z = [np.zeros_like(x) for x in w]
+  s_avg = [np.zeros(size) for size, _ in spec]
+  for t in range(steps):
+    g = grad_fn(t, w)
+    sums = group_sums([gi * wi for gi, wi in zip(g, w)], spec)
+    s_avg = [ema * a + (1 - ema) * s for a, s in zip(s_avg, sums)]
+    keep = stable_topk_mask(np.abs(np.concatenate(s_avg)), q)
+    b = [None] * len(w)
+    offset = 0
+    for size, members in spec:
+      kept = keep[offset:offset + size]
+      offset += size
+      for leaf, axis in members:
+        b[leaf] = kept[group_index(w[leaf].shape, axis, size)]
+    for i in range(len(w)):
+      if b[i] is None:
+        d = g[i]
+      else:
+        d = b[i] * g[i] + eta * w[i] + passive_decay * (1 - b[i]) * w[i]
+      z[i] = beta * z[i] + d
+      w[i] = w[i] - lr * z[i]
+    yield [x.copy() for x in w], keep

@@ -1,0 +1,474 @@
+"""Groups of weights pruned together: neurons, filters, input features.
+
+A :class:`Groups` is one set of ``size`` groups: each of its members is a
+parameter leaf and the axis of that leaf whose index says which group an entry
+belongs to. The groups of structured GSM are the output neurons of dense
+layers, the output filters of convolutions (with the bias and a following
+norm's scale and offset of the same unit) or the input features of a layer;
+:func:`output_groups` and :func:`input_groups` build those for Flax models, and
+any other partition can be written by hand. A group's score is the sum of its
+entries' scores; the selection then ranks groups instead of weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gsm_optax import _utils, eligibility
+from gsm_optax.importance import magnitude, resolve_importance, score_dtype
+from gsm_optax.selection import (
+    Selection,
+    global_budget_selection,
+    global_topk_selection,
+    keep_count,
+)
+
+Array = jax.Array
+PyTree = Any
+
+BUDGETS = ("groups", "weights", "cost")
+
+
+class GroupMember(NamedTuple):
+  """One parameter leaf of a :class:`Groups` and the axis that indexes its groups.
+
+  Attributes:
+    path: the leaf's path, its keys joined by "/" (``"fc1/kernel"``; for an
+      ``nnx.State`` the attribute names, ``"linear/kernel"``).
+    axis: the axis of that leaf whose index gives the group. Its length is
+      ``size`` or a multiple of it; index ``i`` then belongs to group ``i mod
+      size`` (the order in which a Flax CNN flattens ``[h, w, channels]``
+      before a dense layer, so that a dense layer's input rows can join the
+      filters that feed them).
+  """
+
+  path: str
+  axis: int
+
+
+class Groups(NamedTuple):
+  """A set of ``size`` groups of weights, pruned or kept as wholes.
+
+  Attributes:
+    name: a name for reports and errors (a layer's, say).
+    size: the number of groups (neurons, filters, input features).
+    members: the leaves whose entries belong to these groups. Every entry of a
+      member belongs to exactly one group, and a leaf is a member of at most
+      one :class:`Groups` of a model.
+    cost: what one group costs, for a budget in ``"cost"`` (a number, its
+      size on disk, say); None when not given. A budget in
+      multiply-accumulates is :func:`mac_costs`.
+  """
+
+  name: str
+  size: int
+  members: tuple[GroupMember, ...]
+  cost: float | None = None
+
+
+class MacTerm(NamedTuple):
+  """The multiply-accumulates of one layer, for a budget in MACs (see :func:`mac_costs`).
+
+  Attributes:
+    macs: the layer's multiply-accumulates per example at full width.
+    sets: the names of the :class:`Groups` whose kept fraction scales them:
+      a layer between two pruned sets (the filters of one convolution and of
+      the next) costs ``macs * f_in * f_out``.
+  """
+
+  macs: float
+  sets: tuple[str, ...]
+
+
+def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm]) -> MacCost:
+  """A budget in multiply-accumulates for ``groups``: the MACs of the widths kept.
+
+  A group's cost in MACs depends on what is kept around it (a filter of a
+  second convolution costs ``h * w * k * k`` per input channel the first one
+  keeps), so MACs do not add up group by group. Pass the result as the
+  ``budget`` of :func:`gsm_optax.keep_top_gradients`, :func:`gsm_optax.gsm`
+  or :func:`gsm_optax.prune`: groups are still taken best score first, and
+  kept while the model's MACs ``sum(macs * f_in * f_out)`` at the kept
+  fractions ``f`` stay within ``keep_ratio`` of the MACs at full width.
+
+  Args:
+    groups: the groups; their names must be distinct.
+    terms: one :class:`MacTerm` per layer.
+
+  Returns:
+    A :class:`MacCost`.
+
+  Example:
+    >>> import gsm_optax
+    >>> g = [gsm_optax.Groups("h", 4, (gsm_optax.GroupMember("fc2/kernel", 0),))]
+    >>> budget = gsm_optax.mac_costs(g, [gsm_optax.MacTerm(8 * 4, ("h",))])
+    >>> budget.total
+    32.0
+  """
+  groups = tuple(groups)
+  names = [g.name for g in groups]
+  if len(set(names)) != len(names):
+    raise ValueError(f"mac_costs needs distinct group names; got {names}.")
+  terms = tuple(MacTerm(float(t.macs), tuple(t.sets)) for t in terms)
+  for t in terms:
+    unknown = [s for s in t.sets if s not in names]
+    if unknown or not t.macs >= 0:
+      raise ValueError(f"mac_costs: {t} names sets {unknown} that are not among the groups"
+                       f" {names}, or its macs are not >= 0.")
+  return MacCost(tuple(names), tuple(g.size for g in groups), terms)
+
+
+class MacCost(NamedTuple):
+  """A budget in multiply-accumulates (see :func:`mac_costs`).
+
+  Attributes:
+    names: the names of the groups, in the order of the groups spec.
+    sizes: their sizes.
+    terms: one :class:`MacTerm` per layer.
+  """
+
+  names: tuple[str, ...]
+  sizes: tuple[int, ...]
+  terms: tuple[MacTerm, ...]
+
+  @property
+  def total(self) -> float:
+    """The MACs at full width."""
+    return float(sum(t.macs for t in self.terms))
+
+  def macs(self, kept: dict[str, Any]) -> Any:
+    """The MACs when ``kept[name]`` groups of each set are kept (arrays broadcast)."""
+    total = 0.0
+    for t in self.terms:
+      part = t.macs
+      for s in t.sets:
+        part = part * (kept[s] / self.sizes[self.names.index(s)])
+      total = total + part
+    return total
+
+
+GroupSpec = str | Sequence[Groups] | Callable[[PyTree], Sequence[Groups]]
+Budget = Any  # "groups", "weights", "cost" or a MacCost
+
+
+def _selected_kernels(params: PyTree, where: eligibility.Eligible) -> list[str]:
+  """Paths of the leaves ``where`` selects (default: every array of rank >= 2)."""
+  flags = jax.tree_util.tree_leaves(eligibility.resolve_eligible(where, params))
+  paths = [_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  return [p for p, f in zip(paths, flags) if f]
+
+
+def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple[Groups, ...]:
+  """One group per output unit of each selected kernel: dense neurons and conv filters.
+
+  The groups of a kernel ``[..., in, out]`` (Flax ``Dense`` and ``Conv``) are
+  its ``out`` units, on its last axis. The unit's bias (a ``bias`` of shape
+  ``[out]`` beside the kernel) joins the group, so that a pruned unit's output
+  is exactly zero. A normalisation after the layer cannot be found from the
+  parameters alone (``jax.tree_util`` orders dict keys by name, not by call):
+  :func:`gsm_optax.sequential_groups` couples it from the call order of a traced
+  Flax model (:func:`gsm_optax.trace_layers`). Do not
+  select a model's last layer: its outputs are the logits.
+
+  Args:
+    params: the parameters (a dict, Flax ``params`` or an ``nnx.State``).
+    where: which kernels to group, as the ``eligible`` argument of
+      :func:`gsm_optax.keep_top_gradients` (default: every array of rank >= 2).
+
+  Returns:
+    A tuple of :class:`Groups`, one per selected kernel.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import output_groups
+    >>> params = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+    >>> output_groups(params)[0].members
+    (GroupMember(path='fc/kernel', axis=1), GroupMember(path='fc/bias', axis=0))
+  """
+  leaves = {_utils.path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  out = []
+  for path in _selected_kernels(params, where):
+    kernel = leaves[path]
+    if jnp.ndim(kernel) < 1:
+      raise ValueError(f"output_groups: {path} is a scalar; it has no output units.")
+    width = jnp.shape(kernel)[-1]
+    members = [GroupMember(path, jnp.ndim(kernel) - 1)]
+    parent, _, key = path.rpartition("/")
+    bias = f"{parent}/bias" if parent else "bias"
+    if key != "bias" and jnp.shape(leaves.get(bias, ())) == (width,):
+      members.append(GroupMember(bias, 0))
+    out.append(Groups(name=parent or path, size=width, members=tuple(members)))
+  return tuple(out)
+
+
+def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple[Groups, ...]:
+  """One group per input feature of each selected kernel: its rows (dense) or input channels.
+
+  The groups of a kernel ``[..., in, out]`` are its ``in`` inputs, on its
+  second-to-last axis: the input pixels of a first dense layer, or the units of
+  the layer before, whose output is unused once their row is pruned.
+
+  Args:
+    params: the parameters.
+    where: which kernels to group, as for :func:`output_groups`.
+
+  Returns:
+    A tuple of :class:`Groups`, one per selected kernel.
+  """
+  selected = set(_selected_kernels(params, where))
+  out = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = _utils.path_name(path)
+    if name not in selected:
+      continue
+    if jnp.ndim(leaf) < 2:
+      raise ValueError(f"input_groups: {name} has shape {jnp.shape(leaf)}; it needs rank >= 2.")
+    parent = name.rpartition("/")[0]
+    out.append(Groups(name=f"{parent or name} inputs", size=jnp.shape(leaf)[-2],
+                      members=(GroupMember(name, jnp.ndim(leaf) - 2),)))
+  return tuple(out)
+
+
+class _Placement(NamedTuple):
+  index: int  # which Groups
+  axis: int
+  size: int
+
+
+class ResolvedGroups(NamedTuple):
+  """Groups matched to a params tree: per flattened leaf, its group set and axis, or None."""
+
+  groups: tuple[Groups, ...]
+  placements: tuple[_Placement | None, ...]
+
+  @property
+  def flags(self) -> list[bool]:
+    """Which leaves belong to a group (the prunable ones)."""
+    return [p is not None for p in self.placements]
+
+  @property
+  def num_groups(self) -> int:
+    return sum(g.size for g in self.groups)
+
+  def weights_per_group(self, params_leaves: list[Any]) -> list[int]:
+    """How many entries one group of each set holds, over all its members."""
+    counts = [0] * len(self.groups)
+    for leaf, p in zip(params_leaves, self.placements):
+      if p is not None:
+        counts[p.index] += int(np.prod(jnp.shape(leaf))) // p.size
+    return counts
+
+
+def resolve_groups(groups: GroupSpec, params: PyTree) -> ResolvedGroups:
+  """Matches a group spec to ``params``, checking it thoroughly.
+
+  Args:
+    groups: ``"outputs"`` (:func:`output_groups`), ``"inputs"``
+      (:func:`input_groups`), a sequence of :class:`Groups`, or a callable
+      ``params -> sequence of Groups``.
+    params: the parameters.
+
+  Returns:
+    A :class:`ResolvedGroups`.
+
+  Raises:
+    ValueError: naming the group and the path when a member is not a leaf of
+      ``params``, its axis does not exist or its length is not a multiple of
+      the group count, a leaf is a member twice, or there are no groups.
+  """
+  if isinstance(groups, str):
+    builders = {"outputs": output_groups, "inputs": input_groups}
+    if groups not in builders:
+      raise ValueError(f"groups must be 'outputs', 'inputs', a sequence of gsm_optax.Groups or a"
+                       f" callable params -> Groups; got groups={groups!r}.")
+    spec = builders[groups](params)
+  elif callable(groups):
+    spec = groups(params)
+  else:
+    spec = groups
+  if isinstance(spec, Groups):
+    spec = (spec,)
+  spec = tuple(spec)
+  if not spec or not all(isinstance(g, Groups) for g in spec):
+    raise ValueError(f"groups must give a non-empty sequence of gsm_optax.Groups; got {spec!r}.")
+  with_path = jax.tree_util.tree_leaves_with_path(params)
+  index = {_utils.path_name(p): i for i, (p, _) in enumerate(with_path)}
+  placements: list[_Placement | None] = [None] * len(with_path)
+  for gi, g in enumerate(spec):
+    _utils.check_int(f"groups[{g.name!r}].size", g.size, 1)
+    if not g.members:
+      raise ValueError(f"groups[{g.name!r}] has no members.")
+    for m in g.members:
+      if m.path not in index:
+        raise ValueError(f"groups[{g.name!r}] names {m.path!r}, which is not a leaf of params;"
+                         f" the leaves are {sorted(index)}.")
+      i = index[m.path]
+      leaf = with_path[i][1]
+      shape = jnp.shape(leaf)
+      if not -len(shape) <= m.axis < len(shape):
+        raise ValueError(f"groups[{g.name!r}]: {m.path} has shape {shape}, which has no axis"
+                         f" {m.axis}.")
+      axis = m.axis % len(shape)
+      if shape[axis] % g.size:
+        raise ValueError(f"groups[{g.name!r}]: axis {m.axis} of {m.path} has length"
+                         f" {shape[axis]}, not a multiple of size={g.size}.")
+      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+        raise TypeError(f"groups[{g.name!r}]: {m.path} has dtype {jnp.result_type(leaf)}; only"
+                        " floating point parameters can be pruned.")
+      if placements[i] is not None:
+        other = spec[placements[i].index].name
+        raise ValueError(f"{m.path} is a member of both groups[{other!r}] and groups[{g.name!r}];"
+                         " a leaf can belong to one set of groups only.")
+      placements[i] = _Placement(gi, axis, g.size)
+  return ResolvedGroups(spec, tuple(placements))
+
+
+def group_scores(resolved: ResolvedGroups, scores: list[Array | None]) -> list[Array]:
+  """Each group's score: the sum of its entries' ``scores`` (one array per params leaf).
+
+  Args:
+    resolved: from :func:`resolve_groups`.
+    scores: per flattened params leaf, its entries' scores (anything for
+      leaves outside every group).
+
+  Returns:
+    One float array of shape ``[size]`` per :class:`Groups`.
+  """
+  dtypes = [s.dtype for s, p in zip(scores, resolved.placements) if p is not None]
+  dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
+  totals = [jnp.zeros((g.size,), dtype) for g in resolved.groups]
+  for s, p in zip(scores, resolved.placements):
+    if p is None:
+      continue
+    s = jnp.moveaxis(s.astype(dtype), p.axis, 0)
+    per_index = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
+    totals[p.index] = totals[p.index] + per_index.reshape(-1, p.size).sum(axis=0)
+  return totals
+
+
+def expand_group_mask(resolved: ResolvedGroups, group_masks: list[Array],
+                      shapes: list[tuple[int, ...]]) -> list[Array | None]:
+  """Per params leaf, the entry mask of its groups' mask (None outside every group)."""
+  out: list[Array | None] = []
+  for shape, p in zip(shapes, resolved.placements):
+    if p is None:
+      out.append(None)
+      continue
+    along = jnp.tile(group_masks[p.index], shape[p.axis] // p.size)
+    view = [1] * len(shape)
+    view[p.axis] = shape[p.axis]
+    out.append(jnp.broadcast_to(along.reshape(view), shape))
+  return out
+
+
+def group_costs(resolved: ResolvedGroups, budget: Budget, leaves: list[Any]) -> list[float]:
+  """The cost of one group of each set under ``budget``: 1 for ``"groups"``, its weights for
+  ``"weights"``, its ``cost`` for ``"cost"`` (unused for a :class:`MacCost`)."""
+  if budget == "weights":
+    return [float(c) for c in resolved.weights_per_group(leaves)]
+  if budget == "cost":
+    missing = [g.name for g in resolved.groups if g.cost is None]
+    if missing:
+      raise ValueError(f"budget='cost' needs every Groups' cost; {missing} have cost=None.")
+    return [float(g.cost) for g in resolved.groups]
+  if isinstance(budget, MacCost):
+    names = tuple(g.name for g in resolved.groups)
+    if tuple(sorted(budget.names)) != tuple(sorted(names)):
+      raise ValueError(f"the MAC budget is for groups {budget.names}; the groups are {names}.")
+  return [1.0] * len(resolved.groups)
+
+
+def check_budget(budget: Budget) -> None:
+  if not (isinstance(budget, MacCost) or (isinstance(budget, str) and budget in BUDGETS)):
+    raise ValueError(f"budget must be one of {BUDGETS} or a gsm_optax.mac_costs(...); got"
+                     f" budget={budget!r}.")
+
+
+def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
+                  budget: Budget, costs: list[float]) -> Selection:
+  """The kept groups: best score first, as many as ``budget`` allows.
+
+  For ``"groups"``, the top ``floor(keep_ratio * count)`` groups (an exact
+  global top-Q, with :func:`gsm_optax.global_topk_selection`). For a budget
+  in weights, costs or MACs, groups cost differently (a filter of LeNet-5's
+  first convolution holds 26 weights and costs 14,400 multiply-accumulates, a
+  row of its first dense layer holds 500 and costs 500), but they are still
+  taken in the order of their scores, and kept while what they cost together
+  fits ``keep_ratio`` of the cost of all of them.
+  """
+  if budget == "groups":
+    return global_topk_selection(scores, keep_count(keep_ratio, resolved.num_groups))
+  if isinstance(budget, MacCost):
+    position = {g.name: i for i, g in enumerate(resolved.groups)}
+    total = budget.total
+    cost = lambda counts: budget.macs({n: counts[position[n]] for n in budget.names})
+  else:
+    total = sum(c * g.size for c, g in zip(costs, resolved.groups))
+    cost = costs
+  allowed = jnp.asarray(keep_ratio, jnp.float32) * jnp.asarray(total, jnp.float32)
+  # float32 rounds ratio * total by up to 2**-24 relative: a budget of exactly a third of the
+  # cost must still fit the groups that make up that third.
+  return global_budget_selection(scores, cost, allowed * (1 + jnp.float32(2.0**-20)))
+
+
+def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:
+  """A pytree of bools like ``params``: True on every leaf that belongs to a group."""
+  flags = resolve_groups(groups, params).flags
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flags)
+
+
+def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
+  """Each group's L2 norm over all its members' entries (the magnitude of a group)."""
+  squares = [None if p is None else jnp.square(magnitude(leaf, None))
+             for leaf, p in zip(leaves, resolved.placements)]
+  return [jnp.sqrt(s) for s in group_scores(resolved, squares)]
+
+
+def magnitude_selection(
+    leaves: list[Any], keep_ratio: Any, *, resolved: ResolvedGroups, budget: str = "groups",
+) -> tuple[Selection, list[Array | None]]:
+  """The groups :func:`gsm_optax.prune` keeps (by L2 norm) and, per leaf, their entry mask."""
+  costs = group_costs(resolved, budget, leaves)
+  selection = select_groups(resolved, group_norms(resolved, leaves), keep_ratio, budget, costs)
+  masks = expand_group_mask(resolved, selection.mask, [jnp.shape(x) for x in leaves])
+  return selection, masks
+
+
+def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grads: PyTree,
+                 treedef: Any) -> list[Array]:
+  """What is summed over each group before :func:`finish_group_scores`, per importance.
+
+  ``"taylor"``: the signed products ``g * w``, so that a group's score is
+  ``|sum g * w|``, the first-order change of the loss when the whole group is
+  removed (Molchanov et al. 2019); summing ``|g * w|`` instead grows with the
+  group's size whatever the group's effect, so a global ranking would favour
+  large groups (a 500-weight row over a 10-weight one). ``"magnitude"``: the
+  squares ``w**2`` (a group's score is its L2 norm). A callable: its scores,
+  summed (``importance=gsm_optax.taylor`` sums ``|g * w|``).
+  """
+  param_leaves = treedef.flatten_up_to(params)
+  if importance == "taylor":
+    grad_leaves = treedef.flatten_up_to(grads)
+    values = [None if p is None else
+              w.astype(score_dtype(w, g)) * g.astype(score_dtype(w, g))
+              for w, g, p in zip(param_leaves, grad_leaves, resolved.placements)]
+  elif importance == "magnitude":
+    values = [None if p is None else jnp.square(magnitude(w, None))
+              for w, p in zip(param_leaves, resolved.placements)]
+  else:
+    values = treedef.flatten_up_to(resolve_importance(importance)(params, grads))
+  return group_scores(resolved, values)
+
+
+def finish_group_scores(importance: Any, sums: list[Array]) -> list[Array]:
+  """Group scores from the sums of :func:`group_values`: ``|.|``, ``sqrt`` or as they are."""
+  if importance == "taylor":
+    return [jnp.abs(s) for s in sums]
+  if importance == "magnitude":
+    return [jnp.sqrt(s) for s in sums]
+  return sums

@@ -1,0 +1,302 @@
+"""Structured GSM: groups of weights ranked, masked, decayed and pruned as wholes.
+
+The transformations are checked against float64 NumPy references written from the
+equations (tests/reference.py), on random problems with fresh seeds.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gsm_optax
+from gsm_optax import GroupMember, Groups
+from tests.reference import group_index, group_sums, stable_topk_mask, structured_gsm_reference
+
+SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
+          "dense": {"kernel": (8, 6), "bias": (6,)},
+          "out": {"kernel": (6, 3), "bias": (3,)}}
+# Leaves in jax.tree_util order (dict keys sorted).
+LEAF = {"conv/bias": 0, "conv/kernel": 1, "dense/bias": 2, "dense/kernel": 3, "out/bias": 4,
+        "out/kernel": 5}
+
+
+def _is(names):
+  return lambda p: {k: {kk: f"{k}/{kk}" in names for kk in v} for k, v in p.items()}
+
+
+SPECS = {
+    # Output filters and neurons with their biases, and the input rows of the last layer.
+    "outputs and inputs": lambda p: (
+        gsm_optax.output_groups(p, where=_is({"conv/kernel", "dense/kernel"}))
+        + gsm_optax.input_groups(p, where=_is({"out/kernel"}))),
+    # A filter with the rows of the next layer it feeds (flattened [2 positions, 4 channels]),
+    # and a dense unit as its bias and outgoing row.
+    "coupled by hand": lambda p: (
+        Groups("filters", 4, (GroupMember("conv/kernel", -1), GroupMember("conv/bias", 0),
+                              GroupMember("dense/kernel", 0))),
+        Groups("units", 6, (GroupMember("dense/bias", 0), GroupMember("out/kernel", 0)))),
+}
+
+
+def _reference_spec(groups):
+  return [(g.size, [(LEAF[m.path], m.axis % len(_shape(m.path))) for m in g.members])
+          for g in groups]
+
+
+def _shape(path):
+  a, b = path.split("/")
+  return SHAPES[a][b]
+
+
+def _params(rng):
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32),
+                                SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _problem(rng, steps):
+  w0 = jax.tree_util.tree_leaves(_params(rng))
+  curv = [[rng.uniform(0.5, 2.0, x.shape) for x in w0] for _ in range(steps)]
+  # Targets beyond the weights give g * w of both signs: the |sum| of a group matters.
+  target = [[3 * rng.standard_normal(x.shape) for x in w0] for _ in range(steps)]
+
+  def grad_np(t, w):
+    return [c * (x - y) for c, x, y in zip(curv[t], w, target[t])]
+
+  def grad_jax(t, w):
+    return [jnp.asarray(c, jnp.float32) * (x - jnp.asarray(y, jnp.float32))
+            for c, x, y in zip(curv[t], w, target[t])]
+
+  return [np.asarray(x) for x in w0], grad_np, grad_jax
+
+
+@pytest.mark.parametrize("options", [{}, {"passive": 3e-2}, {"ema": 0.7}])
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_structured_gsm_matches_float64_reference(rng, spec, options):
+  steps, ratio, beta, eta, lr = 30, 0.3, 0.9, 5e-3, 0.03
+  w0, grad_np, grad_jax = _problem(rng, steps)
+  treedef = jax.tree_util.tree_structure(_params(rng))
+  tree = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
+  groups = SPECS[spec](tree(w0))
+  num_groups = sum(g.size for g in groups)
+  tx = gsm_optax.gsm(lr, ratio, momentum=beta, weight_decay=eta, groups=SPECS[spec],
+                     passive_weight_decay=options.get("passive", 0.0),
+                     importance_ema=options.get("ema", 0.0))
+  params = tree([jnp.asarray(x) for x in w0])
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  reference = structured_gsm_reference(
+      w0, _reference_spec(groups), grad_np, lr, int(ratio * num_groups), beta, eta, steps,
+      passive_decay=options.get("passive", 0.0), ema=options.get("ema", 0.0))
+  for t, (w_ref, keep_ref) in enumerate(reference):
+    grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    for got, want in zip(jax.tree_util.tree_leaves(params), w_ref):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
+    assert int(gsm_optax.selection_stats(state).keep_count) == int(keep_ref.sum())
+
+
+def test_every_entry_of_a_group_shares_its_fate(rng):
+  """The kept gradient is exactly g on kept groups and 0 elsewhere, biases included."""
+  params = _params(rng)
+  grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+  tx = gsm_optax.keep_top_gradients(0.5, groups="outputs")
+  out, state = tx.update(grads, tx.init(params), params)
+  for layer in ("conv", "dense", "out"):
+    kernel, bias = np.asarray(out[layer]["kernel"]), np.asarray(out[layer]["bias"])
+    kept = np.asarray(bias != 0)
+    whole = np.all(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
+    none = np.all(kernel.reshape(-1, kernel.shape[-1]) == 0, axis=0)
+    np.testing.assert_array_equal(kept, whole)
+    np.testing.assert_array_equal(~kept, none)
+  assert int(gsm_optax.selection_stats(state).keep_count) == (4 + 6 + 3) // 2
+
+
+def _brute_force_prefix(scores, costs, budget):
+  order = np.lexsort((np.arange(scores.size), -scores))
+  kept = np.zeros(scores.size, bool)
+  total = 0.0
+  for i in order:
+    total += costs[i]
+    if total > budget:
+      break
+    kept[i] = True
+  return kept
+
+
+def test_budget_selection_matches_brute_force(rng):
+  sizes = [7, 1, 12]
+  scores = [jnp.asarray(rng.integers(0, 5, s).astype(np.float32)) for s in sizes]  # many ties
+  costs = [jnp.asarray(rng.uniform(0.5, 3.0, s).astype(np.float32)) for s in sizes]
+  budget = float(rng.uniform(3, 20))
+  got = gsm_optax.global_budget_selection(scores, costs, budget)
+  want = _brute_force_prefix(np.concatenate([np.asarray(s) for s in scores]),
+                             np.concatenate([np.asarray(c) for c in costs]), budget)
+  np.testing.assert_array_equal(np.concatenate([np.asarray(m) for m in got.mask]), want)
+  assert int(got.num_greater) == want.sum()
+  # Unit costs and an integer budget: the exact top-k, ties and all.
+  k = int(rng.integers(0, 20))
+  unit = gsm_optax.global_budget_selection(scores, [1.0, 1.0, 1.0], k)
+  chex.assert_trees_all_equal(unit.mask, gsm_optax.global_topk_mask(scores, k))
+
+
+def _norm_ranking_reference(params, groups, q=None, budget=None, cost_of_prefix=None):
+  """Kept groups of a structured magnitude prune: L2 norms, stable order, top-q or prefix."""
+  leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  spec = _reference_spec(groups)
+  norms = np.sqrt(np.concatenate(group_sums([x**2 for x in leaves], spec)))
+  if q is not None:
+    return stable_topk_mask(norms, q), spec
+  order = np.lexsort((np.arange(norms.size), -norms))
+  kept = np.zeros(norms.size, bool)
+  for i in order:
+    trial = kept.copy()
+    trial[i] = True
+    if cost_of_prefix(trial) > budget:
+      break
+    kept = trial
+  return kept, spec
+
+
+def _expand(kept, spec, leaves):
+  masks = [np.ones(x.shape, bool) for x in leaves]
+  offset = 0
+  for size, members in spec:
+    for leaf, axis in members:
+      masks[leaf] = kept[offset:offset + size][group_index(leaves[leaf].shape, axis, size)]
+    offset += size
+  return masks
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_prune_keeps_the_groups_of_largest_norm(rng, spec):
+  params = _params(rng)
+  groups = SPECS[spec](params)
+  n = sum(g.size for g in groups)
+  ratio = float(rng.uniform(0.2, 0.8))
+  kept, ref_spec = _norm_ranking_reference(params, groups, q=int(ratio * n))
+  pruned = jax.jit(lambda p: gsm_optax.prune(p, ratio, groups=SPECS[spec]))(params)
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+  for got, x, m in zip(jax.tree_util.tree_leaves(pruned), leaves, _expand(kept, ref_spec, leaves)):
+    np.testing.assert_array_equal(got, np.where(m, x, 0))
+
+
+def test_prune_within_a_weight_budget(rng):
+  params = _params(rng)
+  groups = SPECS["outputs and inputs"](params)
+  per_group = np.concatenate([[sum(np.prod(_shape(m.path)) // g.size for m in g.members)] * g.size
+                              for g in groups])
+  ratio = float(rng.uniform(0.2, 0.8))
+  kept, spec = _norm_ranking_reference(params, groups, budget=ratio * per_group.sum(),
+                                       cost_of_prefix=lambda k: per_group[k].sum())
+  mask = gsm_optax.prune_mask(params, ratio, groups=groups, budget="weights")
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+  chex.assert_trees_all_equal(jax.tree_util.tree_leaves(mask), _expand(kept, spec, leaves))
+
+
+def test_prune_within_a_mac_budget(rng):
+  """MACs of a chain conv -> dense -> out: each layer scaled by its inputs' and outputs' kept
+  fractions; brute force over the prefixes in norm order."""
+  params = _params(rng)
+  groups = SPECS["outputs and inputs"](params)
+  terms = [gsm_optax.MacTerm(100.0 * 4, ("conv",)),
+           gsm_optax.MacTerm(8 * 6, ("conv", "dense")),
+           gsm_optax.MacTerm(6 * 3, ("dense", "out inputs"))]
+  budget = gsm_optax.mac_costs(groups, terms)
+  assert budget.total == 400 + 48 + 18
+
+  def macs(k):
+    conv, dense, out = k[:4].mean(), k[4:10].mean(), k[10:].mean()
+    return 400 * conv + 48 * conv * dense + 18 * dense * out
+
+  ratio = float(rng.uniform(0.2, 0.8))
+  kept, spec = _norm_ranking_reference(params, groups, budget=ratio * budget.total,
+                                       cost_of_prefix=macs)
+  mask = jax.jit(lambda p: gsm_optax.prune_mask(p, ratio, groups=groups, budget=budget))(params)
+  leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+  chex.assert_trees_all_equal(jax.tree_util.tree_leaves(mask), _expand(kept, spec, leaves))
+  assert macs(kept) <= ratio * budget.total * (1 + 1e-6)
+
+
+def test_readiness_of_a_structurally_sparse_model(rng):
+  params = _params(rng)
+  pruned = gsm_optax.prune(params, 0.4, groups="outputs")
+  ready = gsm_optax.prune_readiness(pruned, 0.4, groups="outputs")
+  assert float(ready.removed_l2_fraction) == 0.0
+  assert int(ready.num_carrying) == 0
+  before = gsm_optax.prune_readiness(params, 0.4, groups="outputs", eval_fn=lambda p: 1.0)
+  assert 0 < float(before.removed_l2_fraction) < 1
+  assert int(before.num_carrying) > 0
+
+
+def test_structured_gradual_pruning_ends_with_whole_groups(rng):
+  params = _params(rng)
+  tx = gsm_optax.gradual_magnitude_pruning(optax.sgd(0.05), 0.3, begin_step=0, end_step=6,
+                                           update_every=2, groups="outputs")
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  kept_before = None
+  for _ in range(8):
+    grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    kept = np.concatenate([np.asarray(params[k]["bias"] != 0) for k in ("conv", "dense", "out")])
+    if kept_before is not None:
+      assert not np.any(kept & ~kept_before)  # the mask only shrinks
+    kept_before = kept
+  assert kept_before.sum() == int(0.3 * 13)
+  for layer in ("conv", "dense", "out"):
+    kernel = np.asarray(params[layer]["kernel"])
+    cols = kernel.reshape(-1, kernel.shape[-1])
+    np.testing.assert_array_equal(np.all(cols == 0, 0), np.asarray(params[layer]["bias"]) == 0)
+
+
+@pytest.mark.parametrize("groups, error", [
+    ([Groups("g", 4, (GroupMember("conv/kernal", -1),))], "conv/kernal"),
+    ([Groups("g", 4, (GroupMember("conv/kernel", 4),))], "no axis 4"),
+    ([Groups("g", 3, (GroupMember("conv/kernel", -1),))], "not a multiple of size=3"),
+    ([Groups("a", 4, (GroupMember("conv/bias", 0),)),
+      Groups("b", 4, (GroupMember("conv/bias", 0),))], "member of both"),
+    ([], "non-empty"),
+    ("neurons", "groups='neurons'"),
+])
+def test_bad_groups_are_named_at_init(rng, groups, error):
+  params = _params(rng)
+  with pytest.raises(ValueError, match=error):
+    gsm_optax.gsm(0.1, 0.5, groups=groups).init(params)
+
+
+def test_bad_group_arguments_fail_at_construction():
+  with pytest.raises(ValueError, match="either groups or eligible"):
+    gsm_optax.gsm(0.1, 0.5, groups="outputs", eligible=lambda p: p)
+  with pytest.raises(ValueError, match="budget='weights' needs groups"):
+    gsm_optax.keep_top_gradients(0.5, budget="weights")
+  with pytest.raises(ValueError, match="budget must be one of"):
+    gsm_optax.keep_top_gradients(0.5, groups="outputs", budget="flops")
+  with pytest.raises(ValueError, match="not among the groups"):
+    gsm_optax.mac_costs([Groups("a", 2, (GroupMember("w", 0),))], [gsm_optax.MacTerm(4, ("b",))])
+
+
+def test_keep_ratio_that_keeps_no_group_fails_at_init(rng):
+  with pytest.raises(ValueError, match="= 0 of the 13 groups"):
+    gsm_optax.gsm(0.1, 0.05, groups="outputs").init(_params(rng))
+
+
+def test_builtin_groups_of_a_flax_model():
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(5, (3, 3), name="conv")(x))
+      return nn.Dense(2, name="head")(x.reshape(x.shape[0], -1))
+
+  params = Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))["params"]
+  outputs = gsm_optax.output_groups(params)
+  assert [(g.name, g.size) for g in outputs] == [("conv", 5), ("head", 2)]
+  assert outputs[0].members == (GroupMember("conv/kernel", 3), GroupMember("conv/bias", 0))
+  inputs = gsm_optax.input_groups(params)
+  assert [(g.name, g.size) for g in inputs] == [("conv inputs", 1), ("head inputs", 80)]
