@@ -423,8 +423,16 @@ def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:
 
 
 def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
-  """Each group's L2 norm over all its members' entries (the magnitude of a group)."""
-  squares = [None if p is None else jnp.square(magnitude(leaf, None))
+  """Each group's magnitude: the root mean square of its entries, ``||w|| / sqrt(n)``.
+
+  A global ranking compares groups of different sizes (a 300-weight row of a
+  first dense layer, a 10-weight row of the last), and plain L2 norms grow with
+  the size: ranked by them, LeNet-300-100 loses every input row of its last
+  layer first. The RMS is the L2 norm per weight, comparable across sizes, and
+  orders the groups of one set as their L2 norms do.
+  """
+  sizes = resolved.weights_per_group(leaves)
+  squares = [None if p is None else jnp.square(magnitude(leaf, None)) / sizes[p.index]
              for leaf, p in zip(leaves, resolved.placements)]
   return [jnp.sqrt(s) for s in group_scores(resolved, squares)]
 
@@ -432,7 +440,7 @@ def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
 def magnitude_selection(
     leaves: list[Any], keep_ratio: Any, *, resolved: ResolvedGroups, budget: str = "groups",
 ) -> tuple[Selection, list[Array | None]]:
-  """The groups :func:`gsm_optax.prune` keeps (by L2 norm) and, per leaf, their entry mask."""
+  """The groups :func:`gsm_optax.prune` keeps (by RMS) and, per leaf, their entry mask."""
   costs = group_costs(resolved, budget, leaves)
   selection = select_groups(resolved, group_norms(resolved, leaves), keep_ratio, budget, costs)
   masks = expand_group_mask(resolved, selection.mask, [jnp.shape(x) for x in leaves])
@@ -448,7 +456,8 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
   removed (Molchanov et al. 2019); summing ``|g * w|`` instead grows with the
   group's size whatever the group's effect, so a global ranking would favour
   large groups (a 500-weight row over a 10-weight one). ``"magnitude"``: the
-  squares ``w**2`` (a group's score is its L2 norm). A callable: its scores,
+  squares ``w**2 / n`` (a group's score is its RMS, see :func:`group_norms`).
+  A callable: its scores,
   summed (``importance=gsm_optax.taylor`` sums ``|g * w|``).
   """
   param_leaves = treedef.flatten_up_to(params)
@@ -458,7 +467,8 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
               w.astype(score_dtype(w, g)) * g.astype(score_dtype(w, g))
               for w, g, p in zip(param_leaves, grad_leaves, resolved.placements)]
   elif importance == "magnitude":
-    values = [None if p is None else jnp.square(magnitude(w, None))
+    sizes = resolved.weights_per_group(param_leaves)
+    values = [None if p is None else jnp.square(magnitude(w, None)) / sizes[p.index]
               for w, p in zip(param_leaves, resolved.placements)]
   else:
     values = treedef.flatten_up_to(resolve_importance(importance)(params, grads))
@@ -472,3 +482,38 @@ def finish_group_scores(importance: Any, sums: list[Array]) -> list[Array]:
   if importance == "magnitude":
     return [jnp.sqrt(s) for s in sums]
   return sums
+
+
+def uniform_selection(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
+                      budget: Budget, costs: list[float]) -> Selection:
+  """The same fraction of every set, each set's best groups by score (at least one).
+
+  The allocation of the layer-wise structured baselines (Li et al. 2017): the
+  ranking stays within each set, so scores need not be comparable across
+  layers. For ``"groups"`` the fraction is ``keep_ratio``; for the other
+  budgets it is the largest multiple of 1/1024 whose groups fit ``keep_ratio``
+  of the whole cost.
+  """
+  sizes = np.array([g.size for g in resolved.groups])
+  if budget == "groups":
+    fraction = jnp.asarray(keep_ratio, jnp.float32)
+  else:
+    grid = jnp.linspace(0.0, 1.0, 1025)
+    counts = jnp.maximum(jnp.floor(grid[:, None] * sizes[None, :] + 1e-6), 1)
+    if isinstance(budget, MacCost):
+      position = {g.name: i for i, g in enumerate(resolved.groups)}
+      cost = budget.macs({n: counts[:, position[n]] for n in budget.names})
+      total = budget.total
+    else:
+      cost = counts @ jnp.asarray(costs, jnp.float32)
+      total = float(np.dot(sizes, costs))
+    allowed = jnp.asarray(keep_ratio, jnp.float32) * total * (1 + 2.0**-20)
+    fraction = jnp.max(jnp.where(cost <= allowed, grid, 0.0))
+  masks, kept, threshold = [], jnp.int32(0), jnp.float32(jnp.inf)
+  for s, size in zip(scores, sizes):
+    k = jnp.maximum(jnp.floor(fraction * size + 1e-6), 1).astype(jnp.int32)
+    selection = global_topk_selection([s], k)
+    masks.append(selection.mask[0])
+    kept = kept + k
+    threshold = jnp.minimum(threshold, selection.threshold.astype(jnp.float32))
+  return Selection(masks, threshold, kept)

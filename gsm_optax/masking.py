@@ -219,6 +219,7 @@ def gradual_magnitude_pruning(
     initial_keep_ratio: float = 1.0,
     groups: grouping.GroupSpec | None = None,
     budget: grouping.Budget = "groups",
+    allocation: str = "global",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradual magnitude pruning (Zhu & Gupta 2017) around any optimizer.
 
@@ -260,13 +261,19 @@ def gradual_magnitude_pruning(
       ``optax.masked``'s ``mask``.
     initial_keep_ratio: ``r_i``, the ratio at ``begin_step``, in (0, 1].
     groups: prune whole groups instead of weights (structured gradual
-      pruning): at a mask update the groups are ranked by their L2 norm (per
+      pruning): at a mask update the groups are ranked by their RMS (L2 norm per weight) (per
       cost for a budget in weights or cost), pruned groups below every kept
       one, and every entry of a pruned group, biases included, is held at 0.
       See :func:`gsm_optax.keep_top_gradients` for the spec; ``eligible``
       must then be None.
     budget: with ``groups``, what the keep ratios count: ``"groups"``,
-      ``"weights"`` or ``"cost"``.
+      ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs`.
+    allocation: with ``groups``, ``"global"`` (one ranking of all groups, as
+      for weights) or ``"uniform"`` (the same fraction of every set of
+      groups, each ranked within itself, as in Li et al. 2017). Magnitudes of
+      different layers are not comparable (plain L2 norms favour large groups,
+      per-weight ones the layers initialised with larger weights: either can
+      empty a layer of LeNet-300-100), so ``"uniform"`` is the safe baseline.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -300,6 +307,9 @@ def gradual_magnitude_pruning(
     raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
   if groups is None and budget != "groups":
     raise ValueError(f"budget={budget!r} needs groups.")
+  if allocation not in ("global", "uniform") or (groups is None and allocation != "global"):
+    raise ValueError("allocation must be 'global', or 'uniform' with groups; got"
+                     f" allocation={allocation!r}.")
 
   def prunable(params):
     """Per leaf whether it is pruned, the number of units ranked, and the groups (or None)."""
@@ -364,8 +374,8 @@ def gradual_magnitude_pruning(
       alive = grouping.group_scores(
           resolved, [m.astype(jnp.float32) if f else None for m, f in zip(masks, flags)])
       scores = [jnp.where(a > 0, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
-      selection = grouping.select_groups(resolved, scores, keep_ratio_at(state.count), budget,
-                                         costs)
+      select = grouping.select_groups if allocation == "global" else grouping.uniform_selection
+      selection = select(resolved, scores, keep_ratio_at(state.count), budget, costs)
       expanded = grouping.expand_group_mask(resolved, selection.mask,
                                             [jnp.shape(p) for p in param_leaves])
       return [m for m in expanded if m is not None]

@@ -29,7 +29,7 @@ def prune_mask(
     keep_ratio: fraction of eligible weights (or of groups, or of the groups'
       cost) to keep, in (0, 1].
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
-    groups: prune whole groups, ranked by their L2 norm; see
+    groups: prune whole groups, ranked by their RMS (L2 norm per weight); see
       :func:`gsm_optax.keep_top_gradients`.
     budget: with ``groups``: ``"groups"``, ``"weights"`` or ``"cost"``.
 
@@ -82,7 +82,7 @@ def prune(
   fine-tuning.
 
   With ``groups`` whole groups are kept or zeroed (every member entry,
-  biases included), ranked by their L2 norm: after structured GSM the result
+  biases included), ranked by their RMS (L2 norm per weight): after structured GSM the result
   is ready for :func:`gsm_optax.export_pruned`.
 
   Args:
@@ -93,7 +93,7 @@ def prune(
     groups: prune whole groups (see :func:`gsm_optax.keep_top_gradients`).
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_gradients`;
-      groups are ranked by their L2 norm).
+      groups are ranked by their RMS (L2 norm per weight)).
 
   Returns:
     Parameters with exactly Q non-zero-able eligible entries kept (entries that

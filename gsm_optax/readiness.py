@@ -29,7 +29,8 @@ class PruneReadiness(NamedTuple):
     num_carrying: how many weights beyond the Q kept ones still have a
       magnitude above ``tolerance * threshold``: the weights GSM has not yet
       driven towards 0. With ``groups``, ``threshold`` and ``num_carrying``
-      are about groups and their L2 norms, and ``largest_removed`` is the largest removed entry.
+      are about groups and their RMS magnitudes, and ``largest_removed`` is
+      the largest removed entry.
     metric_before: ``eval_fn(params)``; NaN when no ``eval_fn`` was given.
     metric_after: ``eval_fn(prune(params))``; NaN when no ``eval_fn``.
   """

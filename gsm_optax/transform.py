@@ -128,7 +128,7 @@ def keep_top_gradients(
   following norm included), and every entry of the other groups gets the
   passive update. A group's Taylor score is ``|sum g * w|`` over its entries,
   the first-order change of the loss when the group is removed (Molchanov et
-  al. 2019); ``"magnitude"`` ranks groups by their L2 norm, and a callable's
+  al. 2019); ``"magnitude"`` ranks groups by their RMS, and a callable's
   scores are summed over each group. The members of the groups are then the
   prunable parameters, in place of ``eligible``.
 

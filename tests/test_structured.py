@@ -144,10 +144,12 @@ def test_budget_selection_matches_brute_force(rng):
 
 
 def _norm_ranking_reference(params, groups, q=None, budget=None, cost_of_prefix=None):
-  """Kept groups of a structured magnitude prune: L2 norms, stable order, top-q or prefix."""
+  """Kept groups of a structured magnitude prune: RMS (L2 norm per weight), stable order,
+  top-q or prefix."""
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
   spec = _reference_spec(groups)
-  norms = np.sqrt(np.concatenate(group_sums([x**2 for x in leaves], spec)))
+  sizes = np.concatenate([[sum(leaves[i].size // s for i, _ in m)] * s for s, m in spec])
+  norms = np.sqrt(np.concatenate(group_sums([x**2 for x in leaves], spec)) / sizes)
   if q is not None:
     return stable_topk_mask(norms, q), spec
   order = np.lexsort((np.arange(norms.size), -norms))
@@ -300,3 +302,27 @@ def test_builtin_groups_of_a_flax_model():
   assert outputs[0].members == (GroupMember("conv/kernel", 3), GroupMember("conv/bias", 0))
   inputs = gsm_optax.input_groups(params)
   assert [(g.name, g.size) for g in inputs] == [("conv inputs", 1), ("head inputs", 80)]
+
+
+def test_uniform_allocation_keeps_the_same_fraction_of_every_set(rng):
+  """Layer-wise baseline: every set keeps floor(r * size) (at least 1) of its largest groups."""
+  params = _params(rng)
+  groups = SPECS["outputs and inputs"](params)
+  tx = gsm_optax.gradual_magnitude_pruning(optax.sgd(0.0), 0.5, begin_step=0, end_step=1,
+                                           update_every=1, groups=groups, allocation="uniform")
+  state = tx.init(params)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+  for _ in range(2):
+    updates, state = tx.update(zero, state, params)
+  pruned = optax.apply_updates(params, updates)
+  leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  for g, (size, members) in zip(groups, _reference_spec(groups)):
+    squares = group_sums([x**2 for x in leaves], [(size, members)])[0]
+    want = stable_topk_mask(squares, max(int(0.5 * size), 1))
+    leaf, axis = members[0]
+    got = np.any(np.moveaxis(np.asarray(jax.tree_util.tree_leaves(pruned)[leaf]), axis, 0)
+                 .reshape(size, -1) != 0, axis=1)
+    np.testing.assert_array_equal(got, want, err_msg=g.name)
+  with pytest.raises(ValueError, match="allocation"):
+    gsm_optax.gradual_magnitude_pruning(optax.sgd(0.1), 0.5, begin_step=0, end_step=1,
+                                        update_every=1, allocation="uniform")
