@@ -101,3 +101,34 @@ def test_config_errors_name_the_argument():
     tiny_config(methods=("gsm", "snip"))
   with pytest.raises(ValueError, match="gsm.epochs"):
     tiny_config(gsm=dataclasses.replace(tiny_config().gsm, epochs=0))
+
+
+def test_structured_run_exports_a_narrower_model(tmp_path):
+  """Structured GSM and structured gradual pruning keep exactly Q groups, and the exported
+  narrow model gives the masked dense model's logits and accuracy."""
+  # Light momentum and a strong passive decay: in its 48 steps the passive groups reach 0, as
+  # they do over a full run's thousands of steps.
+  config = tiny_config(compression=3.0, structured=True, methods=("gsm", "gradual"),
+                       importance_ema=0.99, passive_decay=0.5,
+                       gsm=PhaseConfig(0.1, 3, (2,), momentum=0.5, weight_decay=1e-2,
+                                       warmup_epochs=1))
+  results = experiments.run(config, str(tmp_path), quiet=True)
+  q = int(1184 / 3)  # 784 pixels + 300 + 100 hidden units, as input features
+  assert sum(results["gsm"]["kept_groups"].values()) == q
+  assert results["gsm"]["accuracy_after_prune"] > 0.5
+  uniform = results["gradual"]["kept_groups"]  # a third of each layer
+  assert uniform == {"fc1 inputs": 784 // 3, "fc2 inputs": 100, "fc3 inputs": 100 // 3}
+  for method in ("gsm", "gradual"):
+    kept = results[method]["kept_groups"]
+    report = results[method]["export"]
+    widths = report["kept_widths"]
+    # Every kept row has a non-zero entry, and a unit is exported when its row is kept.
+    assert widths["input pixels"] == kept["fc1 inputs"]
+    assert widths["fc1"] == kept["fc2 inputs"] and widths["fc2"] == kept["fc3 inputs"]
+    assert report["max_logit_difference"] < 1e-4
+    assert report["accuracy_exported"] == report["accuracy_masked"]
+    assert report["macs_exported"] == (widths["input pixels"] * widths["fc1"]
+                                       + widths["fc1"] * widths["fc2"] + widths["fc2"] * 10)
+    assert set(report["timing"]) == {"1", "256"}
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    assert json.load(f)["config"]["structured"]

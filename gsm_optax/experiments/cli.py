@@ -141,6 +141,12 @@ def _mnist_config(args: argparse.Namespace):
       changes[name] = getattr(args, name)
   if args.methods:
     changes["methods"] = tuple(args.methods)
+  if args.structured:
+    changes["structured"] = True
+    changes["budget"] = args.budget
+    changes.setdefault("methods", ("gsm", "gradual"))
+  elif args.budget != "groups":
+    raise ValueError("--budget needs --structured")
   return dataclasses.replace(config, **changes)
 
 
@@ -154,7 +160,7 @@ def run_mnist(args: argparse.Namespace) -> dict:
     raise SystemExit(f"gsm-optax mnist: {e}") from e
   out = args.out or os.path.join(
       "runs", f"{config.dataset}_{config.model}_{config.compression:g}x_seed{config.seed}"
-      + ("_fast" if args.fast else ""))
+      + ("_structured" if config.structured else "") + ("_fast" if args.fast else ""))
   results = experiments.run(config, out, quiet=args.quiet)
   if not args.no_plots and "gsm" in results:
     try:
@@ -224,6 +230,12 @@ def _parser() -> argparse.ArgumentParser:
                  help="rank by a moving average of the Taylor scores at this rate (0: the paper)")
   m.add_argument("--anneal-epochs", type=int,
                  help="keep ratio from 1 to 1/compression by a cubic over these GSM epochs")
+  m.add_argument("--structured", action="store_true",
+                 help="structured GSM: prune whole neurons, filters and input features, export"
+                 " the narrower dense model and time it (methods gsm and gradual)")
+  m.add_argument("--budget", choices=["groups", "weights", "macs"], default="groups",
+                 help="with --structured, what --compression divides: the number of groups,"
+                 " their weights, or the multiply-accumulates per image")
   m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
   m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
   m.add_argument("--no-plots", action="store_true")

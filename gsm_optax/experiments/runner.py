@@ -8,7 +8,8 @@ and for the same number of epochs, the methods to compare:
 - ``oneshot``: one global magnitude prune of the base model, then fine-tuning
   with the pruned weights held at zero;
 - ``gradual``: gradual global magnitude pruning with Zhu & Gupta's cubic
-  schedule;
+  schedule (structured runs: the same fraction of every layer's groups, ranked by L2 norm
+  within the layer, since magnitudes of different layers are not comparable);
 - ``lottery``: lottery tickets: the masks found by GSM and by magnitude pruning
   of the base model, applied to the base model's initial weights and retrained
   with the authors' base schedule (Frankle & Carbin 2019; the paper's Table 4).
@@ -43,7 +44,7 @@ from flax.training import train_state
 
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
-from gsm_optax.experiments import datasets, models
+from gsm_optax.experiments import datasets, models, structured
 from gsm_optax.experiments.training import accuracy, correct_count, make_train_epoch
 
 PyTree = Any
@@ -100,6 +101,11 @@ class ExperimentConfig:
   passive_decay_begin_epoch: int = 0  # ... from this GSM epoch on (0 before it)
   importance_ema: float = 0.0  # rank by a moving average of the Taylor scores
   anneal_epochs: int = 0  # keep ratio from 1 to 1/compression by a cubic over these GSM epochs
+  # Structured GSM: rank and prune the groups of models.structured_groups (neurons, filters,
+  # input features) instead of weights; compression is then counted in `budget`: "groups",
+  # "weights" or "macs" (multiply-accumulates per image at the widths kept).
+  structured: bool = False
+  budget: str = "groups"
   # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
   # (None: the GSM phase's first learning-rate boundary), every this many steps.
   gradual_end_epoch: int | None = None
@@ -131,6 +137,13 @@ class ExperimentConfig:
     if not 0 <= self.anneal_epochs <= self.gsm.epochs:
       raise ValueError(f"anneal_epochs must be in [0, gsm.epochs={self.gsm.epochs}];"
                        f" got anneal_epochs={self.anneal_epochs!r}.")
+    if self.budget not in ("groups", "weights", "macs"):
+      raise ValueError(f"budget must be 'groups', 'weights' or 'macs'; got {self.budget!r}.")
+    if self.budget != "groups" and not self.structured:
+      raise ValueError(f"budget={self.budget!r} needs structured=True.")
+    if self.structured and set(self.methods) - {"gsm", "gradual"}:
+      raise ValueError("structured runs compare methods 'gsm' and 'gradual' only; got"
+                       f" methods={self.methods!r}.")
     for name in ("base", "gsm"):
       phase = getattr(self, name)
       if phase.epochs < 1:
@@ -240,7 +253,9 @@ def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int) -> optax.GradientTran
   )
 
 
-def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
+                  groups: tuple[gsm_optax.Groups, ...] | None = None,
+                  budget: Any = "groups") -> optax.GradientTransformation:
   """The GSM phase's optimizer: ``gsm_optax.gsm`` with the config's schedule and recipe."""
   phase = config.gsm
   keep_ratio = config.keep_ratio
@@ -253,13 +268,13 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int) -> optax.Gradi
     passive_decay = lambda count: jnp.where(count >= begin, config.passive_decay, 0.0)
   return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
                        weight_decay=phase.weight_decay, nesterov=phase.nesterov,
-                       passive_weight_decay=passive_decay, importance_ema=config.importance_ema)
+                       passive_weight_decay=passive_decay, importance_ema=config.importance_ema,
+                       groups=groups, budget=budget)
 
 
 # ----------------------------------------------------------------------------- measurements
 
 
-jit_prune = jax.jit(gsm_optax.prune, static_argnums=1)
 jit_prune_mask = jax.jit(gsm_optax.prune_mask, static_argnums=1)
 
 
@@ -323,6 +338,10 @@ class Runner:
     self.model = models.MODELS[config.model]()
     self.train_epoch = make_train_epoch(config.batch_size)
     self.key = jax.random.PRNGKey(config.seed)
+    self.groups, self.budget = None, "groups"
+    if config.structured:
+      self.groups, macs = models.structured_groups(config.model, self.init_params())
+      self.budget = macs if config.budget == "macs" else config.budget
 
   def evaluate(self, params: PyTree) -> float:
     return accuracy(self.model.apply, params, self.x_test, self.y_test)
@@ -331,8 +350,41 @@ class Runner:
   def readiness(self, params: PyTree, keep_ratio: float) -> gsm_optax.PruneReadiness:
     """The library's prune readiness, with the number of correct test answers as metric."""
     return gsm_optax.prune_readiness(
-        params, keep_ratio,
+        params, keep_ratio, groups=self.groups, budget=self.budget,
         eval_fn=lambda p: correct_count(self.model.apply, p, self.x_test, self.y_test))
+
+  @functools.partial(jax.jit, static_argnums=(0, 2))
+  def prune(self, params: PyTree, keep_ratio: float) -> PyTree:
+    """``gsm_optax.prune`` of weights, or of the structured run's groups."""
+    return gsm_optax.prune(params, keep_ratio, groups=self.groups, budget=self.budget)
+
+  @functools.partial(jax.jit, static_argnums=(0, 2))
+  def prune_mask(self, params: PyTree, keep_ratio: float) -> PyTree:
+    return gsm_optax.prune_mask(params, keep_ratio, groups=self.groups, budget=self.budget)
+
+  def prunable(self, params: PyTree) -> PyTree:
+    """Which leaves the run prunes: the groups' members, or the default eligible weights."""
+    if self.groups is None:
+      return gsm_optax.default_eligible(params)
+    return gsm_optax.grouping.member_mask(self.groups, params)
+
+  def export_report(self, pruned: PyTree) -> dict[str, Any]:
+    """The exported narrow model of structurally pruned parameters, measured; or the reason
+    it cannot be exported (a layer with no unit left)."""
+    try:
+      return structured.structured_report(self.config.model, pruned, self.x_test, self.y_test)
+    except ValueError as e:
+      self.log(f"no export: {e}")
+      return {"error": str(e)}
+
+  def kept_groups(self, params: PyTree) -> dict[str, int]:
+    """How many groups of each set have a non-zero entry (structured runs)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    resolved = gsm_optax.grouping.resolve_groups(self.groups, params)
+    alive = gsm_optax.grouping.group_scores(
+        resolved, [None if p is None else (leaf != 0).astype(jnp.float32)
+                   for leaf, p in zip(leaves, resolved.placements)])
+    return {g.name: int(jnp.sum(a > 0)) for g, a in zip(self.groups, alive)}
 
   def init_params(self) -> PyTree:
     return self.model.init(jax.random.fold_in(self.key, 0), self.x_train[:1])["params"]
@@ -490,9 +542,10 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
       return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
 
     gsm_params, trained = runner.phase("gsm", base_params,
-                                       gsm_optimizer(config, spe), gsm_phase.epochs,
-                                       extra=gsm_extra)
-    report = gsm_optax.sparsity_report(jit_prune(gsm_params, keep))
+                                       gsm_optimizer(config, spe, runner.groups, runner.budget),
+                                       gsm_phase.epochs, extra=gsm_extra)
+    report = gsm_optax.sparsity_report(runner.prune(gsm_params, keep),
+                                       eligible=runner.prunable)
     ready = readiness_row(runner.readiness(gsm_params, keep), runner.num_test)
     results["gsm"] = _summary(trained, config.last_k) | {
         "accuracy_before_prune": ready.pop("test_accuracy"),
@@ -505,6 +558,10 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     }
     g = results["gsm"]
     say(str(report))
+    if config.structured:
+      g["kept_groups"] = runner.kept_groups(runner.prune(gsm_params, keep))
+      g["export"] = runner.export_report(runner.prune(gsm_params, keep))
+      say(f"gsm: {_export_line(g['export'])}")
     say(f"gsm: test accuracy {g['accuracy_before_prune']:.4f} before the final prune,"
         f" {g['accuracy_after_prune']:.4f} after; the prune removed"
         f" {100 * g['removed_l2_fraction']:.2f}% of the weights' L2 norm")
@@ -528,11 +585,16 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     every = config.gradual_update_every or spe
     tx = gsm_optax.gradual_magnitude_pruning(
         momentum_sgd(config.gsm, spe), keep, begin_step=0,
-        end_step=max(end_epoch * spe - 1, 1), update_every=every)
+        end_step=max(end_epoch * spe - 1, 1), update_every=every, groups=runner.groups,
+        budget=runner.budget, allocation="uniform" if config.structured else "global")
     gradual_params, gr = runner.phase("gradual", base_params, tx, config.gsm.epochs)
     results["gradual"] = _summary(gr, config.last_k) | {
         "nonzeros": gsm_optax.sparsity_report(gradual_params).eligible_nonzeros,
         "end_epoch": end_epoch, "update_every_steps": every}
+    if config.structured:
+      results["gradual"]["kept_groups"] = runner.kept_groups(gradual_params)
+      results["gradual"]["export"] = runner.export_report(gradual_params)
+      say(f"gradual: {_export_line(results['gradual']['export'])}")
     say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
 
   if "lottery" in config.methods:
@@ -548,6 +610,16 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   results["seconds"] = time.time() - t_start
   _write_json(os.path.join(out_dir, "results.json"), results)
   return results
+
+
+def _export_line(report: dict[str, Any]) -> str:
+  if "error" in report:
+    return f"not exported: {report['error']}"
+  widths = "-".join(str(v) for v in report["kept_widths"].values())
+  timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster" for b, t in report["timing"].items())
+  return (f"exported widths {widths}, {report['mac_reduction']:.1f}x fewer MACs,"
+          f" {report['params_exported']:,} parameters; accuracy {report['accuracy_masked']:.4f}"
+          f" masked, {report['accuracy_exported']:.4f} exported; {timing}")
 
 
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:

@@ -1,0 +1,118 @@
+"""Structured runs' report: the exported narrower model, its MACs, accuracy and speed.
+
+The pruned parameters of a structured run are exported with the library's
+:func:`gsm_optax.export.export_pruned` (coupling traced from the Flax model), the
+narrow model is rebuilt with :func:`models.exported_model`, and both models are
+timed side by side in this process, jitted, at a few batch sizes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from gsm_optax import export
+from gsm_optax.experiments import models
+from gsm_optax.experiments.training import accuracy
+
+PyTree = Any
+
+__all__ = ["kept_widths", "structured_report", "time_side_by_side"]
+
+
+def kept_widths(model: str, exported: export.Exported) -> dict[str, int]:
+  """The widths in the notation of the papers' tables.
+
+  LeNet-300-100: input pixels, hidden units of fc1 and of fc2. LeNet-5: filters of conv1
+  and conv2, input features of fc1 (the flattened conv2 maps it reads) and of fc2 (the units
+  of fc1), as reported by Wen et al. (SSL) and Neklyudov et al. (SBP).
+  """
+  w = exported.widths
+  fc1_in = exported.input_indices.get("fc1")
+  if model == "lenet300":
+    pixels = 784 if fc1_in is None else len(fc1_in)
+    return {"input pixels": pixels, "fc1": w["fc1"], "fc2": w["fc2"]}
+  features = 16 * w["conv2"] if fc1_in is None else len(fc1_in)
+  return {"conv1": w["conv1"], "conv2": w["conv2"], "fc1 inputs": features, "fc2 inputs": w["fc1"]}
+
+
+def time_side_by_side(fns: dict[str, Any], args: dict[str, tuple], *, repeats: int = 15,
+                      min_seconds: float = 0.05) -> dict[str, float]:
+  """Median seconds per call of each jitted function, measured in alternation.
+
+  Each repeat times every function in turn over enough calls to last ``min_seconds``, so
+  that a slower or faster stretch of a shared machine affects all of them alike.
+  """
+  for name, fn in fns.items():  # compile and warm up
+    jax.block_until_ready(fn(*args[name]))
+  calls = {}
+  for name, fn in fns.items():
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+      jax.block_until_ready(fn(*args[name]))
+      n += 1
+    calls[name] = max(n, 1)
+  samples: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(calls[name]):
+        out = fn(*args[name])
+      jax.block_until_ready(out)
+      samples[name].append((time.perf_counter() - start) / calls[name])
+  return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax.Array, *,
+                      batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 15
+                      ) -> dict[str, Any]:
+  """Exports structurally pruned ``params`` of a paper model and measures both models.
+
+  Args:
+    model: ``"lenet300"`` or ``"lenet5"``.
+    params: its pruned parameters (whole units zeroed, as ``gsm_optax.prune(...,
+      groups=...)`` leaves them).
+    x_test: test images; y_test: their labels.
+    batch_sizes: the batch sizes to time.
+    repeats: timing repeats (medians are reported).
+
+  Returns:
+    A JSON-ready dict: the kept widths, MACs and parameters of the dense and the exported
+    model, the test accuracy of the masked dense model and of the exported one, the largest
+    difference of their logits on the first 1,000 test images, and the seconds per batch of
+    both, with the speed-up.
+  """
+  dense = models.MODELS[model]()
+  layers = export.trace_layers(dense, x_test[:1])
+  exported = export.export_pruned(params, export.sequential_coupling(layers))
+  narrow = models.exported_model(model, exported)
+  narrow_layers = export.trace_layers(narrow, x_test[:1])
+  apply_dense = jax.jit(lambda p, x: dense.apply({"params": p}, x))
+  apply_narrow = jax.jit(lambda p, x: narrow.apply({"params": p}, x))
+  diff = float(np.max(np.abs(np.asarray(apply_dense(params, x_test[:1000]))
+                             - np.asarray(apply_narrow(exported.params, x_test[:1000])))))
+  report = {
+      "kept_widths": kept_widths(model, exported),
+      "layer_widths": dict(exported.widths),
+      "macs_dense": int(sum(layer.macs for layer in layers)),
+      "macs_exported": int(sum(layer.macs for layer in narrow_layers)),
+      "params_dense": models.count_params(params),
+      "params_exported": models.count_params(exported.params),
+      "accuracy_masked": accuracy(dense.apply, params, x_test, y_test),
+      "accuracy_exported": accuracy(narrow.apply, exported.params, x_test, y_test),
+      "max_logit_difference": diff,
+      "timing": {},
+  }
+  report["mac_reduction"] = report["macs_dense"] / report["macs_exported"]
+  for batch in batch_sizes:
+    x = x_test[:batch]
+    seconds = time_side_by_side({"dense": apply_dense, "exported": apply_narrow},
+                                {"dense": (params, x), "exported": (exported.params, x)},
+                                repeats=repeats)
+    report["timing"][str(batch)] = {
+        "dense_seconds": seconds["dense"], "exported_seconds": seconds["exported"],
+        "speedup": seconds["dense"] / seconds["exported"]}
+  return report
