@@ -56,3 +56,16 @@ def test_mnist_bad_arguments_fail_before_training():
     cli.main(["mnist", "--passive-decay", "-1"])
   with pytest.raises(SystemExit, match="anneal_epochs"):
     cli.main(["mnist", "--anneal-epochs", "1000"])
+
+
+def test_mnist_structured_flags():
+  args = cli._parser().parse_args(["mnist", "--model", "lenet5", "--structured", "--budget", "macs",
+                                   "--group-score", "summed-taylor"])
+  config = cli._mnist_config(args)
+  assert (config.structured, config.budget, config.group_score) == (True, "macs", "summed_taylor")
+  assert config.methods == ("gsm", "gradual")  # the structured comparison by default
+  for flags in (["--budget", "macs"], ["--group-score", "summed-taylor"]):
+    with pytest.raises(ValueError, match="--structured"):
+      cli._mnist_config(cli._parser().parse_args(["mnist", *flags]))
+  with pytest.raises(SystemExit, match="methods"):
+    cli.main(["mnist", "--structured", "--methods", "gsm", "lottery"])

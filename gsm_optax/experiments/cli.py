@@ -144,9 +144,10 @@ def _mnist_config(args: argparse.Namespace):
   if args.structured:
     changes["structured"] = True
     changes["budget"] = args.budget
+    changes["group_score"] = args.group_score.replace("-", "_")
     changes.setdefault("methods", ("gsm", "gradual"))
-  elif args.budget != "groups":
-    raise ValueError("--budget needs --structured")
+  elif args.budget != "groups" or args.group_score != "taylor":
+    raise ValueError("--budget and --group-score need --structured")
   return dataclasses.replace(config, **changes)
 
 
@@ -236,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
   m.add_argument("--budget", choices=["groups", "weights", "macs"], default="groups",
                  help="with --structured, what --compression divides: the number of groups,"
                  " their weights, or the multiply-accumulates per image")
+  m.add_argument("--group-score", choices=["taylor", "summed-taylor"], default="taylor",
+                 help="with --structured, a group's score: |sum g*w| (the loss change of removing"
+                 " it) or sum |g*w|")
   m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
   m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
   m.add_argument("--no-plots", action="store_true")

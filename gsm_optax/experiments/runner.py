@@ -106,6 +106,8 @@ class ExperimentConfig:
   # "weights" or "macs" (multiply-accumulates per image at the widths kept).
   structured: bool = False
   budget: str = "groups"
+  # The group score: "taylor" (|sum g*w| over the group) or "summed_taylor" (sum |g*w|).
+  group_score: str = "taylor"
   # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
   # (None: the GSM phase's first learning-rate boundary), every this many steps.
   gradual_end_epoch: int | None = None
@@ -139,6 +141,9 @@ class ExperimentConfig:
                        f" got anneal_epochs={self.anneal_epochs!r}.")
     if self.budget not in ("groups", "weights", "macs"):
       raise ValueError(f"budget must be 'groups', 'weights' or 'macs'; got {self.budget!r}.")
+    if self.group_score not in ("taylor", "summed_taylor"):
+      raise ValueError("group_score must be 'taylor' or 'summed_taylor'; got"
+                       f" group_score={self.group_score!r}.")
     if self.budget != "groups" and not self.structured:
       raise ValueError(f"budget={self.budget!r} needs structured=True.")
     if self.structured and set(self.methods) - {"gsm", "gradual"}:
@@ -269,7 +274,9 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
   return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
                        weight_decay=phase.weight_decay, nesterov=phase.nesterov,
                        passive_weight_decay=passive_decay, importance_ema=config.importance_ema,
-                       groups=groups, budget=budget)
+                       groups=groups, budget=budget,
+                       importance=gsm_optax.taylor if config.group_score == "summed_taylor"
+                       else "taylor")
 
 
 # ----------------------------------------------------------------------------- measurements
