@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gsm_optax import _utils
-from gsm_optax.grouping import GroupMember, Groups
+from gsm_optax.grouping import GroupMember, Groups, MacCost, MacTerm, mac_costs
 
 PyTree = Any
 
@@ -487,3 +487,32 @@ def sequential_groups(coupling: Sequence[Channels]) -> tuple[Groups, ...]:
     ['layers_0/kernel', 'layers_0/bias', 'layers_1/scale', 'layers_1/bias']
   """
   return tuple(Groups(c.name, c.size, c.producers) for c in coupling if c.producers)
+
+
+def sequential_mac_costs(layers: Sequence[Layer], coupling: Sequence[Channels],
+                         groups: Sequence[Groups]) -> MacCost:
+  """A budget in multiply-accumulates for ``groups`` of a traced sequential model.
+
+  Each kernel layer's MACs (:attr:`Layer.macs`) scale with the kept fraction of
+  the groups that produce its inputs and of those that make its outputs: the
+  :class:`gsm_optax.MacTerm` of every layer, from the coupling. Pass the result
+  as ``budget`` with ``groups`` (from :func:`sequential_groups`, or any groups
+  named after the coupling's sets).
+
+  Args:
+    layers: from :func:`trace_layers`.
+    coupling: from :func:`sequential_coupling`.
+    groups: the groups ranked.
+
+  Returns:
+    A :class:`gsm_optax.MacCost` (see :func:`gsm_optax.mac_costs`).
+  """
+  names = {g.name for g in groups}
+  terms = []
+  for layer in layers:
+    if layer.kernel is None:
+      continue
+    sets = tuple(c.name for c in coupling if c.name in names
+                 and any(m.path == layer.kernel for m in c.producers + c.consumers))
+    terms.append(MacTerm(layer.macs, sets))
+  return mac_costs(groups, terms)

@@ -285,3 +285,31 @@ def test_export_checks_the_coupling_against_the_params(rng):
     export_pruned(params, [good._replace(size=4)])
   with pytest.raises(ValueError, match="member twice"):
     export_pruned(params, [good, good._replace(name="again")])
+
+
+def test_prune_to_a_mac_budget_and_export_a_cnn(rng):
+  """The library path end to end: trace, couple, group (BatchNorm with its conv), prune to a
+  MAC budget, export. The budget's MAC count is the exported model's, within the budget."""
+  model = SmallCNN()
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = _numpy(model.init(_key(rng), x))
+  for leaf in jax.tree_util.tree_leaves(variables["params"]):
+    leaf[:] = rng.normal(0, 1, leaf.shape)
+  layers = trace_layers(model, x)
+  coupling = sequential_coupling(layers)
+  groups = gsm_optax.sequential_groups(coupling)
+  assert [g.name for g in groups] == ["conv1", "conv2", "fc1"]  # never the logits
+  budget = gsm_optax.sequential_mac_costs(layers, coupling, groups)
+  assert budget.total == count_macs(layers)
+  ratio = float(rng.uniform(0.1, 0.6))
+  pruned = gsm_optax.prune(variables["params"], ratio, groups=groups, budget=budget)
+  exported = export_pruned(pruned, coupling, variables={"batch_stats": variables["batch_stats"]})
+  kept = {name: int(exported.kept[name].size) for name in ("conv1", "conv2", "fc1")}
+  narrow_model = SmallCNN((kept["conv1"], kept["conv2"], kept["fc1"]))
+  macs = count_macs(trace_layers(narrow_model, x))
+  assert macs == pytest.approx(float(budget.macs(kept)), rel=1e-6)
+  assert macs <= ratio * budget.total * (1 + 1e-6)
+  xs = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
+  dense = model.apply({"params": pruned, "batch_stats": variables["batch_stats"]}, xs)
+  narrow = narrow_model.apply({"params": exported.params, **exported.variables}, xs)
+  _assert_same_logits(narrow, dense)
