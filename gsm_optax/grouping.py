@@ -85,7 +85,8 @@ class MacTerm(NamedTuple):
   sets: tuple[str, ...]
 
 
-def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm]) -> MacCost:
+def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm], *,
+              per_mac: bool = False) -> MacCost:
   """A budget in multiply-accumulates for ``groups``: the MACs of the widths kept.
 
   A group's cost in MACs depends on what is kept around it (a filter of a
@@ -96,9 +97,19 @@ def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm]) -> MacCost:
   kept while the model's MACs ``sum(macs * f_in * f_out)`` at the kept
   fractions ``f`` stay within ``keep_ratio`` of the MACs at full width.
 
+  With ``per_mac=True`` groups are taken by score per MAC instead, the
+  greedy order of the knapsack "most score within the MACs": a row of a dense
+  layer that costs a few hundred MACs is then not outranked by a filter that
+  costs tens of thousands. A group's cost is what it adds to the MACs at the
+  fractions kept at the last step (its layer's MACs per unit, times the kept
+  fraction of the other set of that layer), kept in the optimizer's state; the
+  best group of every set always stays, so no layer is emptied. Without state
+  (:func:`gsm_optax.prune`) the costs are those at full width.
+
   Args:
     groups: the groups; their names must be distinct.
     terms: one :class:`MacTerm` per layer.
+    per_mac: rank by score per MAC rather than by score.
 
   Returns:
     A :class:`MacCost`.
@@ -120,7 +131,7 @@ def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm]) -> MacCost:
     if unknown or not t.macs >= 0:
       raise ValueError(f"mac_costs: {t} names sets {unknown} that are not among the groups"
                        f" {names}, or its macs are not >= 0.")
-  return MacCost(tuple(names), tuple(g.size for g in groups), terms)
+  return MacCost(tuple(names), tuple(g.size for g in groups), terms, per_mac)
 
 
 class MacCost(NamedTuple):
@@ -130,11 +141,28 @@ class MacCost(NamedTuple):
     names: the names of the groups, in the order of the groups spec.
     sizes: their sizes.
     terms: one :class:`MacTerm` per layer.
+    per_mac: whether groups are ranked by score per MAC.
   """
 
   names: tuple[str, ...]
   sizes: tuple[int, ...]
   terms: tuple[MacTerm, ...]
+  per_mac: bool = False
+
+  def unit_costs(self, fractions: dict[str, Any]) -> list[Any]:
+    """What one more group of each set adds to the MACs at the kept ``fractions``."""
+    costs = []
+    for name, size in zip(self.names, self.sizes):
+      cost = 0.0
+      for t in self.terms:
+        if name in t.sets:
+          part = t.macs / size
+          for other in t.sets:
+            if other != name:
+              part = part * fractions[other]
+          cost = cost + part
+      costs.append(cost)
+    return costs
 
   @property
   def total(self) -> float:
@@ -390,7 +418,8 @@ def check_budget(budget: Budget) -> None:
 
 
 def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
-                  budget: Budget, costs: list[float]) -> Selection:
+                  budget: Budget, costs: list[float],
+                  fractions: Sequence[Array] | None = None) -> Selection:
   """The kept groups: best score first, as many as ``budget`` allows.
 
   For ``"groups"``, the top ``floor(keep_ratio * count)`` groups (an exact
@@ -407,6 +436,8 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
     position = {g.name: i for i, g in enumerate(resolved.groups)}
     total = budget.total
     cost = lambda counts: budget.macs({n: counts[position[n]] for n in budget.names})
+    if budget.per_mac:
+      scores = _per_mac_scores(resolved, scores, budget, fractions)
   else:
     total = sum(c * g.size for c, g in zip(costs, resolved.groups))
     cost = costs
@@ -414,6 +445,22 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
   # float32 rounds ratio * total by up to 2**-24 relative: a budget of exactly a third of the
   # cost must still fit the groups that make up that third.
   return global_budget_selection(scores, cost, allowed * (1 + jnp.float32(2.0**-20)))
+
+
+def _per_mac_scores(resolved: ResolvedGroups, scores: list[Array], budget: MacCost,
+                    fractions: Sequence[Array] | None) -> list[Array]:
+  """Score per MAC at the kept ``fractions`` (full width when None); each set's best group
+  ranks first, so that every layer keeps at least one unit."""
+  if fractions is None:
+    fractions = [1.0] * len(resolved.groups)
+  by_name = {g.name: f for g, f in zip(resolved.groups, fractions)}
+  unit = dict(zip(budget.names, budget.unit_costs(by_name)))
+  out = []
+  for g, s in zip(resolved.groups, scores):
+    density = s / jnp.maximum(jnp.asarray(unit[g.name], s.dtype), 1e-30)
+    best = jnp.arange(g.size) == jnp.argmax(jnp.nan_to_num(s, nan=-jnp.inf))
+    out.append(jnp.where(best, jnp.inf, density))
+  return out
 
 
 def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:

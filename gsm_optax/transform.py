@@ -32,12 +32,16 @@ class KeepTopGradientsState(NamedTuple):
       shaped like params (zero for non-eligible leaves), when
       ``importance_ema > 0``; None otherwise. With ``groups``, a tuple of one
       ``[size]`` array per :class:`gsm_optax.Groups` (the averaged sums).
+    kept_fractions: with a MAC budget ranked per MAC
+      (``gsm_optax.mac_costs(..., per_mac=True)``), the fraction of each set of
+      groups kept at the last update (ones before the first); None otherwise.
   """
 
   count: Array
   keep_count: Array
   threshold: Array
   average_scores: PyTree = None
+  kept_fractions: PyTree = None
 
 
 class SelectionStats(NamedTuple):
@@ -195,6 +199,7 @@ def keep_top_gradients(
 
   def init_fn(params):
     float_dtype = jnp.float32
+    resolved = None
     if not _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
       if groups is None:
         flags, num_eligible = eligibility.eligible_leaves(eligible, params)
@@ -215,11 +220,15 @@ def keep_top_gradients(
     elif averaging:
       average_scores = jax.tree_util.tree_map(
           lambda p: jnp.zeros(jnp.shape(p), importance_lib.score_dtype(p)), params)
+    kept_fractions = None
+    if groups is not None and getattr(budget, "per_mac", False) and resolved is not None:
+      kept_fractions = tuple(jnp.ones([], jnp.float32) for _ in resolved.groups)
     return KeepTopGradientsState(
         count=jnp.zeros([], jnp.int32),
         keep_count=jnp.zeros([], jnp.int32),
         threshold=jnp.full([], jnp.nan, float_dtype),
         average_scores=average_scores,
+        kept_fractions=kept_fractions,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -238,6 +247,7 @@ def keep_top_gradients(
     average_scores = state.average_scores
     rate = jnp.asarray(importance_ema, jnp.float32)
     ratio = _value_at(keep_ratio, state.count)
+    kept_fractions = state.kept_fractions
     if groups is None:
       scores = treedef.flatten_up_to(score_fn(params, updates))
       if average_scores is not None:
@@ -257,7 +267,10 @@ def keep_top_gradients(
         average_scores = tuple(sums)
       costs = grouping.group_costs(resolved, budget, param_leaves)
       selection = grouping.select_groups(
-          resolved, grouping.finish_group_scores(importance, sums), ratio, budget, costs)
+          resolved, grouping.finish_group_scores(importance, sums), ratio, budget, costs,
+          fractions=state.kept_fractions)
+      if state.kept_fractions is not None:
+        kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
       k = (keep_count(ratio, resolved.num_groups) if budget == "groups"
            else selection.num_greater)
       masks = grouping.expand_group_mask(resolved, selection.mask,
@@ -277,6 +290,7 @@ def keep_top_gradients(
         keep_count=jnp.asarray(k, jnp.int32),
         threshold=selection.threshold.astype(state.threshold.dtype),
         average_scores=average_scores,
+        kept_fractions=kept_fractions,
     )
     return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
 

@@ -326,3 +326,46 @@ def test_uniform_allocation_keeps_the_same_fraction_of_every_set(rng):
   with pytest.raises(ValueError, match="allocation"):
     gsm_optax.gradual_magnitude_pruning(optax.sgd(0.1), 0.5, begin_step=0, end_step=1,
                                         update_every=1, allocation="uniform")
+
+
+def test_mac_budget_ranked_per_mac(rng):
+  """per_mac: score per MAC at full width (each set's best group first), prefix in that order
+  while the MACs fit; in gsm, the costs follow the fractions kept at the last step."""
+  params = _params(rng)
+  groups = SPECS["outputs and inputs"](params)
+  terms = [gsm_optax.MacTerm(400.0, ("conv",)), gsm_optax.MacTerm(48.0, ("conv", "dense")),
+           gsm_optax.MacTerm(18.0, ("dense", "out inputs"))]
+  budget = gsm_optax.mac_costs(groups, terms, per_mac=True)
+  leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  spec = _reference_spec(groups)
+  sizes = np.concatenate([[sum(leaves[i].size // s for i, _ in m)] * s for s, m in spec])
+  rms = np.sqrt(np.concatenate(group_sums([x**2 for x in leaves], spec)) / sizes)
+  unit = np.concatenate([[(400 + 48) / 4] * 4, [(48 + 18) / 6] * 6, [18 / 6] * 6])
+  density = rms / unit
+  for lo, hi in ((0, 4), (4, 10), (10, 16)):
+    density[lo + np.argmax(rms[lo:hi])] = np.inf
+
+  def macs(k):
+    conv, dense, out = k[:4].mean(), k[4:10].mean(), k[10:].mean()
+    return 400 * conv + 48 * conv * dense + 18 * dense * out
+
+  ratio = float(rng.uniform(0.2, 0.8))
+  order = np.lexsort((np.arange(density.size), -density))
+  kept = np.zeros(density.size, bool)
+  for i in order:
+    trial = kept.copy()
+    trial[i] = True
+    if macs(trial) > ratio * budget.total:
+      break
+    kept = trial
+  mask = gsm_optax.prune_mask(params, ratio, groups=groups, budget=budget)
+  chex.assert_trees_all_equal(jax.tree_util.tree_leaves(mask), _expand(kept, spec, leaves))
+
+  tx = gsm_optax.keep_top_gradients(ratio, groups=groups, budget=budget)
+  state = tx.init(params)
+  chex.assert_trees_all_equal(state.kept_fractions, (1.0, 1.0, 1.0))
+  grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+  out, state = jax.jit(tx.update)(grads, state, params)
+  kept_now = [float(np.mean(np.asarray(out[k]["bias"]) != 0)) for k in ("conv", "dense")]
+  np.testing.assert_allclose(state.kept_fractions[:2], kept_now)
+  assert all(f > 0 for f in state.kept_fractions)  # no set is emptied

@@ -145,9 +145,10 @@ def _mnist_config(args: argparse.Namespace):
     changes["structured"] = True
     changes["budget"] = args.budget
     changes["group_score"] = args.group_score.replace("-", "_")
+    changes["per_mac"] = args.per_mac
     changes.setdefault("methods", ("gsm", "gradual"))
-  elif args.budget != "groups" or args.group_score != "taylor":
-    raise ValueError("--budget and --group-score need --structured")
+  elif args.budget != "groups" or args.group_score != "taylor" or args.per_mac:
+    raise ValueError("--budget, --group-score and --per-mac need --structured")
   return dataclasses.replace(config, **changes)
 
 
@@ -240,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
   m.add_argument("--group-score", choices=["taylor", "summed-taylor"], default="taylor",
                  help="with --structured, a group's score: |sum g*w| (the loss change of removing"
                  " it) or sum |g*w|")
+  m.add_argument("--per-mac", action="store_true",
+                 help="with --budget macs, rank groups by score per MAC at the widths kept")
   m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
   m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
   m.add_argument("--no-plots", action="store_true")

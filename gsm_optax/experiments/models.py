@@ -153,7 +153,7 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-def structured_groups(model: str, params) -> tuple[tuple, object]:
+def structured_groups(model: str, params, *, per_mac: bool = False) -> tuple[tuple, object]:
   """The groups structured GSM ranks in the paper's models, and a budget in their MACs.
 
   LeNet-300-100: the input features of its three dense layers (the pixels, then the hidden
@@ -163,7 +163,8 @@ def structured_groups(model: str, params) -> tuple[tuple, object]:
 
   Returns:
     The groups, and :func:`gsm_optax.mac_costs` of them: the multiply-accumulates per image
-    of every layer, scaled by the fractions of its input and output units kept.
+    of every layer, scaled by the fractions of its input and output units kept (groups
+    ranked by score per MAC with ``per_mac``).
   """
   from gsm_optax import MacTerm, input_groups, mac_costs, output_groups
 
@@ -184,4 +185,4 @@ def structured_groups(model: str, params) -> tuple[tuple, object]:
              MacTerm(500 * 10, ("fc2 inputs",))]
   else:
     raise ValueError(f"no structured groups for model={model!r}; choose one of {sorted(MODELS)}.")
-  return spec, mac_costs(spec, terms)
+  return spec, mac_costs(spec, terms, per_mac=per_mac)

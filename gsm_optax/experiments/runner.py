@@ -108,6 +108,7 @@ class ExperimentConfig:
   budget: str = "groups"
   # The group score: "taylor" (|sum g*w| over the group) or "summed_taylor" (sum |g*w|).
   group_score: str = "taylor"
+  per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
   # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
   # (None: the GSM phase's first learning-rate boundary), every this many steps.
   gradual_end_epoch: int | None = None
@@ -144,6 +145,8 @@ class ExperimentConfig:
     if self.group_score not in ("taylor", "summed_taylor"):
       raise ValueError("group_score must be 'taylor' or 'summed_taylor'; got"
                        f" group_score={self.group_score!r}.")
+    if self.per_mac and self.budget != "macs":
+      raise ValueError(f"per_mac needs budget='macs'; got budget={self.budget!r}.")
     if self.budget != "groups" and not self.structured:
       raise ValueError(f"budget={self.budget!r} needs structured=True.")
     if self.structured and set(self.methods) - {"gsm", "gradual"}:
@@ -347,7 +350,8 @@ class Runner:
     self.key = jax.random.PRNGKey(config.seed)
     self.groups, self.budget = None, "groups"
     if config.structured:
-      self.groups, macs = models.structured_groups(config.model, self.init_params())
+      self.groups, macs = models.structured_groups(config.model, self.init_params(),
+                                                   per_mac=config.per_mac)
       self.budget = macs if config.budget == "macs" else config.budget
 
   def evaluate(self, params: PyTree) -> float:
