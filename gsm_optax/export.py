@@ -490,7 +490,7 @@ def sequential_groups(coupling: Sequence[Channels]) -> tuple[Groups, ...]:
 
 
 def sequential_mac_costs(layers: Sequence[Layer], coupling: Sequence[Channels],
-                         groups: Sequence[Groups]) -> MacCost:
+                         groups: Sequence[Groups], *, per_mac: bool = False) -> MacCost:
   """A budget in multiply-accumulates for ``groups`` of a traced sequential model.
 
   Each kernel layer's MACs (:attr:`Layer.macs`) scale with the kept fraction of
@@ -503,6 +503,7 @@ def sequential_mac_costs(layers: Sequence[Layer], coupling: Sequence[Channels],
     layers: from :func:`trace_layers`.
     coupling: from :func:`sequential_coupling`.
     groups: the groups ranked.
+    per_mac: rank groups by score per MAC (see :func:`gsm_optax.mac_costs`).
 
   Returns:
     A :class:`gsm_optax.MacCost` (see :func:`gsm_optax.mac_costs`).
@@ -515,4 +516,4 @@ def sequential_mac_costs(layers: Sequence[Layer], coupling: Sequence[Channels],
     sets = tuple(c.name for c in coupling if c.name in names
                  and any(m.path == layer.kernel for m in c.producers + c.consumers))
     terms.append(MacTerm(layer.macs, sets))
-  return mac_costs(groups, terms)
+  return mac_costs(groups, terms, per_mac=per_mac)

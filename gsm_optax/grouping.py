@@ -486,10 +486,12 @@ def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
 
 def magnitude_selection(
     leaves: list[Any], keep_ratio: Any, *, resolved: ResolvedGroups, budget: str = "groups",
+    allocation: str = "global",
 ) -> tuple[Selection, list[Array | None]]:
   """The groups :func:`gsm_optax.prune` keeps (by RMS) and, per leaf, their entry mask."""
   costs = group_costs(resolved, budget, leaves)
-  selection = select_groups(resolved, group_norms(resolved, leaves), keep_ratio, budget, costs)
+  select = select_groups if allocation == "global" else uniform_selection
+  selection = select(resolved, group_norms(resolved, leaves), keep_ratio, budget, costs)
   masks = expand_group_mask(resolved, selection.mask, [jnp.shape(x) for x in leaves])
   return selection, masks
 

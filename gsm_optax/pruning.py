@@ -21,6 +21,7 @@ def prune_mask(
     eligible: eligibility.Eligible = None,
     groups: grouping.GroupSpec | None = None,
     budget: grouping.Budget = "groups",
+    allocation: str = "global",
 ) -> PyTree:
   """Which weights :func:`prune` keeps: True for every non-eligible leaf entry.
 
@@ -31,7 +32,10 @@ def prune_mask(
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
     groups: prune whole groups, ranked by their RMS (L2 norm per weight); see
       :func:`gsm_optax.keep_top_gradients`.
-    budget: with ``groups``: ``"groups"``, ``"weights"`` or ``"cost"``.
+    budget: with ``groups``: ``"groups"``, ``"weights"``, ``"cost"`` or
+      :func:`gsm_optax.mac_costs`.
+    allocation: with ``groups``, ``"global"`` or ``"uniform"`` (the same
+      fraction of every set; see :func:`gsm_optax.keep_top_gradients`).
 
   Returns:
     A pytree of bool arrays shaped like ``params``.
@@ -47,7 +51,8 @@ def prune_mask(
     if budget == "groups" and isinstance(k, int) and k < 1:
       raise ValueError(f"keep_ratio={keep_ratio!r} keeps none of the {resolved.num_groups}"
                        " groups.")
-    _, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved, budget=budget)
+    _, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved, budget=budget,
+                                            allocation=allocation)
     masks = [jnp.ones(jnp.shape(p), bool) if m is None else m for p, m in zip(leaves, masks)]
     return jax.tree_util.tree_unflatten(treedef, masks)
   if budget != "groups":
@@ -72,6 +77,7 @@ def prune(
     eligible: eligibility.Eligible = None,
     groups: grouping.GroupSpec | None = None,
     budget: grouping.Budget = "groups",
+    allocation: str = "global",
 ) -> PyTree:
   """Keeps the Q largest-magnitude eligible weights and zeroes the rest.
 
@@ -82,8 +88,8 @@ def prune(
   fine-tuning.
 
   With ``groups`` whole groups are kept or zeroed (every member entry,
-  biases included), ranked by their RMS (L2 norm per weight): after structured GSM the result
-  is ready for :func:`gsm_optax.export_pruned`.
+  biases included), ranked by their RMS (L2 norm per weight): after
+  structured GSM the result is ready for :func:`gsm_optax.export_pruned`.
 
   Args:
     params: the parameters.
@@ -93,7 +99,9 @@ def prune(
     groups: prune whole groups (see :func:`gsm_optax.keep_top_gradients`).
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_gradients`;
-      groups are ranked by their RMS (L2 norm per weight)).
+      groups are ranked by their RMS, the L2 norm per weight).
+    allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
+      :func:`gsm_optax.keep_top_gradients`).
 
   Returns:
     Parameters with exactly Q non-zero-able eligible entries kept (entries that
@@ -106,7 +114,8 @@ def prune(
     {'w': Array([[ 0., -3.],
            [ 2.,  0.]], dtype=float32)}
   """
-  masks = prune_mask(params, keep_ratio, eligible=eligible, groups=groups, budget=budget)
+  masks = prune_mask(params, keep_ratio, eligible=eligible, groups=groups, budget=budget,
+                     allocation=allocation)
   return jax.tree_util.tree_map(
       lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))), params, masks
   )

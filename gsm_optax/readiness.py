@@ -58,6 +58,7 @@ def prune_readiness(
     eval_fn: Callable[[PyTree], Array] | None = None,
     groups: grouping.GroupSpec | None = None,
     budget: grouping.Budget = "groups",
+    allocation: str = "global",
 ) -> PruneReadiness:
   """Measures how much the final :func:`gsm_optax.prune` to Q weights would change now.
 
@@ -79,7 +80,10 @@ def prune_readiness(
       their pruned copy.
     groups: measure the structured prune of :func:`gsm_optax.prune` with
       these groups (see :func:`gsm_optax.keep_top_gradients`).
-    budget: with ``groups``, ``"groups"``, ``"weights"`` or ``"cost"``.
+    budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
+      :func:`gsm_optax.mac_costs`.
+    allocation: with ``groups``, ``"global"`` or ``"uniform"``, as for
+      :func:`gsm_optax.prune`.
 
   Returns:
     A :class:`PruneReadiness`.
@@ -108,7 +112,7 @@ def prune_readiness(
     resolved = grouping.resolve_groups(groups, params)
     flags = resolved.flags
     selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
-                                                    budget=budget)
+                                                    budget=budget, allocation=allocation)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
     kept_masks = [m for m in masks if m is not None]
     norms = grouping.group_norms(resolved, leaves)

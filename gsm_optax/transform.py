@@ -52,8 +52,12 @@ class SelectionStats(NamedTuple):
   threshold: Array
 
 
-def _check_groups_args(groups: Any, eligible: Any, budget: str) -> None:
+def _check_groups_args(groups: Any, eligible: Any, budget: str,
+                       allocation: str = "global") -> None:
   grouping.check_budget(budget)
+  if allocation not in ("global", "uniform") or (groups is None and allocation != "global"):
+    raise ValueError("allocation must be 'global', or 'uniform' with groups; got"
+                     f" allocation={allocation!r}.")
   if groups is not None and eligible is not None:
     raise ValueError("give either groups or eligible: with groups, the groups' members are the"
                      f" prunable parameters; got eligible={eligible!r}.")
@@ -95,6 +99,7 @@ def keep_top_gradients(
     importance_ema: float = 0.0,
     groups: grouping.GroupSpec | None = None,
     budget: grouping.Budget = "groups",
+    allocation: str = "global",
 ) -> optax.GradientTransformationExtraArgs:
   """Keeps the gradients of the globally most important weights only.
 
@@ -195,7 +200,7 @@ def keep_top_gradients(
   _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
-  _check_groups_args(groups, eligible, budget)
+  _check_groups_args(groups, eligible, budget, allocation)
 
   def init_fn(params):
     float_dtype = jnp.float32
@@ -266,9 +271,12 @@ def keep_top_gradients(
                 for a, s in zip(average_scores, sums)]
         average_scores = tuple(sums)
       costs = grouping.group_costs(resolved, budget, param_leaves)
-      selection = grouping.select_groups(
-          resolved, grouping.finish_group_scores(importance, sums), ratio, budget, costs,
-          fractions=state.kept_fractions)
+      scores = grouping.finish_group_scores(importance, sums)
+      if allocation == "uniform":
+        selection = grouping.uniform_selection(resolved, scores, ratio, budget, costs)
+      else:
+        selection = grouping.select_groups(resolved, scores, ratio, budget, costs,
+                                           fractions=state.kept_fractions)
       if state.kept_fractions is not None:
         kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
       k = (keep_count(ratio, resolved.num_groups) if budget == "groups"
@@ -310,6 +318,7 @@ def gsm(
     importance_ema: float = 0.0,
     groups: grouping.GroupSpec | None = None,
     budget: grouping.Budget = "groups",
+    allocation: str = "global",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Global Sparse Momentum SGD (Ding et al., NeurIPS 2019).
 
@@ -367,6 +376,8 @@ def gsm(
     budget: with ``groups``, what ``keep_ratio`` counts: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs` (see
       :func:`keep_top_gradients`).
+    allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
+      :func:`keep_top_gradients`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -392,7 +403,7 @@ def gsm(
   _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
                       "a finite number >= 0")
-  _check_groups_args(groups, eligible, budget)
+  _check_groups_args(groups, eligible, budget, allocation)
   if groups is None:
     decayed = lambda p: eligibility.resolve_eligible(eligible, p)
   else:
@@ -400,7 +411,7 @@ def gsm(
   return optax.chain(
       keep_top_gradients(keep_ratio, importance=importance, eligible=eligible,
                          passive_decay=passive_weight_decay, importance_ema=importance_ema,
-                         groups=groups, budget=budget),
+                         groups=groups, budget=budget, allocation=allocation),
       optax.add_decayed_weights(weight_decay, mask=decayed),
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate),

@@ -64,7 +64,8 @@ def test_mnist_structured_flags():
   config = cli._mnist_config(args)
   assert (config.structured, config.budget, config.group_score) == (True, "macs", "summed_taylor")
   assert config.methods == ("gsm", "gradual")  # the structured comparison by default
-  for flags in (["--budget", "macs"], ["--group-score", "summed-taylor"], ["--per-mac"]):
+  for flags in (["--budget", "macs"], ["--group-score", "summed-taylor"], ["--per-mac"],
+                ["--allocation", "uniform"]):
     with pytest.raises(ValueError, match="--structured"):
       cli._mnist_config(cli._parser().parse_args(["mnist", *flags]))
   with pytest.raises(SystemExit, match="methods"):

@@ -369,3 +369,27 @@ def test_mac_budget_ranked_per_mac(rng):
   kept_now = [float(np.mean(np.asarray(out[k]["bias"]) != 0)) for k in ("conv", "dense")]
   np.testing.assert_allclose(state.kept_fractions[:2], kept_now)
   assert all(f > 0 for f in state.kept_fractions)  # no set is emptied
+
+
+def test_structured_gsm_with_uniform_allocation_keeps_every_layer_fraction(rng):
+  """allocation="uniform": each set's top floor(r * size) groups by Taylor score get the
+  gradient (float64 reference per set), and prune keeps the same fractions."""
+  params = _params(rng)
+  groups = SPECS["outputs and inputs"](params)
+  grads = jax.tree_util.tree_map(lambda x: jnp.asarray(3 * rng.standard_normal(x.shape)), params)
+  tx = gsm_optax.keep_top_gradients(0.5, groups=groups, allocation="uniform")
+  out, _ = tx.update(grads, tx.init(params), params)
+  leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  g_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
+  out_leaves = jax.tree_util.tree_leaves(out)
+  for size, members in _reference_spec(groups):
+    score = np.abs(group_sums([g * w for g, w in zip(g_leaves, leaves)], [(size, members)])[0])
+    want = stable_topk_mask(score, max(int(0.5 * size), 1))
+    leaf, axis = members[0]
+    got = np.any(np.moveaxis(np.asarray(out_leaves[leaf]), axis, 0).reshape(size, -1) != 0, 1)
+    np.testing.assert_array_equal(got, want)
+  pruned = gsm_optax.prune(params, 0.5, groups=groups, allocation="uniform")
+  assert [int(np.sum(np.asarray(pruned[k]["bias"]) != 0)) for k in ("conv", "dense")] == [2, 3]
+  assert int(np.sum(np.any(np.asarray(pruned["out"]["kernel"]) != 0, 1))) == 3
+  with pytest.raises(ValueError, match="allocation"):
+    gsm_optax.gsm(0.1, 0.5, allocation="uniform")

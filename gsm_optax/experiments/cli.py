@@ -146,9 +146,11 @@ def _mnist_config(args: argparse.Namespace):
     changes["budget"] = args.budget
     changes["group_score"] = args.group_score.replace("-", "_")
     changes["per_mac"] = args.per_mac
+    changes["allocation"] = args.allocation
     changes.setdefault("methods", ("gsm", "gradual"))
-  elif args.budget != "groups" or args.group_score != "taylor" or args.per_mac:
-    raise ValueError("--budget, --group-score and --per-mac need --structured")
+  elif (args.budget != "groups" or args.group_score != "taylor" or args.per_mac
+        or args.allocation != "global"):
+    raise ValueError("--budget, --group-score, --per-mac and --allocation need --structured")
   return dataclasses.replace(config, **changes)
 
 
@@ -243,6 +245,9 @@ def _parser() -> argparse.ArgumentParser:
                  " it) or sum |g*w|")
   m.add_argument("--per-mac", action="store_true",
                  help="with --budget macs, rank groups by score per MAC at the widths kept")
+  m.add_argument("--allocation", choices=["global", "uniform"], default="global",
+                 help="with --structured, GSM ranks all groups together (global) or keeps the same"
+                 " fraction of every layer (uniform, as the structured gradual baseline does)")
   m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
   m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
   m.add_argument("--no-plots", action="store_true")

@@ -109,6 +109,9 @@ class ExperimentConfig:
   # The group score: "taylor" (|sum g*w| over the group) or "summed_taylor" (sum |g*w|).
   group_score: str = "taylor"
   per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
+  # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
+  # gradual pruning always allocates uniformly: magnitudes of different layers do not compare).
+  allocation: str = "global"
   # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
   # (None: the GSM phase's first learning-rate boundary), every this many steps.
   gradual_end_epoch: int | None = None
@@ -145,6 +148,8 @@ class ExperimentConfig:
     if self.group_score not in ("taylor", "summed_taylor"):
       raise ValueError("group_score must be 'taylor' or 'summed_taylor'; got"
                        f" group_score={self.group_score!r}.")
+    if self.allocation not in ("global", "uniform"):
+      raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
     if self.per_mac and self.budget != "macs":
       raise ValueError(f"per_mac needs budget='macs'; got budget={self.budget!r}.")
     if self.budget != "groups" and not self.structured:
@@ -278,6 +283,7 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
                        weight_decay=phase.weight_decay, nesterov=phase.nesterov,
                        passive_weight_decay=passive_decay, importance_ema=config.importance_ema,
                        groups=groups, budget=budget,
+                       allocation=config.allocation if groups is not None else "global",
                        importance=gsm_optax.taylor if config.group_score == "summed_taylor"
                        else "taylor")
 
@@ -348,11 +354,12 @@ class Runner:
     self.model = models.MODELS[config.model]()
     self.train_epoch = make_train_epoch(config.batch_size)
     self.key = jax.random.PRNGKey(config.seed)
-    self.groups, self.budget = None, "groups"
+    self.groups, self.budget, self.allocation = None, "groups", "global"
     if config.structured:
       self.groups, macs = models.structured_groups(config.model, self.init_params(),
                                                    per_mac=config.per_mac)
       self.budget = macs if config.budget == "macs" else config.budget
+      self.allocation = config.allocation
 
   def evaluate(self, params: PyTree) -> float:
     return accuracy(self.model.apply, params, self.x_test, self.y_test)
@@ -361,17 +368,19 @@ class Runner:
   def readiness(self, params: PyTree, keep_ratio: float) -> gsm_optax.PruneReadiness:
     """The library's prune readiness, with the number of correct test answers as metric."""
     return gsm_optax.prune_readiness(
-        params, keep_ratio, groups=self.groups, budget=self.budget,
+        params, keep_ratio, groups=self.groups, budget=self.budget, allocation=self.allocation,
         eval_fn=lambda p: correct_count(self.model.apply, p, self.x_test, self.y_test))
 
   @functools.partial(jax.jit, static_argnums=(0, 2))
   def prune(self, params: PyTree, keep_ratio: float) -> PyTree:
     """``gsm_optax.prune`` of weights, or of the structured run's groups."""
-    return gsm_optax.prune(params, keep_ratio, groups=self.groups, budget=self.budget)
+    return gsm_optax.prune(params, keep_ratio, groups=self.groups, budget=self.budget,
+                           allocation=self.allocation)
 
   @functools.partial(jax.jit, static_argnums=(0, 2))
   def prune_mask(self, params: PyTree, keep_ratio: float) -> PyTree:
-    return gsm_optax.prune_mask(params, keep_ratio, groups=self.groups, budget=self.budget)
+    return gsm_optax.prune_mask(params, keep_ratio, groups=self.groups, budget=self.budget,
+                                allocation=self.allocation)
 
   def prunable(self, params: PyTree) -> PyTree:
     """Which leaves the run prunes: the groups' members, or the default eligible weights."""
