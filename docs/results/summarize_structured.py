@@ -26,9 +26,9 @@ def _rows():
 
 
 def main() -> None:
-  print("| run | method | budget | score | EMA | kept widths | MACs fewer | params"
+  print("| run | method | budget | allocation | score | EMA | kept widths | MACs fewer | params"
         " | acc. before prune | acc. exported | speed-up b1 | speed-up b256 |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for name, method, config, r, export in _rows():
     budget = f"1/{config['compression']:g} {config['budget']}"
     if config.get("per_mac"):
@@ -37,14 +37,16 @@ def main() -> None:
              {"taylor": "\\|Σ g·w\\|", "summed_taylor": "Σ \\|g·w\\|"}[config.get("group_score",
                                                                               "taylor")])
     ema = "-" if method == "gradual" else f"{config['importance_ema']:g}"
+    # Structured gradual pruning always allocates uniformly; GSM's default is global.
+    allocation = "uniform" if method == "gradual" else config.get("allocation", "global")
     before = r.get("accuracy_before_prune", r.get("final_test_accuracy"))
     if "error" in export or not export:
-      print(f"| {name} | {method} | {budget} | {score} | {ema} | not exported | | |"
+      print(f"| {name} | {method} | {budget} | {allocation} | {score} | {ema} | not exported | | |"
             f" {100 * before:.2f} | {export.get('error', '')} | | |")
       continue
     widths = "-".join(str(v) for v in export["kept_widths"].values())
     t = export["timing"]
-    print(f"| {name} | {method} | {budget} | {score} | {ema} | {widths} |"
+    print(f"| {name} | {method} | {budget} | {allocation} | {score} | {ema} | {widths} |"
           f" {export['mac_reduction']:.1f}x | {export['params_exported']:,} | {100 * before:.2f} |"
           f" {100 * export['accuracy_exported']:.2f} | {t['1']['speedup']:.2f}x |"
           f" {t['256']['speedup']:.2f}x |")
