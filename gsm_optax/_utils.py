@@ -91,3 +91,21 @@ def path_name(path: tuple[Any, ...]) -> str:
       parts.append(str(entry))
   return "/".join(parts)
 
+
+
+def member_axis(owner: str, path: str, axis: int, size: int,
+                shapes: dict[str, tuple[int, ...]]) -> int:
+  """The non-negative axis of the leaf ``path`` that a group member names, after checking that
+  the leaf exists, has that axis, and that its length is a multiple of ``size``; the errors
+  name ``owner`` (``"groups['fc1']"``)."""
+  if path not in shapes:
+    raise ValueError(f"{owner} names {path!r}, which is not a leaf of params; the leaves are"
+                     f" {sorted(shapes)}.")
+  shape = shapes[path]
+  if not -len(shape) <= axis < len(shape):
+    raise ValueError(f"{owner}: {path} has shape {shape}, which has no axis {axis}.")
+  normal = axis % len(shape)
+  if shape[normal] % size:
+    raise ValueError(f"{owner}: axis {axis} of {path} has length {shape[normal]}, not a multiple"
+                     f" of size={size}.")
+  return normal

@@ -327,6 +327,7 @@ def export_pruned(params: PyTree, coupling: Sequence[Channels], *,
   with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   names = [_utils.path_name(p) for p, _ in with_path]
   leaves = {n: np.asarray(leaf) for n, (_, leaf) in zip(names, with_path)}
+  shapes = {n: leaf.shape for n, leaf in leaves.items()}
   cuts: dict[tuple[str, int], np.ndarray] = {}  # (path, axis) -> kept indices
   per_channel: dict[str, np.ndarray] = {}  # norm module -> kept channel mask (for variables)
   input_indices: dict[str, np.ndarray | None] = {}
@@ -335,17 +336,8 @@ def export_pruned(params: PyTree, coupling: Sequence[Channels], *,
   claimed: set[tuple[str, int]] = set()
 
   def member(ch: Channels, m: GroupMember) -> tuple[str, int]:
-    if m.path not in leaves:
-      raise ValueError(f"coupling[{ch.name!r}] names {m.path!r}, which is not a leaf of params;"
-                       f" the leaves are {sorted(leaves)}.")
-    shape = leaves[m.path].shape
-    if not -len(shape) <= m.axis < len(shape):
-      raise ValueError(f"coupling[{ch.name!r}]: {m.path} has shape {shape}, which has no axis"
-                       f" {m.axis}.")
-    axis = m.axis % len(shape)
-    if shape[axis] % ch.size:
-      raise ValueError(f"coupling[{ch.name!r}]: axis {m.axis} of {m.path} has length"
-                       f" {shape[axis]}, not a multiple of size={ch.size}.")
+    axis = _utils.member_axis(f"coupling[{ch.name!r}]", m.path, m.axis, ch.size, shapes)
+    shape = shapes[m.path]
     if (m.path, axis) in claimed:
       raise ValueError(f"coupling[{ch.name!r}]: axis {axis} of {m.path} is a member twice;"
                        " a leaf axis belongs to one Channels set, once.")

@@ -326,25 +326,16 @@ def resolve_groups(groups: GroupSpec, params: PyTree) -> ResolvedGroups:
     raise ValueError(f"groups must give a non-empty sequence of gsm_optax.Groups; got {spec!r}.")
   with_path = jax.tree_util.tree_leaves_with_path(params)
   index = {_utils.path_name(p): i for i, (p, _) in enumerate(with_path)}
+  shapes = {name: tuple(jnp.shape(with_path[i][1])) for name, i in index.items()}
   placements: list[_Placement | None] = [None] * len(with_path)
   for gi, g in enumerate(spec):
     _utils.check_int(f"groups[{g.name!r}].size", g.size, 1)
     if not g.members:
       raise ValueError(f"groups[{g.name!r}] has no members.")
     for m in g.members:
-      if m.path not in index:
-        raise ValueError(f"groups[{g.name!r}] names {m.path!r}, which is not a leaf of params;"
-                         f" the leaves are {sorted(index)}.")
+      axis = _utils.member_axis(f"groups[{g.name!r}]", m.path, m.axis, g.size, shapes)
       i = index[m.path]
       leaf = with_path[i][1]
-      shape = jnp.shape(leaf)
-      if not -len(shape) <= m.axis < len(shape):
-        raise ValueError(f"groups[{g.name!r}]: {m.path} has shape {shape}, which has no axis"
-                         f" {m.axis}.")
-      axis = m.axis % len(shape)
-      if shape[axis] % g.size:
-        raise ValueError(f"groups[{g.name!r}]: axis {m.axis} of {m.path} has length"
-                         f" {shape[axis]}, not a multiple of size={g.size}.")
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         raise TypeError(f"groups[{g.name!r}]: {m.path} has dtype {jnp.result_type(leaf)}; only"
                         " floating point parameters can be pruned.")
