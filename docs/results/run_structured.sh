@@ -43,6 +43,9 @@ if wants lenet300; then
   run lenet300_g4.5_uniform lenet300 lenet300_g10 --compression 4.5 --methods gsm \
     --importance-ema 0.999 --allocation uniform
   run lenet300_g4.5_gradual lenet300 lenet300_g10 --compression 4.5 --methods gradual
+  run lenet300_g3.5_uniform lenet300 lenet300_g10 --compression 3.5 --methods gsm \
+    --importance-ema 0.999 --allocation uniform
+  run lenet300_g3.5_gradual lenet300 lenet300_g10 --compression 3.5 --methods gradual
 fi
 if wants lenet5; then
   run lenet5_m11_permac lenet5 "" --compression 11 --budget macs --per-mac --methods gsm \
