@@ -97,8 +97,8 @@ def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax
   report = {
       "kept_widths": kept_widths(model, exported),
       "layer_widths": dict(exported.widths),
-      "macs_dense": int(sum(layer.macs for layer in layers)),
-      "macs_exported": int(sum(layer.macs for layer in narrow_layers)),
+      "macs_dense": export.count_macs(layers),
+      "macs_exported": export.count_macs(narrow_layers),
       "params_dense": models.count_params(params),
       "params_exported": models.count_params(exported.params),
       "accuracy_masked": accuracy(dense.apply, params, x_test, y_test),
