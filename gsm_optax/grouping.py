@@ -428,7 +428,13 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
     total = budget.total
     cost = lambda counts: budget.macs({n: counts[position[n]] for n in budget.names})
     if budget.per_mac:
-      scores = _per_mac_scores(resolved, scores, budget, fractions)
+      scores, best = _per_mac_scores(resolved, scores, budget, fractions)
+      allowed = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(total) * (1 + 2.0**-20)
+      selection = global_budget_selection(scores, cost, allowed)
+      # The best group of each set stays even where the budget cannot pay for it.
+      mask = [m | b for m, b in zip(selection.mask, best)]
+      kept = sum(jnp.sum(m, dtype=jnp.int32) for m in mask)
+      return Selection(mask, selection.threshold, kept)
   else:
     total = sum(c * g.size for c, g in zip(costs, resolved.groups))
     cost = costs
@@ -439,19 +445,20 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
 
 
 def _per_mac_scores(resolved: ResolvedGroups, scores: list[Array], budget: MacCost,
-                    fractions: Sequence[Array] | None) -> list[Array]:
-  """Score per MAC at the kept ``fractions`` (full width when None); each set's best group
-  ranks first, so that every layer keeps at least one unit."""
+                    fractions: Sequence[Array] | None) -> tuple[list[Array], list[Array]]:
+  """Score per MAC at the kept ``fractions`` (full width when None), each set's best group
+  first; and the masks of those best groups, which are always kept."""
   if fractions is None:
     fractions = [1.0] * len(resolved.groups)
   by_name = {g.name: f for g, f in zip(resolved.groups, fractions)}
   unit = dict(zip(budget.names, budget.unit_costs(by_name)))
-  out = []
+  out, bests = [], []
   for g, s in zip(resolved.groups, scores):
     density = s / jnp.maximum(jnp.asarray(unit[g.name], s.dtype), 1e-30)
     best = jnp.arange(g.size) == jnp.argmax(jnp.nan_to_num(s, nan=-jnp.inf))
     out.append(jnp.where(best, jnp.inf, density))
-  return out
+    bests.append(best)
+  return out, bests
 
 
 def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:

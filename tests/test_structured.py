@@ -349,7 +349,7 @@ def test_mac_budget_ranked_per_mac(rng):
     conv, dense, out = k[:4].mean(), k[4:10].mean(), k[10:].mean()
     return 400 * conv + 48 * conv * dense + 18 * dense * out
 
-  ratio = float(rng.uniform(0.2, 0.8))
+  ratio = float(rng.uniform(0.05, 0.8))
   order = np.lexsort((np.arange(density.size), -density))
   kept = np.zeros(density.size, bool)
   for i in order:
@@ -358,6 +358,7 @@ def test_mac_budget_ranked_per_mac(rng):
     if macs(trial) > ratio * budget.total:
       break
     kept = trial
+  kept[np.isinf(density)] = True  # each set's best stays, even beyond the budget
   mask = gsm_optax.prune_mask(params, ratio, groups=groups, budget=budget)
   chex.assert_trees_all_equal(jax.tree_util.tree_leaves(mask), _expand(kept, spec, leaves))
 
