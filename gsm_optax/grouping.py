@@ -370,6 +370,13 @@ def group_scores(resolved: ResolvedGroups, scores: list[Array | None]) -> list[A
   return totals
 
 
+def nonzero_groups(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
+  """Per set of groups, which groups have a non-zero entry in ``leaves`` (bool ``[size]``)."""
+  counts = group_scores(resolved, [None if p is None else (jnp.asarray(x) != 0).astype(jnp.float32)
+                                   for x, p in zip(leaves, resolved.placements)])
+  return [c > 0 for c in counts]
+
+
 def expand_group_mask(resolved: ResolvedGroups, group_masks: list[Array],
                       shapes: list[tuple[int, ...]]) -> list[Array | None]:
   """Per params leaf, the entry mask of its groups' mask (None outside every group)."""

@@ -371,9 +371,8 @@ def gradual_magnitude_pruning(
                  for p, u, f in zip(param_leaves, inner_leaves, flags)]
       costs = grouping.group_costs(resolved, budget, param_leaves)
       norms = grouping.group_norms(resolved, written)
-      alive = grouping.group_scores(
-          resolved, [m.astype(jnp.float32) if f else None for m, f in zip(masks, flags)])
-      scores = [jnp.where(a > 0, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
+      alive = grouping.nonzero_groups(resolved, masks)  # the groups not pruned yet
+      scores = [jnp.where(a, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
       select = grouping.select_groups if allocation == "global" else grouping.uniform_selection
       selection = select(resolved, scores, keep_ratio_at(state.count), budget, costs)
       expanded = grouping.expand_group_mask(resolved, selection.mask,

@@ -401,10 +401,8 @@ class Runner:
     """How many groups of each set have a non-zero entry (structured runs)."""
     leaves = jax.tree_util.tree_leaves(params)
     resolved = gsm_optax.grouping.resolve_groups(self.groups, params)
-    alive = gsm_optax.grouping.group_scores(
-        resolved, [None if p is None else (leaf != 0).astype(jnp.float32)
-                   for leaf, p in zip(leaves, resolved.placements)])
-    return {g.name: int(jnp.sum(a > 0)) for g, a in zip(self.groups, alive)}
+    alive = gsm_optax.grouping.nonzero_groups(resolved, leaves)
+    return {g.name: int(jnp.sum(a)) for g, a in zip(self.groups, alive)}
 
   def init_params(self) -> PyTree:
     return self.model.init(jax.random.fold_in(self.key, 0), self.x_train[:1])["params"]
