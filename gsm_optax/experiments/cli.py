@@ -136,7 +136,8 @@ def _mnist_config(args: argparse.Namespace):
                                ("train_subset", args.train_subset),
                                ("checkpoint_every", args.checkpoint_every),
                                ("dataset", args.dataset)) if v is not None}
-  for name in ("passive_decay", "passive_decay_begin_epoch", "importance_ema", "anneal_epochs"):
+  for name in ("passive_decay", "passive_decay_begin_epoch", "importance_ema", "anneal_epochs",
+               "importance"):
     if getattr(args, name) is not None:
       changes[name] = getattr(args, name)
   if args.methods:
@@ -179,6 +180,8 @@ def run_mnist(args: argparse.Namespace) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
+  from gsm_optax.experiments.runner import RECIPES
+
   parser = argparse.ArgumentParser(prog="gsm-optax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   d = sub.add_parser("digits", help="prune an MLP on scikit-learn's 8x8 digits (seconds)")
@@ -221,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(f"--{name}-warmup-epochs", type=int)
     m.add_argument(f"--{name}-boundaries", type=int, nargs="*",
                    help=f"epochs of the {name} phase at which the learning rate drops 10x")
-  m.add_argument("--recipe", choices=["recommended", "paper"], default="recommended",
+  m.add_argument("--recipe", choices=sorted(RECIPES), default="recommended",
                  help="the GSM update: 'recommended' (default: the keep ratio annealed from dense"
                  " to Q, then an extra decay for the weights outside the top-Q, so the final"
                  " prune is free) or 'paper' (the authors' update, unchanged); the flags below"
@@ -232,6 +235,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="GSM epoch from which --passive-decay applies (default 0)")
   m.add_argument("--importance-ema", type=float,
                  help="rank by a moving average of the Taylor scores at this rate (0: the paper)")
+  m.add_argument("--importance", choices=["taylor", "magnitude"],
+                 help="the weights' score: taylor (|g * w|, the paper) or magnitude (|w|)")
   m.add_argument("--anneal-epochs", type=int,
                  help="keep ratio from 1 to 1/compression by a cubic over these GSM epochs")
   m.add_argument("--structured", action="store_true",
@@ -253,10 +258,17 @@ def _parser() -> argparse.ArgumentParser:
   m.add_argument("--no-plots", action="store_true")
   m.add_argument("--quiet", action="store_true")
   m.set_defaults(func=run_mnist)
+  sub.add_parser("sweep", add_help=False,
+                 help="the recipe sweep over datasets, models and ratios (gsm-optax sweep -h)")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["sweep"]:  # its own parser: gsm_optax.experiments.sweep
+    from gsm_optax.experiments import sweep
+
+    return sweep.main(argv[1:])
   args = _parser().parse_args(argv)
   if not args.compression >= 1:
     raise SystemExit(f"--compression must be >= 1; got {args.compression}")

@@ -1,0 +1,103 @@
+"""The recipe sweep: its grid plan, its schedule, recipes as settings, and its summary table."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gsm_optax.experiments import runner, sweep
+
+
+def test_plan_trains_each_base_once_before_its_methods():
+  cells = [("mnist", "lenet300", 10.0), ("mnist", "lenet300", 60.0),
+           ("fashion_mnist", "lenet5", 20.0)]
+  jobs = sweep.plan(cells, seeds=[0, 1], methods=["paper", "gradual"])
+  bases = [j for j in jobs if j.method == "base"]
+  # One base per dataset, model and seed, shared by every compression of that model.
+  assert sorted((j.dataset, j.model, j.seed) for j in bases) == sorted(
+      [("mnist", "lenet300", 0), ("mnist", "lenet300", 1),
+       ("fashion_mnist", "lenet5", 0), ("fashion_mnist", "lenet5", 1)])
+  first_method = min(i for i, j in enumerate(jobs) if j.method != "base")
+  assert all(j.method == "base" for j in jobs[:first_method])
+  assert len(jobs) == len(bases) + len(cells) * 2 * 2
+  dirs = {j.directory("out") for j in jobs}
+  assert len(dirs) == len(jobs)  # no two jobs write to the same place
+
+
+def test_sweep_schedule_keeps_the_authors_total_decay():
+  """4x fewer GSM epochs and a 4x weight decay: a passive weight shrinks as over the paper's
+  schedule up to its first drop (the estimate of gsm_optax.decay_shrink_factor)."""
+  import gsm_optax
+
+  ours = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
+  paper = runner.paper_config("lenet300", 60.0)
+  spe = 234
+
+  def shrink(phase):
+    return gsm_optax.decay_shrink_factor(phase.schedule(spe), phase.boundaries[0] * spe,
+                                         momentum=phase.momentum, weight_decay=phase.weight_decay)
+
+  assert ours.gsm.epochs * 4 == paper.gsm.epochs
+  np.testing.assert_allclose(np.log(shrink(ours.gsm)), np.log(shrink(paper.gsm)), rtol=0.05)
+
+
+@pytest.mark.parametrize("method", ["paper", "fixed", "late", "magnitude", "gradual"])
+def test_methods_differ_only_in_the_gsm_update(method):
+  config = sweep.sweep_config("fashion_mnist", "lenet300", 10.0, 1, method)
+  paper = sweep.sweep_config("fashion_mnist", "lenet300", 10.0, 1, "paper")
+  assert (config.base, config.gsm, config.seed, config.dataset) == (
+      paper.base, paper.gsm, paper.seed, paper.dataset)
+  assert config.methods == (("gradual",) if method == "gradual" else ("gsm",))
+
+
+def test_recipe_settings_scale_with_the_schedule():
+  config = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
+  late = runner.with_recipe(config, {"anneal_fraction": 0.5, "passive_decay_factor": 3.0,
+                                     "passive_from_anneal_end": True, "importance": "magnitude",
+                                     "importance_ema": 0.9})
+  first_drop = config.gsm.boundaries[0]
+  assert late.anneal_epochs == round(0.5 * first_drop)
+  assert late.passive_decay_begin_epoch == late.anneal_epochs
+  assert late.passive_decay == pytest.approx(3.0 * config.gsm.weight_decay)
+  assert (late.importance, late.importance_ema) == ("magnitude", 0.9)
+  assert runner.with_recipe(config, "paper") == config
+  with pytest.raises(ValueError, match="passive_decay"):
+    runner.with_recipe(config, {"passive_decay": 1e-3})  # a factor, not an absolute decay
+  with pytest.raises(ValueError, match="recipe"):
+    runner.with_recipe(config, "fancy")
+  with pytest.raises(ValueError, match="importance"):
+    runner.with_recipe(config, {"importance": "hessian"})
+
+
+def _write_result(out, cell, method, before, after, base):
+  directory = os.path.join(out, cell, method)
+  os.makedirs(directory)
+  result = {"base": {"final_test_accuracy": base}}
+  if method == "gradual":
+    result["gradual"] = {"final_test_accuracy": after}
+  else:
+    result["gsm"] = {"accuracy_before_prune": before, "accuracy_after_prune": after}
+  with open(os.path.join(directory, "results.json"), "w") as f:
+    json.dump(result, f)
+
+
+def test_summary_compares_methods_seed_by_seed(tmp_path):
+  out = str(tmp_path)
+  rng = np.random.default_rng()
+  acc = {(m, s): rng.uniform(0.8, 0.9) for m in ("paper", "recommended", "gradual")
+         for s in (0, 1)}
+  for s in (0, 1):
+    for m in ("paper", "recommended", "gradual"):
+      _write_result(out, f"mnist_lenet300_10x_seed{s}", m, acc[m, s] + 0.001, acc[m, s], 0.98)
+  table = sweep.summarize(out, ["paper", "recommended", "gradual"])
+  row = [line for line in table.splitlines() if line.startswith("| LeNet-300-100 10x MNIST")]
+  assert len(row) == 1
+  fields = [f.strip() for f in row[0].strip("|").split("|")]
+  mean = lambda m: 100 * np.mean([acc[m, 0], acc[m, 1]])  # noqa: E731
+  sd = lambda m: 100 * np.std([acc[m, 0], acc[m, 1]], ddof=1)  # noqa: E731
+  assert fields[1] == "2"
+  assert fields[3] == f"{mean('paper'):.2f} ± {sd('paper'):.2f}"
+  assert fields[6] == "0.10"  # the prune cost of the default
+  assert fields[7] == f"{mean('recommended') - mean('paper'):+.2f}"
+  assert fields[8] == f"{mean('recommended') - mean('gradual'):+.2f}"
