@@ -34,9 +34,13 @@ def test_mnist_overrides_reach_the_config():
 def test_mnist_recipe_flag():
   """The recommended recipe is the default; the paper's update is one flag away; flags win."""
   default = cli._mnist_config(cli._parser().parse_args(["mnist"]))
-  assert (default.anneal_epochs, default.passive_decay, default.importance_ema) == (100, 5e-3, 0)
+  assert (default.anneal_epochs, default.passive_decay, default.importance) == (
+      100, 10 * default.gsm.weight_decay, "magnitude")
   paper = cli._mnist_config(cli._parser().parse_args(["mnist", "--recipe", "paper"]))
   assert (paper.anneal_epochs, paper.passive_decay, paper.importance_ema) == (0, 0.0, 0.0)
+  assert paper.importance == "taylor"
+  taylor = cli._mnist_config(cli._parser().parse_args(["mnist", "--importance", "taylor"]))
+  assert (taylor.anneal_epochs, taylor.importance) == (100, "taylor")
   short = cli._mnist_config(cli._parser().parse_args(
       ["mnist", "--gsm-epochs", "90", "--gsm-boundaries", "51", "64", "77"]))
   assert short.anneal_epochs == round(100 / 160 * 51)  # the anneal scales with the schedule

@@ -101,3 +101,15 @@ def test_summary_compares_methods_seed_by_seed(tmp_path):
   assert fields[6] == "0.10"  # the prune cost of the default
   assert fields[7] == f"{mean('recommended') - mean('paper'):+.2f}"
   assert fields[8] == f"{mean('recommended') - mean('gradual'):+.2f}"
+
+
+def test_write_table_replaces_only_the_marked_block(tmp_path):
+  path = tmp_path / "RESULTS.md"
+  path.write_text(f"# Title\n\nbefore\n{sweep.BEGIN}\nold table\n{sweep.END}\nafter\n")
+  sweep.write_table(str(path), "| new | table |")
+  assert path.read_text() == (f"# Title\n\nbefore\n{sweep.BEGIN}\n| new | table |\n{sweep.END}"
+                              "\nafter\n")
+  bare = tmp_path / "bare.md"
+  bare.write_text("no markers\n")
+  with pytest.raises(ValueError, match="no sweep table"):
+    sweep.write_table(str(bare), "x")
