@@ -17,7 +17,7 @@ def stable_topk_mask(flat_scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps, *,
-                  passive_decay=lambda t: 0.0, ema=0.0):
+                  passive_decay=lambda t: 0.0, ema=0.0, importance="taylor"):
   """Global Sparse Momentum SGD in float64, straight from Ding et al. (2019).
 
     T = |g * W|, B = 1 on the global top-Q of T over eligible weights
@@ -30,6 +30,8 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
     d = B * g + eta * W + eta_p(t) * (1 - B) * W      (passive_decay = eta_p)
     S = ema * S + (1 - ema) * T, B from the top-Q of S  (S starts at 0)
 
+  and ``importance="magnitude"``: T = |W| (the recommended recipe's score).
+
   ``keep_ratio`` is a float (Q = floor(keep_ratio * n)) or a function ``t -> Q``.
   Yields the list of parameter arrays and the mask B after every step.
   """
@@ -40,7 +42,8 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
   for t in range(steps):
     q = keep_ratio(t) if callable(keep_ratio) else int(np.floor(keep_ratio * n))
     g = grad_fn(t, w)
-    scores = np.concatenate([np.abs(gi * wi).ravel() for gi, wi, e in zip(g, w, eligible) if e])
+    scores = np.concatenate([np.abs(wi if importance == "magnitude" else gi * wi).ravel()
+                             for gi, wi, e in zip(g, w, eligible) if e])
     s_avg = ema * s_avg + (1 - ema) * scores
     b = stable_topk_mask(s_avg, q)
     offset = 0

@@ -51,6 +51,8 @@ VARIANTS = {
                                    passive_np=lambda t: 0.0 if t < 10 else 1.0),
     "averaged importance": dict(ema=0.8),
     "all three, annealed keep ratio": dict(passive=5e-2, ema=0.5, anneal=(5, 25)),
+    # The recommended recipe: magnitude ranking, annealed keep ratio, passive decay 10x eta.
+    "recommended recipe": dict(passive=5e-2, anneal=(0, 30), importance="magnitude"),
 }
 
 
@@ -68,12 +70,14 @@ def test_options_match_float64_reference(rng, variant, nesterov):
     keep_ratio = gsm_optax.cubic_keep_ratio_schedule(final, begin_step=begin, end_step=end)
     keep_np = _cubic_q(final, begin, end)
   tx = gsm_optax.gsm(0.03, keep_ratio, momentum=beta, weight_decay=eta, nesterov=nesterov,
-                     passive_weight_decay=passive, importance_ema=v.get("ema", 0.0))
+                     passive_weight_decay=passive, importance_ema=v.get("ema", 0.0),
+                     importance=v.get("importance", "taylor"))
   params = [jnp.asarray(x) for x in w0]
   state = tx.init(params)
   update = jax.jit(tx.update)
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, keep_np, beta, eta, nesterov,
-                            steps, passive_decay=passive_np, ema=v.get("ema", 0.0))
+                            steps, passive_decay=passive_np, ema=v.get("ema", 0.0),
+                            importance=v.get("importance", "taylor"))
   for t, (w_ref, mask_ref) in enumerate(reference):
     updates, state = update(grad_jax(t, params), state, params)
     params = optax.apply_updates(params, updates)

@@ -42,7 +42,7 @@ def test_sweep_schedule_keeps_the_authors_total_decay():
   np.testing.assert_allclose(np.log(shrink(ours.gsm)), np.log(shrink(paper.gsm)), rtol=0.05)
 
 
-@pytest.mark.parametrize("method", ["paper", "fixed", "late", "magnitude_long", "gradual"])
+@pytest.mark.parametrize("method", ["paper", "fixed", "late", "magnitude_short", "gradual"])
 def test_methods_differ_only_in_the_gsm_update(method):
   config = sweep.sweep_config("fashion_mnist", "lenet300", 10.0, 1, method)
   paper = sweep.sweep_config("fashion_mnist", "lenet300", 10.0, 1, "paper")

@@ -55,15 +55,14 @@ METHODS: dict[str, Any] = {
     "recommended": "recommended",
     "gradual": "gradual",
     # Candidates measured while choosing the default (docs/RESULTS.md says which lost and why);
-    # the default itself ("recommended") was screened as "magnitude" (the same settings):
     "late": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
              "passive_from_anneal_end": True},
     "ema": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
             "passive_from_anneal_end": True, "importance_ema": 0.99},
     "ema999": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
                "passive_from_anneal_end": True, "importance_ema": 0.999},
-    "magnitude_long": {"anneal_fraction": 1.0, "passive_decay_factor": 10.0,
-                       "importance": "magnitude"},
+    "magnitude_short": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
+                        "importance": "magnitude"},
 }
 
 
