@@ -295,6 +295,7 @@ class Graph:
     self.consumed: set[tuple[int, int]] = set()  # (param value, leaf set) contracted
     self.produced: set[tuple[int, int]] = set()  # (param value, leaf set) used otherwise
     self.contractions: list[tuple[int, list[int]]] = []  # (step, contracted leaf sets)
+    self.first_use: dict[int, int] = {}  # param value -> the first step that reads it
 
   def new_value(self, shape: tuple[int, ...], dtype: Any, nodes: list[int] | None = None) -> int:
     if nodes is None:
@@ -371,6 +372,7 @@ class Graph:
     p = self.origin.get(v)
     if p is None:
       return
+    self.first_use.setdefault(p, len(self.steps) - 1)
     for n in self.values[v].nodes:
       for leaf in self.nodes.leaves(n):
         (self.consumed if leaf in contracted else self.produced).add((p, leaf))

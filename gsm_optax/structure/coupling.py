@@ -113,12 +113,16 @@ class Coupling:
         for s, inner in _positions(nodes, n):
           members.setdefault(s, []).append((i, axis, inner))
     self._members = members
+    paths_index = {leaf.group_path: i for i, leaf in enumerate(self._leaves)
+                   if leaf.group_path is not None}
     sets: list[ChannelSet] = []
     self._set_of_root: dict[int, str] = {}
     names: set[str] = set()
     candidates: dict[int, list[tuple[int, int, int]]] = {}  # leaf idx -> [(set, axis, pos)]
     info = {}
-    for s in sorted(members, key=lambda s: min(m[0] for m in members[s])):
+    first = g.first_use
+    order = lambda s: min(first.get(self._leaves[m[0]].value, len(g.steps)) for m in members[s])
+    for s in sorted(members, key=order):
       size = nodes.size[s]
       if size <= 1:
         continue
@@ -135,14 +139,19 @@ class Coupling:
           if inner is not None and path is not None:
             cons.append(GroupMember(path, axis, inner))
           continue
-        if inner is None or path is None:
+        if path is None:
+          continue  # not a parameter (a batch statistic): cut at export, never ranked
+        if inner is None:
           expressible = False  # a producer that a group member cannot describe
           continue
         prods.append(GroupMember(path, axis, inner))
+      prods.sort(key=lambda m: first.get(self._leaves[paths_index[m.path]].value, len(g.steps)))
       name = _set_name(prods, cons, names, s)
       names.add(name)
       self._set_of_root[s] = name
       prunable = reason is None
+      if not prunable and "window axis" in reason:
+        continue  # a convolution's kernel window: never a channel
       sets.append(ChannelSet(name, size, tuple(prods), tuple(cons), prunable, reason))
       info[s] = (prods, expressible)
       if prunable and expressible and prods:

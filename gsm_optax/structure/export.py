@@ -316,6 +316,8 @@ class _Zeros:
     z = {}
     for s in self.classes(out):
       parts = [self.get(v, s) for v in operands]
+      if name in ("max", "min"):  # relu, relu6: max(0, c) = 0 for c <= 0, min(0, c) = 0 for c >= 0
+        parts = [p | self._bound_keeps_zero(v, name) for p, v in zip(parts, operands)]
       if name in _graph.ZERO_PRESERVING or name in _graph.BINARY_ALL or name == "clamp":
         acc = np.logical_and.reduce(parts)
         if name == "clamp":
@@ -330,7 +332,7 @@ class _Zeros:
         acc = np.zeros(self.nodes.size[s], bool)
       was = np.logical_or.reduce(parts)
       for k in np.flatnonzero(was & ~acc):
-        self.lost.setdefault((s, int(k)), (name, step.where))
+        self.lost[s, int(k)] = (name, step.where)  # the last loss is the one that stays
       z[s] = acc
     self.z[out] = z
     wholes = [self.whole.get(v, False) for v in operands]
@@ -342,6 +344,12 @@ class _Zeros:
       self.whole[out] = wholes[0]
     else:
       self.whole[out] = False
+
+  def _bound_keeps_zero(self, v: int, name: str) -> bool:
+    c = self.g.consts.get(v)
+    if c is None:
+      return False
+    return bool(np.all(c <= 0)) if name == "max" else bool(np.all(c >= 0))
 
   def _clamp_keeps_zero(self, ins: tuple[int, ...]) -> bool:
     lo, hi = self.g.consts.get(ins[0]), self.g.consts.get(ins[2])
