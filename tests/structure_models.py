@@ -175,7 +175,7 @@ class NnxBasicBlock(nnx.Module):
     self.bn1 = nnx.BatchNorm(cout, use_running_average=True, rngs=rngs)
     self.conv2 = nnx.Conv(cout, cout, (3, 3), use_bias=False, rngs=rngs)
     self.bn2 = nnx.BatchNorm(cout, use_running_average=True, rngs=rngs)
-    self.proj = None
+    self.proj = nnx.data(None)
     if cin != cout or stride != 1:
       self.proj = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
       self.proj_bn = nnx.BatchNorm(cout, use_running_average=True, rngs=rngs)
@@ -198,7 +198,7 @@ class NnxResNet(nnx.Module):
       for block in range(n):
         blocks.append(NnxBasicBlock(cin, width, 2 if stage > 0 and block == 0 else 1, rngs))
         cin = width
-    self.blocks = nnx.List(blocks) if hasattr(nnx, "List") else blocks
+    self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(widths[-1], classes, rngs=rngs)
 
   def __call__(self, x):
@@ -215,7 +215,7 @@ class NnxBottleneckStage(nnx.Module):
     self.stem = nnx.Conv(3, 8, (3, 3), rngs=rngs)
     layers, cin = [], 8
     for _ in range(2):
-      layer = nnx.Dict() if hasattr(nnx, "Dict") else {}
+      layer = nnx.Dict()
       layer["c1"], layer["b1"] = nnx.Conv(cin, features, (1, 1), use_bias=False, rngs=rngs), bn(
           features)
       layer["c2"], layer["b2"] = nnx.Conv(features, features, (3, 3), use_bias=False,
@@ -227,7 +227,7 @@ class NnxBottleneckStage(nnx.Module):
                                            rngs=rngs), bn(4 * features)
       layers.append(layer)
       cin = 4 * features
-    self.layers = nnx.List(layers) if hasattr(nnx, "List") else layers
+    self.layers = nnx.List(layers)
     self.head = nnx.Linear(cin, 5, rngs=rngs)
 
   def __call__(self, x):

@@ -170,7 +170,38 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
     state = nnx.split(nnx.merge(graphdef, state))[1]  # a copy
     nnx.replace_by_pure_dict(state, new_vars)
     module = nnx.merge(graphdef, state)
+    _resize_nnx(module)
   return Narrow(new_vars, runner, kept, widths, runner.macs(), module)
+
+
+def _resize_nnx(module: Any) -> None:
+  """Sets the width attributes of Flax's nnx layers to their narrowed parameters' shapes."""
+  from flax import nnx
+
+  for _, m in nnx.iter_graph(module):
+    kernel = getattr(m, "kernel", None)
+    shape = tuple(kernel.shape) if isinstance(kernel, nnx.Variable) else None
+    if isinstance(m, nnx.Conv) and shape is not None:
+      groups = m.feature_group_count
+      if groups > 1:
+        m.feature_group_count = shape[-1] // (m.out_features // groups)
+      m.in_features, m.out_features = shape[-2] * m.feature_group_count, shape[-1]
+    elif isinstance(m, nnx.LinearGeneral) and shape is not None:
+      k = len(m.in_features)
+      m.in_features, m.out_features = shape[:k], shape[k:]
+    elif isinstance(m, nnx.Linear) and shape is not None:
+      m.in_features, m.out_features = shape[0], shape[-1]
+    elif isinstance(m, nnx.MultiHeadAttention):
+      q = m.query.kernel.shape
+      m.num_heads, m.head_dim = q[-2], q[-1]
+      m.qkv_features = q[-2] * q[-1]
+      if hasattr(m, "num_kv_heads"):
+        m.num_kv_heads = m.key.kernel.shape[-2]
+    for attr in ("scale", "bias"):
+      v = getattr(m, attr, None)
+      if hasattr(m, "num_features") and isinstance(v, nnx.Variable) and v.ndim == 1:
+        m.num_features = v.shape[0]
+        break
 
 
 class _Zeros:
