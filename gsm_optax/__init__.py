@@ -44,6 +44,7 @@ from gsm_optax.selection import (
     global_topk_mask,
     global_topk_selection,
 )
+from gsm_optax.structure import ChannelSet, Coupling, Narrow, couple, narrow
 from gsm_optax.sparse import load_sparse, save_sparse, to_dense, to_sparse
 from gsm_optax.transform import (
     KeepTopGradientsState,
@@ -57,7 +58,10 @@ from gsm_optax.transform import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelSet",
     "Channels",
+    "couple",
+    "Coupling",
     "count_macs",
     "cubic_keep_ratio_schedule",
     "decay_shrink_factor",
@@ -85,6 +89,8 @@ __all__ = [
     "MacCost",
     "MacTerm",
     "magnitude",
+    "narrow",
+    "Narrow",
     "output_groups",
     "prune",
     "prune_mask",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax import nnx
 
@@ -330,6 +331,40 @@ NNX = {
     "transformer": (lambda r: NnxTransformer(rngs=r), (2, 5, 7)),
     "swiglu": (lambda r: NnxSwiGLU(rngs=r), (2, 6)),
 }
+
+
+def _fill(shapes, rng):
+  """Random values for a pytree of shapes: kernels ~ N(0, 1/fan_in), others N(0, 0.5),
+  variances in [0.5, 2] (no compilation: initialisers compile slowly on a loaded CPU)."""
+
+  def value(path, x):
+    name = str(path[-1]).strip("[]'.")
+    if name == "var":
+      v = rng.uniform(0.5, 2.0, x.shape)
+    elif name in ("kernel", "embedding") or len(x.shape) >= 2:
+      fan_in = int(np.prod(x.shape[:-1])) if len(x.shape) > 1 else 1
+      v = rng.normal(0, 1 / np.sqrt(max(fan_in, 1)), x.shape)
+    elif name == "scale":
+      v = rng.uniform(0.5, 1.5, x.shape)
+    else:
+      v = rng.normal(0, 0.5, x.shape)
+    return jnp.asarray(v, x.dtype)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
+
+
+def random_variables(model, x, rng):
+  """Random linen variables of ``model`` (shapes from ``jax.eval_shape``, values from rng)."""
+  return _fill(jax.eval_shape(model.init, jax.random.PRNGKey(0), x), rng)
+
+
+def random_nnx(make, rng):
+  """An nnx module built abstractly, its state filled with random values."""
+  abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  pure = _fill(nnx.to_pure_dict(state), rng)
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
 
 
 def random_batch_stats(variables, key):

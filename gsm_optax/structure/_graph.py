@@ -265,22 +265,23 @@ CUMULATIVE = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"}
 WINDOWED = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
 
 
-def where(eqn: Any) -> str:
-  """The user's source line of a jaxpr equation (the first frame outside jax and flax)."""
+def where(eqn: Any) -> str | None:
+  """The user's source line of a jaxpr equation (the first frame outside jax and flax), or
+  None when the equation has none."""
   from jax._src import source_info_util  # the only way to read an equation's source line
 
   try:
     frames = list(source_info_util.user_frames(eqn.source_info.traceback))
   except Exception:  # noqa: BLE001 -- a missing traceback only loses the line
     frames = []
-  for f in frames:
-    name = f.file_name.replace("\\", "/")
-    if "/flax/" not in name and "/optax/" not in name:
-      return f"{f.file_name}:{f.start_line} ({f.function_name})"
-  try:
-    return source_info_util.summarize(eqn.source_info)
-  except Exception:  # noqa: BLE001
-    return "unknown location"
+  fmt = lambda f: f"{f.file_name}:{f.start_line} ({f.function_name})"
+  library = ("/flax/", "/optax/", "/gsm_optax/structure/")
+  user = [f for f in frames if not any(x in f.file_name.replace("\\", "/") for x in library)]
+  if user and frames[0] is not user[0]:
+    return f"{fmt(user[0])}, in {fmt(frames[0])}"
+  if frames:
+    return fmt(frames[0])
+  return None
 
 
 class Graph:
@@ -308,7 +309,8 @@ class Graph:
 
   # -- inlining -------------------------------------------------------------------------
 
-  def inline(self, jaxpr: Any, consts: list[Any], args: list[int]) -> list[int]:
+  def inline(self, jaxpr: Any, consts: list[Any], args: list[int],
+             outer: str | None = None) -> list[int]:
     env: dict[Any, int] = {}
     for var, c in zip(jaxpr.constvars, consts):
       env[var] = self.constant(c)
@@ -323,21 +325,22 @@ class Graph:
     for eqn in jaxpr.eqns:
       ins = [read(x) for x in eqn.invars]
       name = eqn.primitive.name
+      here = where(eqn) or outer or "an unknown line"
       if name in SUB_JAXPRS:
         sub = eqn.params.get(SUB_JAXPRS[name])
         if sub is None:
           sub = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
         inner, inner_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])
-        outs = self.inline(inner, list(inner_consts), ins)
+        outs = self.inline(inner, list(inner_consts), ins, here)
       elif name in ("cond", "while", "scan", "switch"):
         raise ValueError(
-            f"couple: primitive '{name}' at {where(eqn)} is not supported: control flow"
+            f"couple: primitive '{name}' at {here} is not supported: control flow"
             " (lax.cond, lax.while_loop, lax.scan, nn.scan) cannot be narrowed channel by channel"
             " yet. Unroll it, or write the gsm_optax.Groups by hand.")
       else:
         outs = [self.new_value(v.aval.shape, v.aval.dtype) if hasattr(v.aval, "shape")
                 else self.new_value((), None) for v in eqn.outvars]
-        step = Step(eqn.primitive, dict(eqn.params), tuple(ins), tuple(outs), where(eqn), {})
+        step = Step(eqn.primitive, dict(eqn.params), tuple(ins), tuple(outs), here, {})
         self.steps.append(step)
         self.rule(step, len(self.steps) - 1)
       for var, o in zip(eqn.outvars, outs):

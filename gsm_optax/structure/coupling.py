@@ -337,9 +337,9 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
 
     inputs = (variables, *inputs) if variables is not None else inputs
     graphdef, state = nnx.split(model)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     param_paths = {_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(
-        nnx.state(model, nnx.Param).to_pure_dict())}
+        nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
 
     def fn(pure_state, *xs):
       s = nnx.split(model)[1]

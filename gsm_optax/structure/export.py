@@ -98,7 +98,7 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
   if coupling._nnx is not None and not isinstance(variables, dict):
     from flax import nnx
 
-    variables = nnx.state(variables).to_pure_dict()
+    variables = nnx.to_pure_dict(nnx.state(variables))
   g, nodes = coupling._graph, coupling._graph.nodes
   flat, tree = jax.tree_util.tree_flatten(variables)
   expected = coupling._in_tree.children()[0] if coupling._in_tree.children() else None
@@ -361,7 +361,8 @@ class _Zeros:
         acc = parts[0].copy()
       else:
         acc = np.zeros(self.nodes.size[s], bool)
-      was = np.logical_or.reduce(parts)
+      carrying = [self.get(v, s) for v in operands if s in self.classes(v)]
+      was = np.logical_or.reduce(carrying) if carrying else np.zeros_like(acc)
       for k in np.flatnonzero(was & ~acc):
         self.lost[s, int(k)] = (name, step.where)  # the last loss is the one that stays
       z[s] = acc
