@@ -257,7 +257,7 @@ def test_unsupported_primitives_are_refused_by_name():
   def looped(p, x):
     return jax.lax.fori_loop(0, 2, lambda i, h: jnp.tanh(h @ p["w"]), x)
 
-  with pytest.raises(ValueError, match="'while'.*test_structure.py"):
+  with pytest.raises(ValueError, match="'scan' at .*test_structure.py"):
     gsm_optax.couple(looped, {"w": jnp.ones((3, 3))}, jnp.zeros((1, 3)))
 
   def scattered(p, x):
