@@ -588,7 +588,9 @@ class Graph:
     parts = [val.nodes[dim] for val in vals if val.shape[dim]]
     roots = {self.nodes.find(q) for q in parts}
     if len(roots) == 1 and len(parts) > 1:  # k copies of the same channels (im2col patches)
-      node = self.nodes.new(out.shape[dim], (_PROD, [self.nodes.new(len(parts)), parts[0]]))
+      copies = self.nodes.new(len(parts))
+      self.nodes.mark(copies, f"it counts copies of the same channels ({why})")
+      node = self.nodes.new(out.shape[dim], (_PROD, [copies, parts[0]]))
     else:
       node = self.nodes.new(out.shape[dim], (_SUM, parts))
     self._same(node, out.nodes[dim], why)
