@@ -26,14 +26,23 @@ from gsm_optax.experiments.structured import time_side_by_side
 from tests import structure_models as zoo
 
 
-def _half_macs(name, model, x, rng):
+def _half_macs(name, model, x, rng, *, inner_only=False):
+  """Random variables pruned to about half the MACs: every set of groups by the same
+  fraction, or (``inner_only``) half the filters inside each residual block and none of the
+  residual streams (Li et al. 2017 prune the first convolution of each block only)."""
   variables = zoo.random_variables(model, x, rng)
   coupling = gsm_optax.couple(model.apply, variables, x)
-  budget = coupling.mac_costs()
-  fixed = coupling.macs - budget.total  # MACs that no group scales (stream, stem, head)
-  ratio = (0.5 * coupling.macs - fixed) / budget.total
-  prune = jax.jit(lambda p: gsm_optax.prune(p, ratio, groups=coupling.groups, budget=budget,
-                                            allocation="uniform"))
+  if inner_only:
+    streams = {s.name for s in coupling.sets
+               if sum(m.path.endswith("kernel") for m in s.producers) > 1}
+    groups = [g for g in coupling.groups if g.name not in streams]
+    prune = jax.jit(lambda p: gsm_optax.prune(p, 0.5, groups=groups, allocation="uniform"))
+  else:
+    budget = coupling.mac_costs()
+    fixed = coupling.macs - budget.total  # MACs that no group scales (stream, stem, head)
+    ratio = (0.5 * coupling.macs - fixed) / budget.total
+    prune = jax.jit(lambda p: gsm_optax.prune(p, ratio, groups=coupling.groups, budget=budget,
+                                              allocation="uniform"))
   pruned = {**variables, "params": prune(variables["params"])}
   small = gsm_optax.narrow(coupling, pruned)
   diff = float(jnp.max(jnp.abs(jax.jit(model.apply)(pruned, x)
@@ -65,14 +74,16 @@ def main(argv=None) -> None:
           f" {coupling.macs / 1e9:.2f} GMACs per example")
 
   models = {
-      "ResNet-20": (zoo.ResNet(3), (32, 32, 3)),
+      "ResNet-20 uniform": (zoo.ResNet(3), (32, 32, 3), False),
+      "ResNet-20 in-block": (zoo.ResNet(3), (32, 32, 3), True),
       "transformer 4x256": (zoo.Transformer(depth=4, width=256, heads=8, hidden=1024),
-                            (64, 7)),
+                            (64, 7), False),
   }
   rows = []
-  for name, (model, shape) in models.items():
+  for name, (model, shape, inner_only) in models.items():
     dense, dense_vars, narrow, narrow_vars = _half_macs(
-        name, model, jnp.asarray(rng.normal(size=(2, *shape)), jnp.float32), rng)
+        name, model, jnp.asarray(rng.normal(size=(2, *shape)), jnp.float32), rng,
+        inner_only=inner_only)
     for batch in args.batch_sizes:
       x = jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32)
       seconds = time_side_by_side({"dense": dense, "narrow": narrow},

@@ -278,3 +278,19 @@ def test_a_channel_reduction_makes_the_set_unprunable_not_the_model():
   assert [g.name for g in coupling.groups] == ["w2"]
   assert not coupling.set("w1").prunable
   chex.assert_equal(coupling.set("w1").reason.startswith("it is reduced over by reduce_sum"), True)
+
+
+def test_readme_own_model_example_runs_and_exports_exactly():
+  import pathlib
+  import re
+
+  text = pathlib.Path(__file__).parent.parent.joinpath("README.md").read_text()
+  code = re.search(r"<!-- own-model-example -->\n```python\n(.*?)```", text, re.S).group(1)
+  code = code.replace("range(100)", "range(5)")  # the recipe, not its accuracy
+  scope: dict = {}
+  exec(compile(code, "README.md", "exec"), scope)
+  small, x = scope["small"], scope["x"]
+  dense = scope["model"].apply({"params": scope["pruned"]}, x)
+  _assert_close(scope["logits"], dense)
+  assert small.macs < scope["coupling"].macs
+  assert set(small.widths) == {g.name for g in scope["coupling"].groups}
