@@ -44,8 +44,8 @@ from gsm_optax.selection import (
     global_topk_mask,
     global_topk_selection,
 )
-from gsm_optax.structure import ChannelSet, Coupling, Narrow, couple, narrow
 from gsm_optax.sparse import load_sparse, save_sparse, to_dense, to_sparse
+from gsm_optax.structure import ChannelSet, Coupling, Narrow, couple, narrow
 from gsm_optax.transform import (
     KeepTopGradientsState,
     SelectionStats,

@@ -294,3 +294,30 @@ def test_readme_own_model_example_runs_and_exports_exactly():
   _assert_close(scope["logits"], dense)
   assert small.macs < scope["coupling"].macs
   assert set(small.widths) == {g.name for g in scope["coupling"].groups}
+
+
+def test_sub_jaxprs_are_followed_jit_custom_vjp_custom_jvp_checkpoint(rng):
+  @jax.custom_vjp
+  def double_relu(x):
+    return jnp.maximum(x, 0.0) * 2.0
+
+  double_relu.defvjp(lambda x: (double_relu(x), x), lambda x, g: (g * (x > 0) * 2.0,))
+
+  @jax.jit
+  def inner(p, h):
+    return double_relu(h @ p["w2"] + p["b2"])
+
+  def model(p, x):
+    h = jax.checkpoint(lambda h: jax.nn.relu(h @ p["w1"] + p["b1"]))(x)
+    return inner(p, h) @ p["w3"]
+
+  shapes = dict(w1=(3, 6), b1=(6,), w2=(6, 5), b2=(5,), w3=(5, 2))
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+  coupling = gsm_optax.couple(model, params, jnp.zeros((2, 3)))
+  assert {g.name: {m.path for m in g.members} for g in coupling.groups} == {
+      "w1": {"w1", "b1"}, "w2": {"w2", "b2"}}
+  pruned, dead = _zero_groups(params, coupling.groups, rng)
+  small = gsm_optax.narrow(coupling, pruned)
+  _check_widths(small, dead)
+  xs = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  _assert_close(jax.jit(small.apply)(small.variables, xs), model(pruned, xs))

@@ -15,7 +15,6 @@ over it, an index-dependent op, a model input or output).
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -358,9 +357,6 @@ class Graph:
   def _same(self, a: int, b: int, why: str) -> None:
     self.nodes.unify(a, b, why)
 
-  def _fresh_like(self, v: int, out: int) -> None:
-    """Output axes of ``out`` get fresh nodes (already so); ``v``'s axes are marked."""
-
   def _mark_value(self, v: int, reason: str) -> None:
     for n in self.values[v].nodes:
       self.nodes.mark(n, reason)
@@ -390,7 +386,7 @@ class Graph:
     view_of_param = None
     if name in ELEMENTWISE:
       out = self.values[outs[0]]
-      for v, val in zip(ins, vals):
+      for val in vals:
         if len(val.shape) == len(out.shape):
           for ax, (s, t) in enumerate(zip(val.shape, out.shape)):
             if s == t:
@@ -570,10 +566,8 @@ class Graph:
         self._same(out_parts[0], groups, why)
         self._same(lhs_parts[1], k_in, why)
         step.aux.update(in_per_group=k_in, group=groups)
-    for d in list(lhs_spec[2:]) + list(rhs_spec[2:]):
-      node = lhs.nodes[d] if d in lhs_spec[2:] else None
-      if node is not None:
-        n.mark(node, f"it is a spatial axis of {why}")
+    for d in lhs_spec[2:]:
+      n.mark(lhs.nodes[d], f"it is a spatial axis of {why}")
     for d in rhs_spec[2:]:
       n.mark(rhs.nodes[d], f"it is a window axis of {why}")
     self.contractions.append((index, [k_in]))
@@ -683,6 +677,3 @@ class Graph:
     self._mark_value(step.ins[1], f"an index of {why}")
     step.aux["full"] = full
 
-
-def prod(xs) -> int:
-  return int(math.prod(xs))

@@ -22,7 +22,6 @@ References:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -93,9 +92,8 @@ class Coupling:
 
   def _analyse(self) -> None:
     g, nodes = self._graph, self._graph.nodes
-    leaf_of_value = {leaf.value: i for i, leaf in enumerate(self._leaves)}
     # Each value's leaf sets; a set twice in one value cannot be narrowed consistently.
-    for v, val in enumerate(g.values):
+    for val in g.values:
       seen: set[int] = set()
       for n in val.nodes:
         for leaf in nodes.leaves(n):
@@ -175,11 +173,10 @@ class Coupling:
                          if n in {gr.name for gr in groups}}
     self._terms = self._mac_terms()
     self.macs = float(sum(t.macs for t in self._terms))
-    del leaf_of_value
 
   def _mac_terms(self) -> list[MacTerm]:
     """One term per monomial of every contraction's MACs, by the group sets it scales with."""
-    g, nodes = self._graph, self._graph.nodes
+    g = self._graph
     batch = g.values[self._input_ids[0]].shape[0] if (
         self._input_ids and g.values[self._input_ids[0]].shape) else 1
     terms: dict[tuple[str, ...], float] = {}
@@ -394,5 +391,3 @@ def _is_nnx_module(x: Any) -> bool:
     return False
   return isinstance(x, nnx.Module)
 
-
-Apply = Callable[..., Any]
