@@ -321,3 +321,30 @@ def test_sub_jaxprs_are_followed_jit_custom_vjp_custom_jvp_checkpoint(rng):
   _check_widths(small, dead)
   xs = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
   _assert_close(jax.jit(small.apply)(small.variables, xs), model(pruned, xs))
+
+
+def test_embedding_gather_and_a_split_glu(rng):
+  """An embedding table's columns are a prunable set (gather keeps them whole); a GLU's two
+  halves, split from one kernel, are one set indexed modulo its size."""
+
+  def model(p, ids):
+    x = p["embed"][ids]  # [b, t, d]
+    a, b = jnp.split(x @ p["w_in"], 2, axis=-1)
+    return (a * jax.nn.sigmoid(b)).mean(1) @ p["w_out"]
+
+  d, h = 6, 5
+  shapes = dict(embed=(11, d), w_in=(d, 2 * h), w_out=(h, 3))
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+  ids = jnp.zeros((2, 4), jnp.int32)
+  coupling = gsm_optax.couple(model, params, ids)
+  assert {g.name: [(m.path, m.axis, m.inner) for m in g.members] for g in coupling.groups} == {
+      "embed": [("embed", 1, 1)], "w_in": [("w_in", 1, 1)]}
+  pruned, dead = _zero_groups(params, coupling.groups, rng)
+  small = gsm_optax.narrow(coupling, pruned)
+  _check_widths(small, dead)
+  assert small.variables["w_in"].shape == (int((~dead["embed"]).sum()),
+                                           2 * int((~dead["w_in"]).sum()))
+  xs = jnp.asarray(rng.integers(11, size=(3, 4)), jnp.int32)  # any batch, the traced length
+  _assert_close(jax.jit(small.apply)(small.variables, xs), model(pruned, xs))
+  with pytest.raises(ValueError, match="axis 1 was coupled with size 4 and reduce_sum"):
+    small.apply(small.variables, jnp.zeros((3, 7), jnp.int32))  # the mean over t divides by 4

@@ -296,6 +296,7 @@ class Graph:
     self.produced: set[tuple[int, int]] = set()  # (param value, leaf set) used otherwise
     self.contractions: list[tuple[int, list[int]]] = []  # (step, contracted leaf sets)
     self.first_use: dict[int, int] = {}  # param value -> the first step that reads it
+    self.reduced: list[tuple[int, str]] = []  # (node, where): axes whose size a result bakes in
 
   def new_value(self, shape: tuple[int, ...], dtype: Any, nodes: list[int] | None = None) -> int:
     if nodes is None:
@@ -423,9 +424,11 @@ class Graph:
       axes = set(p["axes"])
       for d in axes:
         self.nodes.mark(vals[0].nodes[d], f"it is reduced over by {why}")
+        self.reduced.append((vals[0].nodes[d], why))
       self._set_nodes(outs[0], [n for d, n in enumerate(vals[0].nodes) if d not in axes])
     elif name in CUMULATIVE:
       self.nodes.mark(vals[0].nodes[p["axis"]], f"it is accumulated along by {why}")
+      self.reduced.append((vals[0].nodes[p["axis"]], why))
       self._set_nodes(outs[0], list(vals[0].nodes))
     elif name in WINDOWED:
       out = self.values[outs[0]]
@@ -674,6 +677,11 @@ class Graph:
         self.nodes.mark(out.nodes[od], f"it is gathered from by {why}")
     for d in collapsed:
       self.nodes.mark(op.nodes[d], f"it is indexed by {why}")
+    idx = vals[1]
+    batch_out = [d for d in range(len(out.shape)) if d not in dn.offset_dims]
+    for a, d in zip(range(len(idx.shape) - 1), batch_out):  # the last index axis: coordinates
+      if idx.shape[a] == out.shape[d]:
+        self._same(idx.nodes[a], out.nodes[d], why)
     self._mark_value(step.ins[1], f"an index of {why}")
     step.aux["full"] = full
 

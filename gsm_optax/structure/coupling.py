@@ -96,10 +96,11 @@ class Coupling:
     for val in g.values:
       seen: set[int] = set()
       for n in val.nodes:
-        for leaf in nodes.leaves(n):
-          if leaf in seen and nodes.size[leaf] > 1:
+        here = {nodes.find(leaf) for leaf in nodes.leaves(n)}
+        for leaf in here & seen:
+          if nodes.size[leaf] > 1:
             nodes.reason.setdefault(leaf, "it indexes two axes of one array")
-          seen.add(leaf)
+        seen |= here
     consumed = {(p, leaf) for p, x in g.consumed for leaf in nodes.leaves(x)}
     produced = {(p, leaf) for p, x in g.produced for leaf in nodes.leaves(x)}
     contracted = {nodes.find(leaf) for _, ns in g.contractions for n in ns
@@ -120,7 +121,8 @@ class Coupling:
     info = {}
     first = g.first_use
     order = lambda s: min(first.get(self._leaves[m[0]].value, len(g.steps)) for m in members[s])
-    for s in sorted(members, key=order):
+    # prunable sets first, so that they get the plain names
+    for s in sorted(members, key=lambda s: (s in nodes.reason or s not in contracted, order(s))):
       size = nodes.size[s]
       if size <= 1:
         continue
@@ -247,6 +249,9 @@ def _positions(nodes: _graph.Nodes, n: int) -> list[tuple[int, int | None]]:
   if s is None:
     return [(r, 1)]
   if s[0] == _graph._SUM:
+    roots = {nodes.find(c) for c in s[1]}
+    if len(roots) == 1 and nodes.struct[next(iter(roots))] is None:
+      return [(next(iter(roots)), 1)]  # k copies of one set (a GLU's two halves): i mod size
     return [(leaf, None) for leaf in nodes.leaves(r)]
   out = []
   inner = 1

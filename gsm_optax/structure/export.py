@@ -43,8 +43,12 @@ class Narrow(NamedTuple):
       :func:`gsm_optax.couple` (linen ``{"params": ..., "batch_stats": ...}``,
       a params pytree, or an nnx module's pure state dict).
     apply: ``apply(variables, *inputs)`` computing the narrow model's outputs
-      from ``variables``; jit-able and serialisable with ``jax.export``. Any
-      batch size works; the other input axes are those of the sample inputs.
+      from ``variables``; jit-able and serialisable with ``jax.export``. Inputs
+      have the shapes of the sample inputs given to :func:`gsm_optax.couple`,
+      except along axes that no operation reduces over (the batch axis of a
+      model in inference mode): those may have any size. Another size along a
+      reduced axis (a mean over tokens, BatchNorm's batch statistics in
+      training) raises a ValueError naming the operation.
     kept: per channel set, the indices of the channels kept (original numbering).
     widths: per channel set, how many channels are kept.
     macs: the narrow model's multiply-accumulates per example.
@@ -429,11 +433,27 @@ class _Runner:
     env: dict[int, Any] = dict(self.consts)
     dynamic: dict[int, int] = {}
     nodes = self.g.nodes
+    fixed = {}
+    for n, why in self.g.reduced:
+      for leaf in nodes.leaves(n):
+        fixed.setdefault(nodes.find(leaf), why)
     for v, x in zip(ids, flat):
       env[v] = x
       if v in self.c._input_ids:
-        for n, s in zip(self.g.values[v].nodes, np.shape(x)):
+        traced = self.g.values[v].shape
+        if len(np.shape(x)) != len(traced):
+          raise ValueError(f"the narrow model's input has shape {np.shape(x)}; it was coupled"
+                           f" with shape {traced}.")
+        for d, (n, s) in enumerate(zip(self.g.values[v].nodes, np.shape(x))):
           r = nodes.find(n)
+          if s != traced[d]:
+            why = next((fixed[leaf] for leaf in map(nodes.find, nodes.leaves(n))
+                        if leaf in fixed), None)
+            if why is not None:
+              raise ValueError(
+                  f"the narrow model's input has shape {np.shape(x)}, but axis {d} was coupled"
+                  f" with size {traced[d]} and {why} reduces over it (a mean divides by that"
+                  " size): call it with that size, or couple the model at this shape.")
           if nodes.struct[r] is None:
             dynamic[r] = int(s)
     for step in self.g.steps:
