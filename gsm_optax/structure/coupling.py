@@ -331,7 +331,7 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
     >>> x = jnp.ones((2, 5))
     >>> coupling = gsm_optax.couple(model.apply, model.init(jax.random.PRNGKey(0), x), x)
     >>> [(g.name, g.size, len(g.members)) for g in coupling.groups]
-    [('Dense_0', 8, 4), ('Dense_1', 8, 2)]
+    [('Dense_0', 8, 4), ('Dense_2', 8, 2)]
   """
   nnx_parts = None
   if _is_nnx_module(model):
