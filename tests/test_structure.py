@@ -348,3 +348,30 @@ def test_embedding_gather_and_a_split_glu(rng):
   _assert_close(jax.jit(small.apply)(small.variables, xs), model(pruned, xs))
   with pytest.raises(ValueError, match="axis 1 was coupled with size 4 and reduce_sum"):
     small.apply(small.variables, jnp.zeros((3, 7), jnp.int32))  # the mean over t divides by 4
+
+
+def test_nnx_optimizer_trains_the_coupled_groups_then_exports(rng):
+  """nnx.Optimizer gives init a state of variables and update one of arrays: the groups'
+  paths must name the same leaves in both."""
+  model = zoo.random_nnx(lambda r: zoo.NnxSwiGLU(rngs=r), rng)
+  x = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+  y = jnp.asarray(rng.integers(3, size=8))
+  coupling = gsm_optax.couple(model, x)
+  tx = gsm_optax.gsm(0.05, 0.5, groups=coupling.groups, allocation="uniform")
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    optimizer.update(model, nnx.grad(loss)(model))
+
+  step(model, optimizer)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  pruned = jax.jit(lambda p: gsm_optax.prune(p, 0.5, groups=coupling.groups,
+                                             allocation="uniform"))(params)
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, pruned)
+  nnx.update(model, state)
+  small = gsm_optax.narrow(coupling, model)
+  assert small.widths == {g.name: g.size // 2 for g in coupling.groups}
+  _assert_close(nnx.jit(lambda m: m(x))(small.module), nnx.jit(lambda m: m(x))(model))
