@@ -58,11 +58,11 @@ from gsm_optax.transform import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChannelSet",
     "Channels",
+    "ChannelSet",
+    "count_macs",
     "couple",
     "Coupling",
-    "count_macs",
     "cubic_keep_ratio_schedule",
     "decay_shrink_factor",
     "default_eligible",

@@ -5,8 +5,8 @@
   structured GSM ranks and their budget in MACs.
 - :mod:`gsm_optax.structure.export`: :func:`narrow` removes the pruned channels
   exactly: narrower parameters and a function (or an nnx module) that runs them.
-- :mod:`gsm_optax.structure._graph` (private): the union-find over axes that
-  both use.
+- :mod:`gsm_optax.structure.graph`: the union-find over the axes of the
+  inlined jaxpr that both use.
 """
 
 from gsm_optax.structure.coupling import ChannelSet, Coupling, couple

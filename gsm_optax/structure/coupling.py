@@ -29,7 +29,7 @@ import numpy as np
 
 from gsm_optax import _utils
 from gsm_optax.grouping import GroupMember, Groups, MacCost, MacTerm, mac_costs
-from gsm_optax.structure import _graph
+from gsm_optax.structure import graph
 
 PyTree = Any
 
@@ -77,9 +77,9 @@ class Coupling:
       input's leading axis) at full width.
   """
 
-  def __init__(self, graph: _graph.Graph, leaves: list[_Leaf], in_tree: Any, out_tree: Any,
+  def __init__(self, graph_: graph.Graph, leaves: list[_Leaf], in_tree: Any, out_tree: Any,
                input_ids: list[int], output_ids: list[int], nnx_parts: Any = None) -> None:
-    self._graph = graph
+    self._graph = graph_
     self._leaves = leaves
     self._in_tree = in_tree  # of (variables, *inputs)
     self._out_tree = out_tree
@@ -184,7 +184,7 @@ class Coupling:
     terms: dict[tuple[str, ...], float] = {}
     for index, _ in g.contractions:
       step = g.steps[index]
-      dims = _mac_dims(g, step)
+      dims = graph.mac_dims(g, step)
       total = [(1.0, ())]
       for n in dims:
         total = [(a * b, sa + sb) for (a, sa), (b, sb) in itertools.product(total,
@@ -203,7 +203,7 @@ class Coupling:
       in_group = name is not None and r in self._group_roots
       return [(float(nodes.size[r]), (name,) if in_group else ())]
     parts = [self._monomials(c) for c in s[1]]
-    if s[0] == _graph._SUM:
+    if s[0] == graph.SUM:
       return [m for p in parts for m in p]
     out = [(1.0, ())]
     for p in parts:
@@ -241,14 +241,14 @@ class Coupling:
             + "\n".join(rows) + ")")
 
 
-def _positions(nodes: _graph.Nodes, n: int) -> list[tuple[int, int | None]]:
+def _positions(nodes: graph.Nodes, n: int) -> list[tuple[int, int | None]]:
   """The leaf sets of the axis node ``n`` with their ``inner`` stride, or None where the set
   sits inside a sum (a concatenation), which a group member cannot describe."""
   r = nodes.find(n)
   s = nodes.struct[r]
   if s is None:
     return [(r, 1)]
-  if s[0] == _graph._SUM:
+  if s[0] == graph.SUM:
     roots = {nodes.find(c) for c in s[1]}
     if len(roots) == 1 and nodes.struct[next(iter(roots))] is None:
       return [(next(iter(roots)), 1)]  # k copies of one set (a GLU's two halves): i mod size
@@ -278,17 +278,6 @@ def _set_name(producers: list[GroupMember], consumers: list[GroupMember], taken:
     k += 1
     name = f"{base}#{k}"
   return name
-
-
-def _mac_dims(g: _graph.Graph, step: _graph.Step) -> list[int]:
-  """The axis nodes whose sizes multiply to a contraction's MACs."""
-  vals = [g.values[i] for i in step.ins]
-  out = g.values[step.outs[0]]
-  if step.primitive.name == "dot_general":
-    (lc, _), _ = step.params["dimension_numbers"]
-    return list(out.nodes) + [vals[0].nodes[a] for a in lc]
-  rhs_spec = step.params["dimension_numbers"].rhs_spec
-  return list(out.nodes) + [step.aux["in_per_group"]] + [vals[1].nodes[d] for d in rhs_spec[2:]]
 
 
 def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
@@ -371,22 +360,22 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
   abstract = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
   closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree_util.tree_unflatten(in_tree, a)),
                                      return_shape=True)(*abstract)
-  graph = _graph.Graph()
-  ids = [graph.new_value(a.shape, a.dtype) for a in abstract]
+  g = graph.Graph()
+  ids = [g.new_value(a.shape, a.dtype) for a in abstract]
   n_var = len(jax.tree_util.tree_leaves(variables))
   paths = [_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)]
   leaves = [_Leaf(path, group_path(path), v) for path, v in zip(paths, ids[:n_var])]
   for leaf in leaves:
-    graph.origin[leaf.value] = leaf.value
+    g.origin[leaf.value] = leaf.value
   for v in ids[n_var:]:
-    for n in graph.values[v].nodes:
-      graph.nodes.mark(n, "it is an axis of the model's inputs")
-  outs = graph.inline(closed.jaxpr, list(closed.consts), ids)
+    for n in g.values[v].nodes:
+      g.nodes.mark(n, "it is an axis of the model's inputs")
+  outs = g.inline(closed.jaxpr, list(closed.consts), ids)
   for v in outs:
-    for n in graph.values[v].nodes:
-      graph.nodes.mark(n, "it is an axis of the model's outputs")
+    for n in g.values[v].nodes:
+      g.nodes.mark(n, "it is an axis of the model's outputs")
   out_tree = jax.tree_util.tree_structure(out_shape)
-  return Coupling(graph, leaves, in_tree, out_tree, ids[n_var:], outs, nnx_parts)
+  return Coupling(g, leaves, in_tree, out_tree, ids[n_var:], outs, nnx_parts)
 
 
 def _is_nnx_module(x: Any) -> bool:

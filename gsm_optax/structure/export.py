@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gsm_optax.structure import _graph
+from gsm_optax.structure import graph
 from gsm_optax.structure.coupling import Coupling
 
 PyTree = Any
@@ -211,7 +211,7 @@ def _resize_nnx(module: Any) -> None:
 class _Zeros:
   """Which channel slices of every value are exactly zero, for any input (pass two)."""
 
-  def __init__(self, g: _graph.Graph, prunable: dict[int, str],
+  def __init__(self, g: graph.Graph, prunable: dict[int, str],
                arrays: dict[int, np.ndarray]) -> None:
     self.g, self.nodes = g, g.nodes
     self.prunable = prunable
@@ -268,13 +268,13 @@ class _Zeros:
   def removable(self) -> dict[int, np.ndarray]:
     return {s: (r if self.seen[s] else np.zeros_like(r)) for s, r in self.removable_acc.items()}
 
-  def step(self, index: int, step: _graph.Step) -> None:
+  def step(self, index: int, step: graph.Step) -> None:
     name = step.primitive.name
     ins = step.ins
     for o in step.outs:
       if o in self.z:
         return  # a constant computed already
-    if name in _graph.ELEMENTWISE:
+    if name in graph.ELEMENTWISE:
       self._elementwise(step, name)
     elif name == "dot_general":
       (lc, rc), (lb, rb) = step.params["dimension_numbers"]
@@ -313,7 +313,7 @@ class _Zeros:
           wz = wz and self.whole.get(ins[1], False)
         self.whole[o] = wz
 
-  def _contract(self, step: _graph.Step, batch: list[int], lfree: list[int],
+  def _contract(self, step: graph.Step, batch: list[int], lfree: list[int],
                 rfree: list[int]) -> None:
     lhs, rhs = step.ins[0], step.ins[1]
     out = step.outs[0]
@@ -343,7 +343,7 @@ class _Zeros:
     self.z[out] = z
     self.whole[out] = both
 
-  def _elementwise(self, step: _graph.Step, name: str) -> None:
+  def _elementwise(self, step: graph.Step, name: str) -> None:
     ins, out = step.ins, step.outs[0]
     operands = ins[1:] if name == "select_n" else ins
     if name == "clamp":
@@ -353,13 +353,13 @@ class _Zeros:
       parts = [self.get(v, s) for v in operands]
       if name in ("max", "min"):  # relu, relu6: max(0, c) = 0 for c <= 0, min(0, c) = 0 for c >= 0
         parts = [p | self._bound_keeps_zero(v, name) for p, v in zip(parts, operands)]
-      if name in _graph.ZERO_PRESERVING or name in _graph.BINARY_ALL or name == "clamp":
+      if name in graph.ZERO_PRESERVING or name in graph.BINARY_ALL or name == "clamp":
         acc = np.logical_and.reduce(parts)
         if name == "clamp":
           acc = acc & self._clamp_keeps_zero(ins)
-      elif name in _graph.BINARY_ANY:
+      elif name in graph.BINARY_ANY:
         acc = np.logical_or.reduce(parts)
-      elif name in _graph.BINARY_FIRST:
+      elif name in graph.BINARY_FIRST:
         acc = parts[0].copy()
       elif name == "integer_pow" and step.params["y"] > 0:
         acc = parts[0].copy()
@@ -372,11 +372,11 @@ class _Zeros:
       z[s] = acc
     self.z[out] = z
     wholes = [self.whole.get(v, False) for v in operands]
-    if name in _graph.ZERO_PRESERVING or name in _graph.BINARY_ALL:
+    if name in graph.ZERO_PRESERVING or name in graph.BINARY_ALL:
       self.whole[out] = all(wholes)
-    elif name in _graph.BINARY_ANY:
+    elif name in graph.BINARY_ANY:
       self.whole[out] = any(wholes)
-    elif name in _graph.BINARY_FIRST or (name == "integer_pow" and step.params["y"] > 0):
+    elif name in graph.BINARY_FIRST or (name == "integer_pow" and step.params["y"] > 0):
       self.whole[out] = wholes[0]
     else:
       self.whole[out] = False
@@ -410,7 +410,7 @@ class _Runner:
     if s is None:
       return dynamic.get(r, self.sizes.get(r, nodes.size[r]))
     parts = [self._size(c, dynamic) for c in s[1]]
-    return int(np.prod(parts)) if s[0] == _graph._PROD else int(sum(parts))
+    return int(np.prod(parts)) if s[0] == graph.PROD else int(sum(parts))
 
   def macs(self) -> float:
     total = 0.0
@@ -418,9 +418,8 @@ class _Runner:
     batch = 1
     if self.c._input_ids and self.g.values[self.c._input_ids[0]].shape:
       batch = self.g.values[self.c._input_ids[0]].shape[0]
-    from gsm_optax.structure.coupling import _mac_dims
     for index, _ in self.g.contractions:
-      dims = _mac_dims(self.g, self.g.steps[index])
+      dims = graph.mac_dims(self.g, self.g.steps[index])
       total += float(np.prod([self._size(n, dynamic) for n in dims])) / batch
     return total
 
@@ -470,7 +469,7 @@ class _Runner:
     results = [env[o] for o in self.c._output_ids]
     return jax.tree_util.tree_unflatten(self.c._out_tree, results)
 
-  def _params(self, step: _graph.Step, dynamic: dict[int, int]) -> dict[str, Any]:
+  def _params(self, step: graph.Step, dynamic: dict[int, int]) -> dict[str, Any]:
     p = dict(step.params)
     name = step.primitive.name
     size = lambda n: self._size(n, dynamic)

@@ -1,4 +1,4 @@
-"""The channel identity of every array axis of a traced computation (private).
+"""The channel identity of every array axis of a traced computation.
 
 A jaxpr is inlined into one flat list of steps (the sub-jaxprs of ``jit``,
 ``custom_jvp``, ``custom_vjp``, ``remat`` and ``closed_call`` expanded), and
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from jax.extend import core as jex_core
 
-_PROD, _SUM = "prod", "sum"
+PROD, SUM = "prod", "sum"
 
 
 class Nodes:
@@ -98,10 +98,10 @@ class Nodes:
 
   def _cuts(self, atoms: list[int], kind: str) -> list[int]:
     """Boundaries of ``atoms``: inner products from the minor end (prod) or offsets (sum)."""
-    cuts, acc = [], 1 if kind == _PROD else 0
-    seq = reversed(atoms) if kind == _PROD else atoms
+    cuts, acc = [], 1 if kind == PROD else 0
+    seq = reversed(atoms) if kind == PROD else atoms
     for a in seq:
-      acc = acc * self.size[a] if kind == _PROD else acc + self.size[a]
+      acc = acc * self.size[a] if kind == PROD else acc + self.size[a]
       cuts.append(acc)
     return cuts
 
@@ -110,7 +110,7 @@ class Nodes:
     None when that cannot be done (a split inside an atom of the other kind, or sizes that
     do not divide)."""
     atoms = self.atoms(i, kind)
-    if kind == _PROD:
+    if kind == PROD:
       out_rev, inner = [], 1
       for a in reversed(atoms):
         outer = inner * self.size[a]
@@ -123,7 +123,7 @@ class Nodes:
             return None
           sizes = [y // x for x, y in zip(bounds, bounds[1:])]  # minor first
           parts = [self.new(s) for s in reversed(sizes)]
-          self.struct[a] = (_PROD, parts)
+          self.struct[a] = (PROD, parts)
           out_rev.extend(reversed(parts))
         else:
           out_rev.append(a)
@@ -138,7 +138,7 @@ class Nodes:
           return None
         bounds = [start] + inside + [end]
         parts = [self.new(y - x) for x, y in zip(bounds, bounds[1:])]
-        self.struct[a] = (_SUM, parts)
+        self.struct[a] = (SUM, parts)
         out.extend(parts)
       else:
         out.append(a)
@@ -147,7 +147,7 @@ class Nodes:
 
   def _refine_pair(self, a: int, b: int, kind: str) -> tuple[list[int], list[int]] | None:
     cuts = set(self._cuts(self.atoms(a, kind), kind)) | set(self._cuts(self.atoms(b, kind), kind))
-    if kind == _PROD:
+    if kind == PROD:
       ordered = sorted(cuts)
       if any(y % x for x, y in zip(ordered, ordered[1:])):
         return None
@@ -162,7 +162,7 @@ class Nodes:
     structure; None when it cannot be split so."""
     if len(sizes) == 1:
       return [i]
-    if kind == _PROD:
+    if kind == PROD:
       cuts, acc = set(), 1
       for s in reversed(sizes):
         acc *= s
@@ -174,12 +174,12 @@ class Nodes:
       return None
     out, k = [], 0
     for s in sizes:
-      group, acc = [], 1 if kind == _PROD else 0
-      while (acc < s if kind == _SUM else acc < s) and k < len(atoms):
+      group, acc = [], 1 if kind == PROD else 0
+      while (acc < s if kind == SUM else acc < s) and k < len(atoms):
         group.append(atoms[k])
-        acc = acc * self.size[atoms[k]] if kind == _PROD else acc + self.size[atoms[k]]
+        acc = acc * self.size[atoms[k]] if kind == PROD else acc + self.size[atoms[k]]
         k += 1
-      if kind == _PROD and s == 1:
+      if kind == PROD and s == 1:
         out.append(self.new(1))
         continue
       out.append(group[0] if len(group) == 1 else self.new(s, (kind, group)))
@@ -192,7 +192,7 @@ class Nodes:
     n = self.size[r]
     if s is None:
       return {r: np.arange(n)}
-    if s[0] == _SUM:
+    if s[0] == SUM:
       out: dict[int, np.ndarray] = {}
       start = 0
       for c in s[1]:
@@ -527,8 +527,8 @@ class Graph:
           pj *= outs[j][1]
           j += 1
       in_nodes = [val.nodes[d] for d, _ in gi]
-      merged = in_nodes[0] if len(in_nodes) == 1 else n.new(pi, (_PROD, in_nodes))
-      parts = n.split(merged, _PROD, [s for _, s in gj])
+      merged = in_nodes[0] if len(in_nodes) == 1 else n.new(pi, (PROD, in_nodes))
+      parts = n.split(merged, PROD, [s for _, s in gj])
       if parts is None:
         n.mark(merged, f"it is reshaped across its structure by {why}")
         parts = [n.new(s) for _, s in gj]
@@ -558,8 +558,8 @@ class Graph:
       step.aux.update(in_per_group=k_in, group=None)
     else:
       groups = n.new(g)
-      lhs_parts = n.split(c_in, _PROD, [g, rhs.shape[rhs_spec[1]]])
-      out_parts = n.split(c_out, _PROD, [g, rhs.shape[rhs_spec[0]] // g])
+      lhs_parts = n.split(c_in, PROD, [g, rhs.shape[rhs_spec[1]]])
+      out_parts = n.split(c_out, PROD, [g, rhs.shape[rhs_spec[0]] // g])
       if lhs_parts is None or out_parts is None:
         for q in (c_in, c_out, k_in):
           n.mark(q, f"grouped convolution {why}")
@@ -587,9 +587,9 @@ class Graph:
     if len(roots) == 1 and len(parts) > 1:  # k copies of the same channels (im2col patches)
       copies = self.nodes.new(len(parts))
       self.nodes.mark(copies, f"it counts copies of the same channels ({why})")
-      node = self.nodes.new(out.shape[dim], (_PROD, [copies, parts[0]]))
+      node = self.nodes.new(out.shape[dim], (PROD, [copies, parts[0]]))
     else:
-      node = self.nodes.new(out.shape[dim], (_SUM, parts))
+      node = self.nodes.new(out.shape[dim], (SUM, parts))
     self._same(node, out.nodes[dim], why)
 
   def _slice(self, step: Step, vals: list[Value], why: str) -> None:
@@ -609,7 +609,7 @@ class Graph:
         ranges.append(None)
         continue
       sizes = [x for x in (a, b - a, size - b) if x]
-      parts = self.nodes.split(val.nodes[d], _SUM, sizes)
+      parts = self.nodes.split(val.nodes[d], SUM, sizes)
       if parts is None:
         self.nodes.mark(val.nodes[d], f"it is sliced across its structure by {why}")
         self.nodes.mark(out.nodes[d], f"it is sliced across its structure by {why}")
@@ -629,7 +629,7 @@ class Graph:
         if d != axis:
           self._same(val.nodes[d], o.nodes[d], why)
     sizes = [s for s in step.params["sizes"] if s]
-    parts = self.nodes.split(val.nodes[axis], _SUM, sizes)
+    parts = self.nodes.split(val.nodes[axis], SUM, sizes)
     if parts is None:
       self.nodes.mark(val.nodes[axis], f"it is split across its structure by {why}")
       for o in outs:
@@ -652,7 +652,7 @@ class Graph:
         lo_n = self.nodes.new(lo) if lo else None
         hi_n = self.nodes.new(hi) if hi else None
         parts = [q for q in (lo_n, val.nodes[d], hi_n) if q is not None]
-        self._same(self.nodes.new(out.shape[d], (_SUM, parts)), out.nodes[d], why)
+        self._same(self.nodes.new(out.shape[d], (SUM, parts)), out.nodes[d], why)
         pads.append((lo_n, hi_n))
       else:
         self.nodes.mark(val.nodes[d], f"it is padded by {why}")
@@ -685,3 +685,15 @@ class Graph:
     self._mark_value(step.ins[1], f"an index of {why}")
     step.aux["full"] = full
 
+
+
+def mac_dims(g: Graph, step: Step) -> list[int]:
+  """The axis nodes whose sizes multiply to a contraction's MACs (its output axes and the
+  axes it sums over)."""
+  vals = [g.values[i] for i in step.ins]
+  out = g.values[step.outs[0]]
+  if step.primitive.name == "dot_general":
+    (lc, _), _ = step.params["dimension_numbers"]
+    return list(out.nodes) + [vals[0].nodes[a] for a in lc]
+  rhs_spec = step.params["dimension_numbers"].rhs_spec
+  return list(out.nodes) + [step.aux["in_per_group"]] + [vals[1].nodes[d] for d in rhs_spec[2:]]
