@@ -45,6 +45,7 @@ from gsm_optax.selection import (
     global_topk_selection,
 )
 from gsm_optax.sparse import load_sparse, save_sparse, to_dense, to_sparse
+from gsm_optax.structure import ChannelSet, Coupling, Narrow, couple, narrow
 from gsm_optax.transform import (
     KeepTopGradientsState,
     SelectionStats,
@@ -58,7 +59,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Channels",
+    "ChannelSet",
     "count_macs",
+    "couple",
+    "Coupling",
     "cubic_keep_ratio_schedule",
     "decay_shrink_factor",
     "default_eligible",
@@ -85,6 +89,8 @@ __all__ = [
     "MacCost",
     "MacTerm",
     "magnitude",
+    "narrow",
+    "Narrow",
     "output_groups",
     "prune",
     "prune_mask",

@@ -80,7 +80,14 @@ def has_no_leaves(params: PyTree) -> bool:
 
 
 def path_name(path: tuple[Any, ...]) -> str:
-  """A key path as ``"fc1/kernel"``: dict keys, attribute names and indices joined by "/"."""
+  """A key path as ``"fc1/kernel"``: dict keys, attribute names and indices joined by "/".
+
+  The ``.value`` of an ``nnx.Variable`` (how an ``nnx.State`` of variables flattens) is
+  left out, so that a state's paths are the same whether its leaves are variables (what
+  ``nnx.Optimizer`` gives ``init``) or arrays (what it gives ``update``).
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   parts = []
   for entry in path:
     for attr in ("key", "name", "idx"):

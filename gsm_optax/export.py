@@ -50,6 +50,9 @@ class Layer(NamedTuple):
     input_shape: the shape of one example of its input (no batch axis).
     output_shape: the shape of one example of its output.
     macs: its multiply-accumulates per example at full width (0 without a kernel).
+    shares: the other kernel layers whose outputs share this layer's output
+      channels (a residual addition), as :func:`gsm_optax.couple` reads them from
+      the model's jaxpr; :func:`sequential_coupling` refuses such a model.
   """
 
   name: str
@@ -60,6 +63,7 @@ class Layer(NamedTuple):
   input_shape: tuple[int, ...]
   output_shape: tuple[int, ...]
   macs: int
+  shares: tuple[str, ...] = ()
 
 
 class Channels(NamedTuple):
@@ -160,10 +164,30 @@ def trace_layers(model: Any, *sample_args: Any, variables: PyTree | None = None
 
   with nn.intercept_methods(interceptor):
     if variables is None:
-      jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *sample_args))
+      variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *sample_args))
     else:
       jax.eval_shape(lambda v: model.apply(v, *sample_args, mutable=True), variables)
-  return tuple(layer for layer in calls if layer is not None)
+  layers = tuple(layer for layer in calls if layer is not None)
+  return _with_shared_outputs(layers, model, variables, sample_args)
+
+
+def _with_shared_outputs(layers: tuple[Layer, ...], model: Any, variables: PyTree,
+                         sample_args: tuple[Any, ...]) -> tuple[Layer, ...]:
+  """``layers`` with :attr:`Layer.shares` read from the jaxpr by :func:`gsm_optax.couple`:
+  shapes alone cannot show an identity skip connection whose widths match."""
+  from gsm_optax.structure import couple  # the jaxpr coupling; a chain is its simplest case
+
+  try:
+    coupling = couple(lambda v, *a: model.apply(v, *a, mutable=True)[0], variables,
+                      *sample_args)
+  except ValueError:
+    return layers  # a primitive couple does not know: the chain is assumed, as before
+  owner = {}
+  for s in coupling.sets:
+    kernels = [m.path.rpartition("/")[0] for m in s.producers if m.path.endswith("/kernel")]
+    for k in kernels:
+      owner[k] = tuple(sorted(set(kernels) - {k}))
+  return tuple(layer._replace(shares=owner.get(layer.name, ())) for layer in layers)
 
 
 def _layer(module: Any, own: dict[str, Any], in_shape: tuple[int, ...],
@@ -249,6 +273,11 @@ def sequential_coupling(layers: Sequence[Layer]) -> tuple[Channels, ...]:
       raise ValueError(f"sequential_coupling: layer {layer.name!r} (kind {layer.kind!r}, e.g. a"
                        " normalisation across channels) cannot be narrowed channel by channel:"
                        " pass the Channels by hand.")
+    if layer.shares:
+      raise ValueError(
+          f"sequential_coupling: layer {layer.name!r} shares its output channels with"
+          f" {list(layer.shares)} (a residual addition): the model is not a plain chain."
+          " Use gsm_optax.couple and gsm_optax.narrow, which follow the jaxpr.")
     width = layer.input_shape[-1]
     consumer = GroupMember(layer.kernel, _kernel_ndim(layer) - 2)
     if prev is None:

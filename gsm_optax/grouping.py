@@ -45,10 +45,15 @@ class GroupMember(NamedTuple):
       size`` (the order in which a Flax CNN flattens ``[h, w, channels]``
       before a dense layer, so that a dense layer's input rows can join the
       filters that feed them).
+    inner: how many consecutive indices of ``axis`` share a group: index ``i``
+      belongs to group ``(i // inner) mod size``. 1 by default; a kernel whose
+      output axis is ``heads * head_dim`` (split into heads after the layer)
+      has the heads as groups with ``inner=head_dim``.
   """
 
   path: str
   axis: int
+  inner: int = 1
 
 
 class Groups(NamedTuple):
@@ -266,6 +271,7 @@ class _Placement(NamedTuple):
   index: int  # which Groups
   axis: int
   size: int
+  inner: int = 1
 
 
 class ResolvedGroups(NamedTuple):
@@ -333,7 +339,9 @@ def resolve_groups(groups: GroupSpec, params: PyTree) -> ResolvedGroups:
     if not g.members:
       raise ValueError(f"groups[{g.name!r}] has no members.")
     for m in g.members:
-      axis = _utils.member_axis(f"groups[{g.name!r}]", m.path, m.axis, g.size, shapes)
+      inner = getattr(m, "inner", 1)
+      _utils.check_int(f"groups[{g.name!r}] member {m.path} inner", inner, 1)
+      axis = _utils.member_axis(f"groups[{g.name!r}]", m.path, m.axis, g.size * inner, shapes)
       i = index[m.path]
       leaf = with_path[i][1]
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -343,7 +351,7 @@ def resolve_groups(groups: GroupSpec, params: PyTree) -> ResolvedGroups:
         other = spec[placements[i].index].name
         raise ValueError(f"{m.path} is a member of both groups[{other!r}] and groups[{g.name!r}];"
                          " a leaf can belong to one set of groups only.")
-      placements[i] = _Placement(gi, axis, g.size)
+      placements[i] = _Placement(gi, axis, g.size, inner)
   return ResolvedGroups(spec, tuple(placements))
 
 
@@ -366,7 +374,7 @@ def group_scores(resolved: ResolvedGroups, scores: list[Array | None]) -> list[A
       continue
     s = jnp.moveaxis(s.astype(dtype), p.axis, 0)
     per_index = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
-    totals[p.index] = totals[p.index] + per_index.reshape(-1, p.size).sum(axis=0)
+    totals[p.index] = totals[p.index] + per_index.reshape(-1, p.size, p.inner).sum(axis=(0, 2))
   return totals
 
 
@@ -385,7 +393,8 @@ def expand_group_mask(resolved: ResolvedGroups, group_masks: list[Array],
     if p is None:
       out.append(None)
       continue
-    along = jnp.tile(group_masks[p.index], shape[p.axis] // p.size)
+    along = jnp.tile(jnp.repeat(group_masks[p.index], p.inner),
+                     shape[p.axis] // (p.size * p.inner))
     view = [1] * len(shape)
     view[p.axis] = shape[p.axis]
     out.append(jnp.broadcast_to(along.reshape(view), shape))

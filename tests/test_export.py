@@ -245,7 +245,7 @@ class _WithLayerNorm(nn.Module):
 
 
 @pytest.mark.parametrize("model, x, names", [
-    (_ProjectedResidual(), jnp.zeros((1, 8, 8, 3)), ("shortcut", "conv_b")),
+    (_ProjectedResidual(), jnp.zeros((1, 8, 8, 3)), ("conv_b", "shortcut")),
     (_ConcatSkip(), jnp.zeros((1, 4)), ("fc_out", "fc_a")),
     (_WithLayerNorm(), jnp.zeros((1, 4)), ("ln",)),
 ])
@@ -358,3 +358,14 @@ def test_readme_structured_example_trains_prunes_and_exports(rng):
   dense = model.apply({"params": pruned, "batch_stats": stats}, x[:8])
   narrow = narrow_model.apply({"params": small.params, **small.variables}, x[:8])
   _assert_same_logits(narrow, dense)
+
+
+def test_sequential_coupling_refuses_an_identity_skip_with_matching_widths(rng):
+  """The issue's model: shapes alone look like a chain 5-8-8-8-3; the jaxpr shows the add."""
+  from tests.structure_models import ResidualMLP
+
+  layers = trace_layers(ResidualMLP(), jnp.zeros((1, 5)))
+  assert dict((layer.name, layer.shares) for layer in layers)["Dense_0"] == ("Dense_1",)
+  with pytest.raises(ValueError, match="'Dense_0' shares its output channels with"
+                                       r" \['Dense_1'\].*gsm_optax.couple"):
+    sequential_coupling(layers)
