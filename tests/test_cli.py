@@ -35,15 +35,20 @@ def test_mnist_recipe_flag():
   """The recommended recipe is the default; the paper's update is one flag away; flags win."""
   default = cli._mnist_config(cli._parser().parse_args(["mnist"]))
   assert (default.anneal_epochs, default.passive_decay, default.importance) == (
-      100, 10 * default.gsm.weight_decay, "magnitude")
+      160, 10 * default.gsm.weight_decay, "magnitude")  # up to the first drop, at 160
   paper = cli._mnist_config(cli._parser().parse_args(["mnist", "--recipe", "paper"]))
   assert (paper.anneal_epochs, paper.passive_decay, paper.importance_ema) == (0, 0.0, 0.0)
   assert paper.importance == "taylor"
+  structured = cli._mnist_config(cli._parser().parse_args(["mnist", "--structured"]))
+  assert (structured.anneal_epochs, structured.importance) == (100, "taylor")  # as measured
   taylor = cli._mnist_config(cli._parser().parse_args(["mnist", "--importance", "taylor"]))
-  assert (taylor.anneal_epochs, taylor.importance) == (100, "taylor")
+  assert (taylor.anneal_epochs, taylor.importance) == (160, "taylor")
   short = cli._mnist_config(cli._parser().parse_args(
       ["mnist", "--gsm-epochs", "90", "--gsm-boundaries", "51", "64", "77"]))
-  assert short.anneal_epochs == round(100 / 160 * 51)  # the anneal scales with the schedule
+  assert short.anneal_epochs == 51  # the anneal scales with the schedule
+  fixed = cli._mnist_config(cli._parser().parse_args(
+      ["mnist", "--recipe", "fixed", "--gsm-epochs", "90", "--gsm-boundaries", "51", "64", "77"]))
+  assert fixed.anneal_epochs == round(100 / 160 * 51)
   mixed = cli._mnist_config(cli._parser().parse_args(
       ["mnist", "--recipe", "paper", "--passive-decay", "2e-3", "--importance-ema", "0.9"]))
   assert (mixed.anneal_epochs, mixed.passive_decay, mixed.importance_ema) == (0, 2e-3, 0.9)

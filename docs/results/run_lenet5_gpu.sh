@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LeNet-5 with the authors' full schedules (200 base + 280 GSM epochs) at 125x and 300x, every
-# method, seeds 0-2 at 125x, with the recommended GSM recipe (RECIPE=paper for the authors'
+# method, seeds 0-2 at 125x, with the recommended GSM recipe (RECIPE=fixed for the first recipe, RECIPE=paper for the authors'
 # update): the runs a 2-core CPU cannot do (~5 hours each there). Prepared for
 # a GPU or TPU machine: `bash docs/results/run_lenet5_gpu.sh` from the repository root after
 # `make venv` (with a CUDA jaxlib: .venv/bin/pip install -U "jax[cuda12]").

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Structured GSM on MNIST (docs/RESULTS.md, "Structured GSM"): every run of that section, each
-# with the recommended recipe (keep ratio annealed from dense, extra passive decay 5e-3), one
+# with the first recipe (`--recipe fixed`: keep ratio annealed from dense, extra passive decay 5e-3), one
 # seed, from one base model per network (the first run trains it, the others copy it).
 #   LeNet-300-100: groups = input features (pixels, fc1 units, fc2 units), budget in groups,
 #     200 base + 280 GSM epochs; without and with the averaged group score; the summed
@@ -24,7 +24,7 @@ run() {  # run NAME MODEL BASE_FROM ARGS...
     mkdir -p "$out/$name" && cp -r "$out/$base/base" "$out/$name/base"
   fi
   taskset -c "$CORE" .venv/bin/gsm-optax mnist --model "$model" --structured --seed 0 \
-    --out "$out/$name" --no-plots "$@" > "docs/results/logs/structured_$name.log" 2>&1
+    --recipe fixed --out "$out/$name" --no-plots "$@" > "docs/results/logs/structured_$name.log" 2>&1
 }
 
 wants() { [[ " ${MODELS:-lenet300 lenet5} " == *" $1 "* ]]; }
