@@ -23,9 +23,10 @@ from gsm_optax import _utils
 Array = jax.Array
 PyTree = Any
 
-_DIGIT_BITS = 16
-_BINS = 1 << _DIGIT_BITS
-_CHUNK = 1 << 16  # elements scattered per loop iteration; see _leaf_histogram
+_ROWS = 8  # a leaf is read as 8 rows: one block is one element of each row
+_PROBES = 5  # thresholds counted per pass: six 4-bit counters fill a float32's 24 bits
+_SAMPLE = 1 << 16  # keys sampled to aim the first counting pass
+_BUFFER = 1 << 17  # most keys gathered for the exact selection within the bracket
 
 
 class Selection(NamedTuple):
@@ -109,117 +110,6 @@ def _from_key(key: Array, float_dtype: Any, key_dtype: Any) -> Array:
   return jnp.where(key == 0, jnp.asarray(jnp.nan, float_dtype), value)
 
 
-def _mesh_of(x: Array) -> jax.sharding.AbstractMesh:
-  """The mesh ``x`` is placed on as far as tracing can tell: the context's
-  (``jax.set_mesh``), else the one its type carries (a plain ``jax.jit`` of
-  arrays with a ``NamedSharding``); empty when neither is known."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return mesh if not mesh.empty else jax.typeof(x).sharding.mesh
-
-
-def _count_digits(hist: Array, digits: Array) -> Array:
-  # Histograms are tiny: replicated, on the digits' mesh when they carry one.
-  mesh = _mesh_of(digits)
-  out = None if mesh.empty else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return hist.at[digits].add(1, mode="drop", out_sharding=out)
-
-
-def _runs_on_one_device() -> bool:
-  """Whether what is traced now runs on one device, however it is compiled.
-
-  Under a plain ``jax.jit`` the shardings a leaf will have are only known at
-  compilation (``in_shardings``, or the arguments' shardings with Auto axes),
-  so the one sure sign at trace time is that there is nothing to shard over:
-  no mesh in context and a single CPU device in all.
-  """
-  if not jax.sharding.get_abstract_mesh().empty:
-    return False
-  try:
-    return jax.device_count("cpu") == 1
-  except RuntimeError:  # no CPU backend: nothing is lowered for CPU
-    return False
-
-
-DigitFn = Callable[[Array, Array], Array]
-
-
-def _leaf_histogram(hist: Array, leaf: Array, digit_fn: DigitFn) -> Array:
-  """Adds ``digit_fn(values, flat_positions)`` of one leaf to ``hist``.
-
-  Digits outside ``[0, len(hist))`` are not counted. XLA:CPU materialises a
-  scatter's indices and updates, so scattering a whole leaf there writes and
-  re-reads two arrays of its size (a reduction of a converted array is no
-  better). On CPU the leaf is therefore read in chunks of ``_CHUNK`` by a loop,
-  which keeps them in cache: several times faster, and no leaf-sized
-  temporaries. Other backends fuse the digits into one scatter of the whole
-  leaf, and so does CPU whenever the leaf could be sharded: the SPMD
-  partitioner turns that scatter into a local histogram per device and an
-  all-reduce, but it would all-gather a sharded leaf to slice chunks of it.
-  Whether a leaf is sharded is often not known at trace time (a plain
-  ``jax.jit`` learns its arguments' shardings only when it compiles), so CPU
-  chunks only when there is a single CPU device and no mesh in context.
-  """
-
-  def whole(hist, leaf):
-    return _count_digits(hist, digit_fn(leaf, _flat_index(leaf.shape)))
-
-  def chunked(hist, leaf):
-    flat = leaf.reshape(-1)
-    chunks = flat.size // _CHUNK
-
-    def body(i, hist):
-      chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
-      positions = i * _CHUNK + lax.iota(jnp.int32, _CHUNK)
-      return _count_digits(hist, digit_fn(chunk, positions))
-
-    hist = lax.fori_loop(0, chunks, body, hist)
-    start = chunks * _CHUNK
-    if flat.size > start:
-      tail = flat[start:]
-      hist = _count_digits(hist, digit_fn(tail, start + lax.iota(jnp.int32, tail.size)))
-    return hist
-
-  if leaf.size <= _CHUNK or not _runs_on_one_device():
-    return whole(hist, leaf)
-  return lax.platform_dependent(hist, leaf, cpu=chunked, default=whole)
-
-
-def _kth_largest_key(leaves: list[Array], to_key: Callable[[Array], Array], k: Array,
-                     key_dtype: Any) -> tuple[Array, Array, Array]:
-  """Radix select of the k-th largest key (1 <= k <= n), 16 bits per pass.
-
-  Each pass histograms the next 16-bit digit of the keys that share the
-  digits found so far; the running count of keys above that prefix tells
-  which digit holds the k-th key. Returns the key, the number of keys strictly
-  above it and the number equal to it.
-  """
-  nbits = np.iinfo(key_dtype).bits
-  prefix = jnp.zeros((), key_dtype)
-  above = jnp.zeros((), jnp.int32)
-  equal = jnp.zeros((), jnp.int32)
-  for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-    high = shift + _DIGIT_BITS
-
-    def digit_fn(scores, positions, shift=shift, high=high, prefix=prefix):
-      del positions
-      key = to_key(scores)
-      digit = ((key >> shift) & (_BINS - 1)).astype(jnp.int32)
-      if high < nbits:  # keys outside the prefix go out of range: dropped
-        digit = jnp.where((key >> high) == prefix, digit, _BINS)
-      return digit
-
-    hist = jnp.zeros((_BINS,), jnp.int32)
-    for leaf in leaves:
-      hist = _leaf_histogram(hist, leaf, digit_fn)
-    # at_least[j]: keys in this prefix whose digit is >= j; non-increasing in j.
-    at_least = jnp.cumsum(hist[::-1])[::-1]
-    digit = jnp.sum(above + at_least >= k) - 1
-    equal = hist[digit]
-    above = above + at_least[digit] - equal
-    prefix = (prefix << _DIGIT_BITS) | digit.astype(key_dtype)
-  return prefix, above, equal
-
-
 def _flat_index(shape: tuple[int, ...]) -> Array:
   """Row-major flat index of every element, built from iotas (shards cleanly)."""
   index = jnp.zeros(shape, jnp.int32)
@@ -230,60 +120,394 @@ def _flat_index(shape: tuple[int, ...]) -> Array:
   return index
 
 
-def _nth_tie_position(leaf: Array, is_tie: Callable[[Array], Array], n: Array) -> Array:
-  """Row-major flat position of the n-th tie (1-based ``n``) in ``leaf``.
+def _leaves_may_be_sharded() -> bool:
+  """Whether what is traced now may run on sharded leaves.
 
-  A radix select on positions: one histogram of the ties per block of
-  ``ceil(size / 2**16)`` positions finds the block holding the n-th tie, and a
-  second histogram within that block finds its position.
+  Under a plain ``jax.jit`` the shardings a leaf will have are only known at
+  compilation (``in_shardings``, or the arguments' shardings with Auto axes),
+  so the one sure sign at trace time that no leaf is sharded is that there is
+  nothing to shard over: no mesh in context and a single device in all.
   """
-  block = max(1, -(-leaf.size // _BINS))
-
-  def per_block(values, positions):
-    return jnp.where(is_tie(values), positions // block, _BINS)
-
-  hist = _leaf_histogram(jnp.zeros((_BINS,), jnp.int32), leaf, per_block)
-  running = jnp.cumsum(hist)
-  first_block = jnp.argmax(running >= n).astype(jnp.int32)
-  if block == 1:
-    return first_block
-  n = n - (running[first_block] - hist[first_block])
-
-  def in_block(values, positions):
-    inside = is_tie(values) & (positions // block == first_block)
-    return jnp.where(inside, positions - first_block * block, block)
-
-  hist = _leaf_histogram(jnp.zeros((block,), jnp.int32), leaf, in_block)
-  return first_block * block + jnp.argmax(jnp.cumsum(hist) >= n).astype(jnp.int32)
+  if not jax.sharding.get_abstract_mesh().empty:
+    return True
+  return jax.device_count() != 1
 
 
-def _tie_cutoffs(leaves: list[Array], to_key: Callable[[Array], Array], threshold: Array,
-                 slots: Array) -> list[Array]:
-  """Per leaf, the position before which keys equal to ``threshold`` are kept.
+KeyFn = Callable[[Array], Array]
 
-  The first ``slots`` equal keys in flattening order are kept: whole leaves
-  while slots remain, then a prefix of the one leaf where they run out (found
-  in that leaf alone, one ``lax.switch`` branch per leaf).
+
+def _block_sums(leaf: Array, to_key: KeyFn, term: Callable[[Array, int], Array]) -> Array:
+  """Per block of 8 elements of ``leaf``, the float32 sum of ``term(key, row)``.
+
+  The flattened leaf is read as 8 rows of ``q = size // 8`` (block ``j`` holds
+  flat positions ``i * q + j`` for rows ``i < 8``), plus one block for the
+  ``size % 8`` trailing elements (positions ``8 * q + i``). Summing 8 rows
+  elementwise is one fused loop that XLA vectorises along the rows, as cheap
+  as a plain float reduction of the leaf on XLA:CPU, where reductions of
+  compares or integers are several times slower. Terms are small integers
+  whose sums stay below 2**24, so every sum is exact.
   """
-  def is_tie(values):
-    return to_key(values) == threshold
+  flat = leaf.reshape(-1)
+  q, r = divmod(flat.size, _ROWS)
+  parts = []
+  if q:
+    rows = flat[:_ROWS * q].reshape(_ROWS, q)
+    parts.append(sum(term(to_key(rows[i]), i) for i in range(_ROWS)))
+  if r:
+    keys = to_key(flat[_ROWS * q:])
+    parts.append(sum(term(keys[i], i) for i in range(r)).reshape(1).astype(jnp.float32))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
-  def tie_count(leaf):
-    one_bin = jnp.zeros((1,), jnp.int32)
-    return _leaf_histogram(one_bin, leaf, lambda v, p: jnp.where(is_tie(v), 0, 1))[0]
 
-  counts = jnp.stack([tie_count(leaf) for leaf in leaves])
-  before = jnp.cumsum(counts) - counts
-  need = jnp.clip(slots - before, 0, counts)
-  sizes = jnp.asarray([leaf.size for leaf in leaves], jnp.int32)
-  partial = (need > 0) & (need < counts)  # at most one leaf
-  branches = [
-      lambda i=i: _nth_tie_position(leaves[i], is_tie, need[i]) + 1
-      for i in range(len(leaves))
-  ]
-  cut = lax.switch(jnp.argmax(partial), branches)
-  cutoffs = jnp.where(partial, cut, jnp.where(need > 0, sizes, 0))
-  return [cutoffs[i] for i in range(len(leaves))]
+def _num_blocks(size: int) -> int:
+  return -(-size // _ROWS)
+
+
+def _packed_counts(leaves: list[Array], to_key: KeyFn, thresholds: Array) -> Array:
+  """``count(key > t)`` over all leaves for each of ``_PROBES`` sorted thresholds.
+
+  One pass: each key adds ``16 ** (number of thresholds below it)`` to its
+  block's sum, so a block's sum holds six 4-bit counters (at most 8 each).
+  """
+  powers = [np.float32(16.0 ** b) for b in range(_PROBES + 1)]
+
+  def term(key, row):
+    del row
+    value = jnp.float32(powers[0])
+    for b in range(_PROBES):
+      value = jnp.where(key > thresholds[b], powers[b + 1], value)
+    return value
+
+  per_bucket = jnp.zeros((_PROBES + 1,), jnp.int32)
+  for leaf in leaves:
+    packed = _block_sums(leaf, to_key, term).astype(jnp.int32)
+    per_bucket = per_bucket + jnp.stack(
+        [jnp.sum((packed >> (4 * b)) & 15) for b in range(_PROBES + 1)])
+  # count(key > thresholds[m]) = keys in buckets m + 1 and above.
+  return jnp.cumsum(per_bucket[::-1])[::-1][1:]
+
+
+def _plain_counts(leaves: list[Array], to_key: KeyFn, thresholds: Array) -> Array:
+  """``count(key > t)`` for each threshold: scalar reductions that shard cleanly."""
+  total = jnp.zeros((_PROBES,), jnp.int32)
+  for leaf in leaves:
+    key = to_key(leaf)
+    total = total + jnp.stack([jnp.sum(key > thresholds[b], dtype=jnp.int32)
+                               for b in range(_PROBES)])
+  return total
+
+
+def _sample(leaves: list[Array], to_key: KeyFn, n: int) -> Array:
+  """Sorted keys of a deterministic strided sample of about ``_SAMPLE`` scores
+  (every score when there are fewer)."""
+  stride = max(1, n // _SAMPLE)
+  keys = [to_key(leaf.reshape(-1)[min(stride // 2, leaf.size - 1)::stride])
+          for leaf in leaves if leaf.size]
+  return jnp.sort(jnp.concatenate(keys))
+
+
+class _Bracket(NamedTuple):
+  lo: Array  # the k-th largest key lies in [lo, hi]
+  hi: Array
+  at_least_lo: Array  # count(key >= lo)
+  above_hi: Array  # count(key > hi)
+  passes: Array  # counting passes made
+
+
+def _narrow(bracket: _Bracket, thresholds: Array, counts: Array, k: Array) -> _Bracket:
+  """Shrinks the bracket with ``counts[i] = count(key > thresholds[i])``."""
+  lo, hi, at_least_lo, above_hi, passes = bracket
+  low_side = counts >= k  # the k-th key is above these thresholds
+  best_low = jnp.argmax(jnp.where(low_side, thresholds, 0))
+  best_high = jnp.argmin(jnp.where(low_side, jnp.asarray(np.iinfo(thresholds.dtype).max,
+                                                         thresholds.dtype), thresholds))
+  new_lo = jnp.where(jnp.any(low_side), thresholds[best_low] + 1, lo)
+  new_hi = jnp.where(jnp.any(~low_side), thresholds[best_high], hi)
+  return _Bracket(
+      jnp.maximum(lo, new_lo), jnp.minimum(hi, new_hi),
+      jnp.where(new_lo > lo, counts[best_low], at_least_lo),
+      jnp.where(new_hi < hi, counts[best_high], above_hi), passes + 1)
+
+
+def _probe_keys(bracket: _Bracket, k: Array, sample: Array | None, n: int) -> Array:
+  """``_PROBES`` sorted thresholds in ``[lo, hi - 1]`` for the next counting pass.
+
+  From the sample when it has keys inside the bracket: around the estimated
+  position of the k-th key (the sample's spread about it is binomial), with
+  the estimate itself and one less, so a value tied at the k-th is isolated in
+  one pass. Otherwise the bracket is split evenly in key space.
+  """
+  lo, hi, at_least_lo, above_hi, _ = bracket
+  key_dtype = lo.dtype
+  span = hi - lo
+  step = span // (_PROBES + 1)
+  even = lo + jnp.maximum(step * jnp.arange(1, _PROBES + 1, dtype=key_dtype),
+                          jnp.arange(_PROBES, dtype=key_dtype))
+  if sample is None:
+    return jnp.minimum(even, hi - 1)
+  first = jnp.searchsorted(sample, lo, side="left")
+  last = jnp.searchsorted(sample, hi, side="right")  # sample[first:last] in [lo, hi]
+  inside = last - first
+  # Rank of the k-th key among the bracket's keys, from the top, as a fraction.
+  fraction = (k - above_hi).astype(jnp.float32) / jnp.maximum(at_least_lo - above_hi, 1)
+  estimate = fraction * inside.astype(jnp.float32)
+  spread = jnp.sqrt(inside * fraction * (1 - fraction)) + 1.0
+
+  def at(offset):  # sample key at `offset` spreads below the estimate (from the top)
+    if n <= sample.size:  # the sample is every key: the rank is known exactly
+      rank = k - above_hi - 1
+    else:
+      rank = (jnp.ceil(estimate + offset * spread) - 1).astype(jnp.int32)
+    index = last - 1 - jnp.clip(rank, 0, jnp.maximum(inside - 1, 0))
+    return sample[jnp.clip(index, 0, sample.size - 1)]
+
+  upper, centre, lower = at(-1.5), at(0.0), at(1.5)
+  one = jnp.ones((), key_dtype)
+  guided = jnp.stack([upper, centre, jnp.maximum(centre, one) - one, lower,
+                      jnp.maximum(lower, one) - one])
+  probes = jnp.where(inside >= _PROBES, guided, even)
+  return jnp.sort(jnp.clip(probes, lo, jnp.maximum(hi, one) - one))
+
+
+def _bracket_kth(leaves: list[Array], to_key: KeyFn, k: Array, n: int, key_dtype: Any,
+                 counts_fn: Callable[[list[Array], KeyFn, Array], Array],
+                 sample: Array | None, stop_at: int) -> _Bracket:
+  """Counting passes until the bracket holds the k-th key and at most
+  ``stop_at`` keys, or a single key value."""
+  start = _Bracket(jnp.zeros((), key_dtype), jnp.asarray(np.iinfo(key_dtype).max, key_dtype),
+                   jnp.int32(n), jnp.int32(0), jnp.int32(0))
+
+  def more(b):
+    return (b.at_least_lo - b.above_hi > stop_at) & (b.lo < b.hi)
+
+  def one_pass(b):
+    probes = _probe_keys(b, k, sample, n)
+    return _narrow(b, probes, counts_fn(leaves, to_key, probes), k)
+
+  return lax.while_loop(more, one_pass, start)
+
+
+def _select_in_buffer(leaves, to_key, k, bracket, band_masks, sizes, key_dtype, buffer):
+  """The k-th key and its position when the bracket holds at most ``buffer`` keys.
+
+  The band's keys are gathered into a buffer: each slot finds its block by
+  descending a tree of per-block counts (8 children per node), then its row by
+  the block's bit mask; each leaf gathers the slots that fall in it.
+  """
+  counts = jnp.concatenate([lax.population_count(m) for m in band_masks])
+  masks = jnp.concatenate(band_masks)
+  levels = [counts]
+  while levels[-1].size > 512:
+    top = levels[-1]
+    pad = -top.size % _ROWS
+    levels.append(jnp.pad(top, (0, pad)).reshape(-1, _ROWS).sum(axis=1))
+  top = levels[-1]
+  top_end = jnp.cumsum(top)
+  slot = jnp.arange(buffer, dtype=jnp.int32)
+  band = top_end[-1]
+  node = jnp.minimum(jnp.searchsorted(top_end, slot, side="right"), top.size - 1).astype(jnp.int32)
+  rest = slot - (top_end[node] - top[node])
+  for level in reversed(levels[:-1]):
+    children = jnp.pad(level, (0, -level.size % _ROWS))
+    child_counts = children[_ROWS * node[:, None] + jnp.arange(_ROWS)]
+    ends = jnp.cumsum(child_counts, axis=1)
+    child = jnp.minimum(jnp.sum(ends <= rest[:, None], axis=1), _ROWS - 1).astype(jnp.int32)
+    rest = rest - (jnp.take_along_axis(ends, child[:, None], 1)[:, 0] - child_counts[
+        jnp.arange(buffer), child])
+    node = _ROWS * node + child
+  block = jnp.minimum(node, masks.size - 1)
+  bits = (masks[block][:, None] >> jnp.arange(_ROWS, dtype=jnp.int32)) & 1
+  ends = jnp.cumsum(bits, axis=1)
+  row = jnp.minimum(jnp.sum(ends <= rest[:, None], axis=1), _ROWS - 1).astype(jnp.int32)
+  # Which leaf each block belongs to, and the flat position within it.
+  block_starts = np.cumsum([0] + [_num_blocks(s) for s in sizes])
+  elem_starts = np.cumsum([0] + list(sizes))
+  leaf_of = jnp.clip(jnp.searchsorted(jnp.asarray(block_starts[1:], jnp.int32), block,
+                                      side="right"), 0, len(sizes) - 1)
+  local_block = block - jnp.asarray(block_starts[:-1], jnp.int32)[leaf_of]
+  q = jnp.asarray([s // _ROWS for s in sizes], jnp.int32)[leaf_of]
+  local = jnp.where(local_block < q, row * q + local_block, _ROWS * q + row)
+  valid = slot < band
+  # Slots are in block order, so each leaf's slots are one run: a leaf gathers a
+  # window of min(size, buffer) slots from its run's start; later leaves overwrite
+  # what spills past its run.
+  per_leaf = jnp.stack([jnp.sum(c) for c in jnp.split(counts, block_starts[1:-1])]) if len(
+      sizes) > 1 else jnp.sum(counts)[None]
+  run_starts = jnp.cumsum(per_leaf) - per_leaf
+  width = max(min(s, buffer) for s in sizes)
+  local_padded = jnp.pad(local, (0, width))
+  keys = jnp.zeros((buffer + width,), key_dtype)
+  for i, leaf in enumerate(leaves):
+    if not leaf.size:
+      continue
+    w = min(leaf.size, buffer)
+    idx = lax.dynamic_slice_in_dim(local_padded, run_starts[i], w)
+    got = to_key(leaf.reshape(-1)[jnp.clip(idx, 0, leaf.size - 1)])
+    keys = lax.dynamic_update_slice_in_dim(keys, got, run_starts[i], 0)
+  keys = jnp.where(valid, keys[:buffer], jnp.zeros((), key_dtype))
+  position = jnp.where(valid, jnp.asarray(elem_starts[:-1], jnp.int32)[leaf_of] + local,
+                       jnp.int32(np.iinfo(np.int32).max))
+  # The k-th largest key: the buffer holds the keys ranked above_hi + 1 ... .
+  rank = k - bracket.above_hi  # 1-based within the band
+  kth = jnp.sort(keys)[buffer - rank]
+  above_in_band = jnp.sum(valid & (keys > kth), dtype=jnp.int32)
+  ties = jnp.sort(jnp.where(valid & (keys == kth), position, jnp.int32(np.iinfo(np.int32).max)))
+  last = ties[rank - above_in_band - 1]
+  return kth, bracket.above_hi + above_in_band, last
+
+
+def _nth_set_in_leaf(mask: Array, size: int, n: Array) -> Array:
+  """Flat position of the n-th (1-based) set bit of a leaf's block masks,
+  in position order: row by row, then the tail block."""
+  q, r = divmod(size, _ROWS)
+  body = mask[:q]
+  row_bits = [(body >> i) & 1 for i in range(_ROWS)]
+  per_row = jnp.stack([jnp.sum(b) for b in row_bits])
+  tail_bits = ((mask[q] >> jnp.arange(_ROWS, dtype=jnp.int32)) & 1) if r else jnp.zeros(
+      (_ROWS,), jnp.int32)
+  ends = jnp.cumsum(per_row)
+  row = jnp.sum(ends < n).astype(jnp.int32)  # 8: the tail block
+  before = jnp.where(row > 0, ends[jnp.maximum(row - 1, 0)], 0)
+  m = n - before
+  tail_pos = _ROWS * q + jnp.argmax(jnp.cumsum(tail_bits) >= m).astype(jnp.int32)
+  if not q:
+    return tail_pos
+  bits = lax.switch(jnp.minimum(row, _ROWS - 1), [lambda b=b: b for b in row_bits])
+  chunk = 1024
+  padded = jnp.pad(bits, (0, -q % chunk)).reshape(-1, chunk)
+  chunk_ends = jnp.cumsum(padded.sum(axis=1))
+  c = jnp.minimum(jnp.sum(chunk_ends < m), padded.shape[0] - 1).astype(jnp.int32)
+  m_in = m - jnp.where(c > 0, chunk_ends[jnp.maximum(c - 1, 0)], 0)
+  j = c * chunk + jnp.argmax(jnp.cumsum(padded[c]) >= m_in).astype(jnp.int32)
+  return jnp.where(row < _ROWS, row * q + j, tail_pos)
+
+
+def _select_tie(k, bracket, band_masks, sizes):
+  """Position of the kept tie ranked last when the bracket is one key value."""
+  rank = k - bracket.above_hi  # 1-based among the ties, in position order
+  per_leaf = jnp.stack([jnp.sum(lax.population_count(m)) for m in band_masks])
+  ends = jnp.cumsum(per_leaf)
+  leaf = jnp.minimum(jnp.sum(ends < rank), len(sizes) - 1).astype(jnp.int32)
+  within = rank - (ends[leaf] - per_leaf[leaf])
+  elem_starts = np.cumsum([0] + list(sizes))
+  branches = [lambda i=i: _nth_set_in_leaf(band_masks[i], sizes[i], within) + int(elem_starts[i])
+              if sizes[i] else jnp.int32(0) for i in range(len(sizes))]
+  return lax.cond(rank == ends[-1], lambda: jnp.int32(np.iinfo(np.int32).max),
+                  lambda: lax.switch(leaf, branches).astype(jnp.int32))
+
+
+def _nth_tie_sharded(leaves, to_key, kth, rank, n):
+  """Global position of the rank-th key equal to ``kth``, by counting passes
+  over positions (scalar reductions only)."""
+  starts = np.cumsum([0] + [leaf.size for leaf in leaves])
+
+  def counts(probes):  # count(key == kth and position <= p)
+    total = jnp.zeros((_PROBES,), jnp.int32)
+    for leaf, start in zip(leaves, starts):
+      tie = to_key(leaf) == kth
+      pos = _flat_index(leaf.shape) + int(start)
+      total = total + jnp.stack([jnp.sum(tie & (pos <= probes[b]), dtype=jnp.int32)
+                                 for b in range(_PROBES)])
+    return total
+
+  def more(state):
+    lo, hi = state
+    return lo < hi
+
+  def one_pass(state):  # answer in [lo, hi]
+    lo, hi = state
+    step = (hi - lo) // (_PROBES + 1)
+    probes = jnp.minimum(lo + jnp.maximum(step * jnp.arange(1, _PROBES + 1), jnp.arange(_PROBES)),
+                         hi - 1)
+    enough = counts(probes) >= rank
+    new_hi = jnp.min(jnp.where(enough, probes, hi))
+    new_lo = jnp.max(jnp.where(enough, lo, probes + 1))
+    return new_lo, new_hi
+
+  return lax.while_loop(more, one_pass, (jnp.int32(0), jnp.int32(n - 1)))[1]
+
+
+class _Found(NamedTuple):
+  kth: Array  # the k-th largest key
+  above: Array  # count(key > kth)
+  last: Array  # global position of the last kept key equal to kth
+  passes: Array  # counting passes before the final one
+  buffered: Array  # whether the band was gathered into the buffer
+
+
+def _find_kth(leaves: list[Array], to_key: KeyFn, k: Array, n: int, key_dtype: Any) -> _Found:
+  """The k-th largest key (1 <= k <= n) and where its ties stop."""
+  leaves = [leaf for leaf in leaves if leaf.size]  # empty leaves hold no position
+  sizes = [int(leaf.size) for leaf in leaves]
+  if _leaves_may_be_sharded():
+    b = _bracket_kth(leaves, to_key, k, n, key_dtype, _plain_counts, None, 0)
+    ties = b.at_least_lo - b.above_hi
+    rank = k - b.above_hi
+    last = lax.cond(rank == ties, lambda: jnp.int32(np.iinfo(np.int32).max),
+                    lambda: _nth_tie_sharded(leaves, to_key, b.lo, rank, n))
+    return _Found(b.lo, b.above_hi, last, b.passes, jnp.asarray(False))
+  buffer = min(_BUFFER, 1 << max(n - 1, 1).bit_length())
+  if n <= buffer:  # every key fits in the buffer: no counting pass
+    b = _Bracket(jnp.zeros((), key_dtype), jnp.asarray(np.iinfo(key_dtype).max, key_dtype),
+                 jnp.int32(n), jnp.int32(0), jnp.int32(0))
+  else:
+    sample = _sample(leaves, to_key, n)
+    b = _bracket_kth(leaves, to_key, k, n, key_dtype, _packed_counts, sample, buffer)
+
+  def band_term(key, row):
+    inside = (key >= b.lo) & (key <= b.hi)
+    return jnp.where(inside, np.float32(2.0 ** row), np.float32(0))
+
+  band_masks = [_block_sums(leaf, to_key, band_term).astype(jnp.int32) for leaf in leaves]
+
+  def buffered():
+    return _select_in_buffer(leaves, to_key, k, b, band_masks, sizes, key_dtype, buffer)
+
+  if n <= buffer:
+    kth, above, last = buffered()
+    return _Found(kth, above, last, b.passes, jnp.asarray(True))
+
+  def tie():
+    return b.lo, b.above_hi, _select_tie(k, b, band_masks, sizes)
+
+  single = b.lo == b.hi
+  kth, above, last = lax.cond(single, tie, buffered)
+  return _Found(kth, above, last, b.passes, ~single)
+
+
+def _select(scores: PyTree, k: int | Array) -> tuple[Selection, _Found | None]:
+  leaves, treedef = jax.tree_util.tree_flatten(scores)
+  float_dtype, key_dtype = _key_dtypes(leaves)
+  n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+  if n >= 2**31 - 1:
+    raise ValueError(f"at most 2**31 - 2 scores are supported; got {n}.")
+  if isinstance(k, (int, np.integer)):
+    if not 0 <= k <= n:
+      raise ValueError(f"k must be in [0, {n}] (the number of scores); got k={k}.")
+  elif not jnp.issubdtype(jnp.result_type(k), jnp.integer):
+    raise TypeError(f"k must be an integer; got {k!r} of dtype {jnp.result_type(k)}.")
+  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
+  nan = jnp.asarray(jnp.nan, float_dtype)
+  if n == 0:
+    mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
+    return Selection(jax.tree_util.tree_unflatten(treedef, mask), nan, jnp.int32(0)), None
+
+  def to_key(x):
+    return _to_key(x, float_dtype, key_dtype)
+
+  found = _find_kth(leaves, to_key, jnp.maximum(k, 1), n, key_dtype)
+  selected = k > 0
+  masks, start = [], 0
+  for leaf in leaves:
+    key = to_key(leaf)
+    # Ties are kept up to and including global position `last`.
+    cutoff = jnp.clip(found.last - start, -1, leaf.size).astype(jnp.int32)
+    tie = (key == found.kth) & (_flat_index(leaf.shape) <= cutoff)
+    masks.append(((key > found.kth) | tie) & selected)
+    start += leaf.size
+  threshold = jnp.where(selected, _from_key(found.kth, float_dtype, key_dtype), nan)
+  num_greater = jnp.where(selected, found.above, 0)
+  return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, num_greater), found
 
 
 def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
@@ -300,42 +524,7 @@ def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
   Returns:
     A :class:`Selection`.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(scores)
-  float_dtype, key_dtype = _key_dtypes(leaves)
-  n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
-  if n >= 2**31 - 1:
-    raise ValueError(f"at most 2**31 - 2 scores are supported; got {n}.")
-  if isinstance(k, (int, np.integer)):
-    if not 0 <= k <= n:
-      raise ValueError(f"k must be in [0, {n}] (the number of scores); got k={k}.")
-  elif not jnp.issubdtype(jnp.result_type(k), jnp.integer):
-    raise TypeError(f"k must be an integer; got {k!r} of dtype {jnp.result_type(k)}.")
-  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
-  nan = jnp.asarray(jnp.nan, float_dtype)
-  if n == 0:
-    mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
-    return Selection(jax.tree_util.tree_unflatten(treedef, mask), nan, jnp.int32(0))
-
-  def to_key(x):
-    return _to_key(x, float_dtype, key_dtype)
-
-  kth, above, equal = _kth_largest_key(leaves, to_key, jnp.maximum(k, 1), key_dtype)
-  slots = k - above  # how many keys equal to the threshold are kept
-  cutoffs = lax.cond(
-      slots == equal,  # every equal key fits: no position needed
-      lambda: [jnp.int32(leaf.size) for leaf in leaves],
-      lambda: _tie_cutoffs(leaves, to_key, kth, slots),
-  )
-  masks = []
-  for leaf, cutoff in zip(leaves, cutoffs):
-    key = to_key(leaf)
-    tie = (key == kth) & (_flat_index(leaf.shape) < cutoff)
-    masks.append((key > kth) | tie)
-  selected = k > 0
-  masks = [m & selected for m in masks]
-  threshold = jnp.where(selected, _from_key(kth, float_dtype, key_dtype), nan)
-  num_greater = jnp.where(selected, above, 0)
-  return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, num_greater)
+  return _select(scores, k)[0]
 
 
 def global_topk_mask(scores: PyTree, k: int | Array) -> PyTree:
