@@ -133,11 +133,30 @@ def _leaves_may_be_sharded() -> bool:
   return jax.device_count() != 1
 
 
-KeyFn = Callable[[Array], Array]
+class _Order(NamedTuple):
+  """The order of the scores as keys, and when float compares agree with it."""
+
+  float_dtype: Any
+  key_dtype: Any
+
+  def key(self, x: Array) -> Array:
+    return _to_key(x, self.float_dtype, self.key_dtype)
+
+  def value(self, key: Array) -> Array:
+    return _from_key(key, self.float_dtype, self.key_dtype)
+
+  def floats_agree(self, keys: Array) -> Array:
+    """Whether comparing scores with the floats of ``keys`` (as XLA does, maybe
+    flushing subnormals to zero) orders every score as comparing keys would:
+    true when every key is a normal or infinite float."""
+    value = self.value(keys)
+    tiny = jnp.asarray(jnp.finfo(self.float_dtype).tiny, self.float_dtype)
+    return jnp.all(jnp.abs(value) >= tiny)  # False for NaN, zeros and subnormals
 
 
-def _block_sums(leaf: Array, to_key: KeyFn, term: Callable[[Array, int], Array]) -> Array:
-  """Per block of 8 elements of ``leaf``, the float32 sum of ``term(key, row)``.
+def _block_sums(leaf: Array, read: Callable[[Array], Array],
+                term: Callable[[Array, int], Array]) -> Array:
+  """Per block of 8 elements of ``leaf``, the float32 sum of ``term(read(x), row)``.
 
   The flattened leaf is read as 8 rows of ``q = size // 8`` (block ``j`` holds
   flat positions ``i * q + j`` for rows ``i < 8``), plus one block for the
@@ -152,9 +171,9 @@ def _block_sums(leaf: Array, to_key: KeyFn, term: Callable[[Array, int], Array])
   parts = []
   if q:
     rows = flat[:_ROWS * q].reshape(_ROWS, q)
-    parts.append(sum(term(to_key(rows[i]), i) for i in range(_ROWS)))
+    parts.append(sum(term(read(rows[i]), i) for i in range(_ROWS)))
   if r:
-    keys = to_key(flat[_ROWS * q:])
+    keys = read(flat[_ROWS * q:])
     parts.append(sum(term(keys[i], i) for i in range(r)).reshape(1).astype(jnp.float32))
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
@@ -163,45 +182,66 @@ def _num_blocks(size: int) -> int:
   return -(-size // _ROWS)
 
 
-def _packed_counts(leaves: list[Array], to_key: KeyFn, thresholds: Array) -> Array:
+def _in_floats_if_exact(order: _Order, bounds: Array, make_pass: Callable[[Callable, Array], Any]):
+  """Runs ``make_pass(read, bounds)`` comparing floats when that is exact for
+  these bounds (a few instructions fewer per score), else comparing keys."""
+  def as_floats():
+    return make_pass(lambda x: x.astype(order.float_dtype), order.value(bounds))
+
+  def as_keys():
+    return make_pass(order.key, bounds)
+
+  return lax.cond(order.floats_agree(bounds), as_floats, as_keys)
+
+
+def _packed_counts(leaves: list[Array], order: _Order, thresholds: Array) -> Array:
   """``count(key > t)`` over all leaves for each of ``_PROBES`` sorted thresholds.
 
-  One pass: each key adds ``16 ** (number of thresholds below it)`` to its
+  One pass: each score adds ``16 ** (number of thresholds below it)`` to its
   block's sum, so a block's sum holds six 4-bit counters (at most 8 each).
   """
   powers = [np.float32(16.0 ** b) for b in range(_PROBES + 1)]
 
-  def term(key, row):
-    del row
-    value = jnp.float32(powers[0])
-    for b in range(_PROBES):
-      value = jnp.where(key > thresholds[b], powers[b + 1], value)
-    return value
+  def make_pass(read, bounds):
+    def term(x, row):
+      del row
+      value = jnp.float32(powers[0])
+      for b in range(_PROBES):
+        value = jnp.where(x > bounds[b], powers[b + 1], value)
+      return value
 
-  per_bucket = jnp.zeros((_PROBES + 1,), jnp.int32)
-  for leaf in leaves:
-    packed = _block_sums(leaf, to_key, term).astype(jnp.int32)
-    per_bucket = per_bucket + jnp.stack(
-        [jnp.sum((packed >> (4 * b)) & 15) for b in range(_PROBES + 1)])
+    def add(a, b):
+      return tuple(x + y for x, y in zip(a, b))
+
+    per_bucket = jnp.zeros((_PROBES + 1,), jnp.int32)
+    for leaf in leaves:
+      packed = _block_sums(leaf, read, term).astype(jnp.int32)
+      # One reduction with six results, so that XLA computes the pass once.
+      fields = tuple((packed >> (4 * b)) & 15 for b in range(_PROBES + 1))
+      zeros = tuple(jnp.int32(0) for _ in fields)
+      per_bucket = per_bucket + jnp.stack(lax.reduce(fields, zeros, add, (0,)))
+    return per_bucket
+
+  per_bucket = _in_floats_if_exact(order, thresholds, make_pass)
   # count(key > thresholds[m]) = keys in buckets m + 1 and above.
   return jnp.cumsum(per_bucket[::-1])[::-1][1:]
 
 
-def _plain_counts(leaves: list[Array], to_key: KeyFn, thresholds: Array) -> Array:
+def _plain_counts(leaves: list[Array], order: _Order, thresholds: Array) -> Array:
   """``count(key > t)`` for each threshold: scalar reductions that shard cleanly."""
   total = jnp.zeros((_PROBES,), jnp.int32)
   for leaf in leaves:
-    key = to_key(leaf)
+    key = order.key(leaf)
     total = total + jnp.stack([jnp.sum(key > thresholds[b], dtype=jnp.int32)
                                for b in range(_PROBES)])
   return total
 
 
-def _sample(leaves: list[Array], to_key: KeyFn, n: int) -> Array:
+def _sample(leaves: list[Array], order: _Order, n: int) -> Array:
   """Sorted keys of a deterministic strided sample of about ``_SAMPLE`` scores
   (every score when there are fewer)."""
   stride = max(1, n // _SAMPLE)
-  keys = [to_key(leaf.reshape(-1)[min(stride // 2, leaf.size - 1)::stride])
+  keys = [order.key(leaf.reshape(-1)[min(stride // 2, leaf.size - 1)::stride])
           for leaf in leaves if leaf.size]
   return jnp.sort(jnp.concatenate(keys))
 
@@ -269,8 +309,8 @@ def _probe_keys(bracket: _Bracket, k: Array, sample: Array | None, n: int) -> Ar
   return jnp.sort(jnp.clip(probes, lo, jnp.maximum(hi, one) - one))
 
 
-def _bracket_kth(leaves: list[Array], to_key: KeyFn, k: Array, n: int, key_dtype: Any,
-                 counts_fn: Callable[[list[Array], KeyFn, Array], Array],
+def _bracket_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: Any,
+                 counts_fn: Callable[[list[Array], _Order, Array], Array],
                  sample: Array | None, stop_at: int) -> _Bracket:
   """Counting passes until the bracket holds the k-th key and at most
   ``stop_at`` keys, or a single key value."""
@@ -282,12 +322,12 @@ def _bracket_kth(leaves: list[Array], to_key: KeyFn, k: Array, n: int, key_dtype
 
   def one_pass(b):
     probes = _probe_keys(b, k, sample, n)
-    return _narrow(b, probes, counts_fn(leaves, to_key, probes), k)
+    return _narrow(b, probes, counts_fn(leaves, order, probes), k)
 
   return lax.while_loop(more, one_pass, start)
 
 
-def _select_in_buffer(leaves, to_key, k, bracket, band_masks, sizes, key_dtype, buffer):
+def _select_in_buffer(leaves, order, k, bracket, band_masks, sizes, key_dtype, buffer):
   """The k-th key and its position when the bracket holds at most ``buffer`` keys.
 
   The band's keys are gathered into a buffer: each slot finds its block by
@@ -309,11 +349,16 @@ def _select_in_buffer(leaves, to_key, k, bracket, band_masks, sizes, key_dtype, 
   rest = slot - (top_end[node] - top[node])
   for level in reversed(levels[:-1]):
     children = jnp.pad(level, (0, -level.size % _ROWS))
-    child_counts = children[_ROWS * node[:, None] + jnp.arange(_ROWS)]
-    ends = jnp.cumsum(child_counts, axis=1)
-    child = jnp.minimum(jnp.sum(ends <= rest[:, None], axis=1), _ROWS - 1).astype(jnp.int32)
-    rest = rest - (jnp.take_along_axis(ends, child[:, None], 1)[:, 0] - child_counts[
-        jnp.arange(buffer), child])
+    child = jnp.zeros_like(node)
+    before = jnp.zeros_like(rest)
+    end = jnp.zeros_like(rest)
+    for i in range(_ROWS):  # the first child whose running count passes `rest`
+      end = end + children[_ROWS * node + i]
+      passed = end <= rest
+      child = child + passed.astype(jnp.int32)
+      before = jnp.where(passed, end, before)
+    child = jnp.minimum(child, _ROWS - 1)
+    rest = rest - before
     node = _ROWS * node + child
   block = jnp.minimum(node, masks.size - 1)
   bits = (masks[block][:, None] >> jnp.arange(_ROWS, dtype=jnp.int32)) & 1
@@ -342,7 +387,7 @@ def _select_in_buffer(leaves, to_key, k, bracket, band_masks, sizes, key_dtype, 
       continue
     w = min(leaf.size, buffer)
     idx = lax.dynamic_slice_in_dim(local_padded, run_starts[i], w)
-    got = to_key(leaf.reshape(-1)[jnp.clip(idx, 0, leaf.size - 1)])
+    got = order.key(leaf.reshape(-1)[jnp.clip(idx, 0, leaf.size - 1)])
     keys = lax.dynamic_update_slice_in_dim(keys, got, run_starts[i], 0)
   keys = jnp.where(valid, keys[:buffer], jnp.zeros((), key_dtype))
   position = jnp.where(valid, jnp.asarray(elem_starts[:-1], jnp.int32)[leaf_of] + local,
@@ -396,7 +441,7 @@ def _select_tie(k, bracket, band_masks, sizes):
                   lambda: lax.switch(leaf, branches).astype(jnp.int32))
 
 
-def _nth_tie_sharded(leaves, to_key, kth, rank, n):
+def _nth_tie_sharded(leaves, order, kth, rank, n):
   """Global position of the rank-th key equal to ``kth``, by counting passes
   over positions (scalar reductions only)."""
   starts = np.cumsum([0] + [leaf.size for leaf in leaves])
@@ -404,7 +449,7 @@ def _nth_tie_sharded(leaves, to_key, kth, rank, n):
   def counts(probes):  # count(key == kth and position <= p)
     total = jnp.zeros((_PROBES,), jnp.int32)
     for leaf, start in zip(leaves, starts):
-      tie = to_key(leaf) == kth
+      tie = order.key(leaf) == kth
       pos = _flat_index(leaf.shape) + int(start)
       total = total + jnp.stack([jnp.sum(tie & (pos <= probes[b]), dtype=jnp.int32)
                                  for b in range(_PROBES)])
@@ -427,6 +472,115 @@ def _nth_tie_sharded(leaves, to_key, kth, rank, n):
   return lax.while_loop(more, one_pass, (jnp.int32(0), jnp.int32(n - 1)))[1]
 
 
+# --- The CPU path: radix select with chunked scatter-add histograms. ---
+# On XLA:CPU, one device, it measured faster than the counting path below (see
+# docs/PERFORMANCE.md); accelerators never compile it (``lax.platform_dependent``).
+
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+_CHUNK = 1 << 16  # elements scattered per loop iteration
+
+
+def _leaf_histogram(hist: Array, leaf: Array, digit_fn: Callable[[Array, Array], Array]) -> Array:
+  """Adds ``digit_fn(values, flat_positions)`` of one leaf to ``hist``, reading
+  the leaf in chunks of ``_CHUNK`` so that XLA:CPU keeps them in cache. Digits
+  outside ``[0, len(hist))`` are not counted."""
+  flat = leaf.reshape(-1)
+  chunks = flat.size // _CHUNK
+
+  def count(hist, values, positions):
+    return hist.at[digit_fn(values, positions)].add(1, mode="drop")
+
+  def body(i, hist):
+    chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
+    return count(hist, chunk, i * _CHUNK + lax.iota(jnp.int32, _CHUNK))
+
+  if chunks:
+    hist = lax.fori_loop(0, chunks, body, hist)
+  start = chunks * _CHUNK
+  if flat.size > start:
+    tail = flat[start:]
+    hist = count(hist, tail, start + lax.iota(jnp.int32, tail.size))
+  return hist
+
+
+def _radix_kth_key(leaves: list[Array], order: _Order, k: Array) -> tuple[Array, Array, Array]:
+  """Radix select of the k-th largest key (1 <= k <= n), 16 bits per pass:
+  the key, the number of keys above it and the number equal to it."""
+  key_dtype = order.key_dtype
+  nbits = np.iinfo(key_dtype).bits
+  prefix = jnp.zeros((), key_dtype)
+  above = jnp.zeros((), jnp.int32)
+  equal = jnp.zeros((), jnp.int32)
+  for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
+    high = shift + _DIGIT_BITS
+
+    def digit_fn(scores, positions, shift=shift, high=high, prefix=prefix):
+      del positions
+      key = order.key(scores)
+      digit = ((key >> shift) & (_BINS - 1)).astype(jnp.int32)
+      if high < nbits:  # keys outside the prefix go out of range: dropped
+        digit = jnp.where((key >> high) == prefix, digit, _BINS)
+      return digit
+
+    hist = jnp.zeros((_BINS,), jnp.int32)
+    for leaf in leaves:
+      hist = _leaf_histogram(hist, leaf, digit_fn)
+    at_least = jnp.cumsum(hist[::-1])[::-1]  # keys in this prefix with digit >= j
+    digit = jnp.sum(above + at_least >= k) - 1
+    equal = hist[digit]
+    above = above + at_least[digit] - equal
+    prefix = (prefix << _DIGIT_BITS) | digit.astype(key_dtype)
+  return prefix, above, equal
+
+
+def _radix_nth_tie(leaf: Array, is_tie: Callable[[Array], Array], n: Array) -> Array:
+  """Flat position of the n-th (1-based) tie in ``leaf``: a histogram of the ties
+  per block of positions, then one within the block."""
+  block = max(1, -(-leaf.size // _BINS))
+
+  def per_block(values, positions):
+    return jnp.where(is_tie(values), positions // block, _BINS)
+
+  hist = _leaf_histogram(jnp.zeros((_BINS,), jnp.int32), leaf, per_block)
+  running = jnp.cumsum(hist)
+  first_block = jnp.argmax(running >= n).astype(jnp.int32)
+  if block == 1:
+    return first_block
+  n = n - (running[first_block] - hist[first_block])
+
+  def in_block(values, positions):
+    inside = is_tie(values) & (positions // block == first_block)
+    return jnp.where(inside, positions - first_block * block, block)
+
+  hist = _leaf_histogram(jnp.zeros((block,), jnp.int32), leaf, in_block)
+  return first_block * block + jnp.argmax(jnp.cumsum(hist) >= n).astype(jnp.int32)
+
+
+def _radix_find_kth(leaves: list[Array], order: _Order, k: Array) -> tuple[Array, Array, Array]:
+  """The k-th largest key, the count above it and the global position of the
+  last kept tie, by radix select (the CPU path)."""
+  kth, above, equal = _radix_kth_key(leaves, order, k)
+  slots = k - above  # ties kept
+
+  def is_tie(values):
+    return order.key(values) == kth
+
+  def last_tie():
+    counts = jnp.stack([_leaf_histogram(jnp.zeros((1,), jnp.int32), leaf,
+                                        lambda v, p: jnp.where(is_tie(v), 0, 1))[0]
+                        for leaf in leaves])
+    ends = jnp.cumsum(counts)
+    leaf = jnp.minimum(jnp.sum(ends < slots), len(leaves) - 1).astype(jnp.int32)
+    starts = np.cumsum([0] + [x.size for x in leaves])
+    branches = [lambda i=i: _radix_nth_tie(leaves[i], is_tie, slots - (ends[i] - counts[i]))
+                + int(starts[i]) for i in range(len(leaves))]
+    return lax.switch(leaf, branches).astype(jnp.int32)
+
+  last = lax.cond(slots == equal, lambda: jnp.int32(np.iinfo(np.int32).max), last_tie)
+  return kth, above, last
+
+
 class _Found(NamedTuple):
   kth: Array  # the k-th largest key
   above: Array  # count(key > kth)
@@ -435,33 +589,53 @@ class _Found(NamedTuple):
   buffered: Array  # whether the band was gathered into the buffer
 
 
-def _find_kth(leaves: list[Array], to_key: KeyFn, k: Array, n: int, key_dtype: Any) -> _Found:
+def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: Any,
+              method: str = "auto") -> _Found:
   """The k-th largest key (1 <= k <= n) and where its ties stop."""
   leaves = [leaf for leaf in leaves if leaf.size]  # empty leaves hold no position
-  sizes = [int(leaf.size) for leaf in leaves]
   if _leaves_may_be_sharded():
-    b = _bracket_kth(leaves, to_key, k, n, key_dtype, _plain_counts, None, 0)
+    b = _bracket_kth(leaves, order, k, n, key_dtype, _plain_counts, None, 0)
     ties = b.at_least_lo - b.above_hi
     rank = k - b.above_hi
     last = lax.cond(rank == ties, lambda: jnp.int32(np.iinfo(np.int32).max),
-                    lambda: _nth_tie_sharded(leaves, to_key, b.lo, rank, n))
+                    lambda: _nth_tie_sharded(leaves, order, b.lo, rank, n))
     return _Found(b.lo, b.above_hi, last, b.passes, jnp.asarray(False))
+  def radix():
+    return _Found(*_radix_find_kth(leaves, order, k), jnp.int32(0), jnp.asarray(False))
+
+  def counting():
+    return _counting_find_kth(leaves, order, k, n, key_dtype)
+
+  if method == "counting":
+    return counting()
+  if method == "radix":
+    return radix()
+  return lax.platform_dependent(cpu=radix, default=counting)
+
+
+def _counting_find_kth(leaves: list[Array], order: _Order, k: Array, n: int,
+                       key_dtype: Any) -> _Found:
+  """The k-th largest key on one device: sampled counting passes, then the band."""
+  sizes = [int(leaf.size) for leaf in leaves]
   buffer = min(_BUFFER, 1 << max(n - 1, 1).bit_length())
   if n <= buffer:  # every key fits in the buffer: no counting pass
     b = _Bracket(jnp.zeros((), key_dtype), jnp.asarray(np.iinfo(key_dtype).max, key_dtype),
                  jnp.int32(n), jnp.int32(0), jnp.int32(0))
   else:
-    sample = _sample(leaves, to_key, n)
-    b = _bracket_kth(leaves, to_key, k, n, key_dtype, _packed_counts, sample, buffer)
+    sample = _sample(leaves, order, n)
+    b = _bracket_kth(leaves, order, k, n, key_dtype, _packed_counts, sample, buffer)
 
-  def band_term(key, row):
-    inside = (key >= b.lo) & (key <= b.hi)
-    return jnp.where(inside, np.float32(2.0 ** row), np.float32(0))
+  def band_pass(read, bounds):
+    def term(x, row):
+      inside = (x >= bounds[0]) & (x <= bounds[1])
+      return jnp.where(inside, np.float32(2.0 ** row), np.float32(0))
 
-  band_masks = [_block_sums(leaf, to_key, band_term).astype(jnp.int32) for leaf in leaves]
+    return [_block_sums(leaf, read, term).astype(jnp.int32) for leaf in leaves]
+
+  band_masks = _in_floats_if_exact(order, jnp.stack([b.lo, b.hi]), band_pass)
 
   def buffered():
-    return _select_in_buffer(leaves, to_key, k, b, band_masks, sizes, key_dtype, buffer)
+    return _select_in_buffer(leaves, order, k, b, band_masks, sizes, key_dtype, buffer)
 
   if n <= buffer:
     kth, above, last = buffered()
@@ -475,7 +649,11 @@ def _find_kth(leaves: list[Array], to_key: KeyFn, k: Array, n: int, key_dtype: A
   return _Found(kth, above, last, b.passes, ~single)
 
 
-def _select(scores: PyTree, k: int | Array) -> tuple[Selection, _Found | None]:
+def _select(scores: PyTree, k: int | Array,
+            method: str = "auto") -> tuple[Selection, _Found | None]:
+  """:func:`global_topk_selection` and how it was found. ``method`` is "auto"
+  (radix on one CPU device, counting elsewhere), "counting" or "radix"
+  (either on any backend, for tests and benchmarks)."""
   leaves, treedef = jax.tree_util.tree_flatten(scores)
   float_dtype, key_dtype = _key_dtypes(leaves)
   n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
@@ -492,14 +670,12 @@ def _select(scores: PyTree, k: int | Array) -> tuple[Selection, _Found | None]:
     mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
     return Selection(jax.tree_util.tree_unflatten(treedef, mask), nan, jnp.int32(0)), None
 
-  def to_key(x):
-    return _to_key(x, float_dtype, key_dtype)
-
-  found = _find_kth(leaves, to_key, jnp.maximum(k, 1), n, key_dtype)
+  order = _Order(float_dtype, key_dtype)
+  found = _find_kth(leaves, order, jnp.maximum(k, 1), n, key_dtype, method)
   selected = k > 0
   masks, start = [], 0
   for leaf in leaves:
-    key = to_key(leaf)
+    key = order.key(leaf)
     # Ties are kept up to and including global position `last`.
     cutoff = jnp.clip(found.last - start, -1, leaf.size).astype(jnp.int32)
     tie = (key == found.kth) & (_flat_index(leaf.shape) <= cutoff)
