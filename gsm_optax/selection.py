@@ -1,10 +1,14 @@
-"""Exact global top-k selection over a pytree, without concatenating or sorting.
+"""Exact global top-k selection over a pytree, without concatenating or sorting it.
 
 Every score is mapped to an unsigned integer key whose order is the order of the
-scores (NaN lowest), the k-th largest key is found by a radix select built from
-small histograms, and ties at that key are broken by position. Every pass reads
-each leaf in place and reduces it to a fixed-size histogram or a scalar, so the
-selection keeps each leaf's sharding and needs only small all-reduces.
+scores (NaN lowest), the k-th largest key is found by passes that read each
+leaf in place, and ties at that key are broken by position. Two implementations
+give the same result: on one CPU device, a radix select from chunked histograms
+(measured faster there); elsewhere, counting passes aimed by a sample, then the
+few keys left in the bracket gathered and sorted, with no scatter over the
+scores (a scatter is a loop over its updates on TPUs, an atomic each on GPUs).
+Leaves that may be sharded are only ever reduced to scalars, so the selection
+keeps each leaf's sharding and needs only scalar all-reduces.
 """
 
 from __future__ import annotations
@@ -711,10 +715,11 @@ def global_topk_mask(scores: PyTree, k: int | Array) -> PyTree:
   included. Among equal scores the earlier one wins: leaves in
   ``jax.tree_util`` flattening order, and within a leaf row-major order. So the
   result equals taking the first ``k`` indices of a stable descending sort of
-  all scores concatenated in that order, but no concatenation or sort happens:
-  a radix select over 16-bit digits finds the k-th score with a few histogram
-  passes per leaf, so the cost is a few reads of the scores whatever ``k`` is,
-  and every leaf keeps its sharding.
+  all scores concatenated in that order, but no concatenation or sort of the
+  scores happens: a few passes over each leaf find the k-th score (a radix
+  select on one CPU device, sampled counting passes elsewhere), so the cost is
+  a few reads of the scores whatever ``k`` is, and every leaf keeps its
+  sharding.
 
   Args:
     scores: pytree of floating point arrays (any shapes, any float dtypes;
