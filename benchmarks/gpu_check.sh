@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One command for a machine with an NVIDIA GPU (under 5 minutes on one H100):
+# One command for a machine with an NVIDIA GPU (under 10 minutes on one H100):
 # prints the device, runs the tests that exercise the selection and the
-# optimizer on the GPU, then prints the step-time table measured there.
+# optimizer on the GPU, times the two exact selections side by side (the radix
+# select from scatter-add histograms that every backend ran before, and the
+# counting selection that accelerators run now), then prints the step-time table.
 #
 #   bash benchmarks/gpu_check.sh            # uses python3, installs what is missing
-#   OUT=/some/dir bash benchmarks/gpu_check.sh   # also keeps the log and JSON there
+#   OUT=/some/dir bash benchmarks/gpu_check.sh   # also keeps the logs and JSON there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,10 +24,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   || { echo "JAX does not see a GPU: stopping" >&2; exit 1; }
 
 # The suites whose numerics depend on the backend: selection against brute
-# force, gsm() against the float64 reference, the optax wrappers, dtypes.
+# force (the counting path's worst cases included), gsm() against the float64
+# reference, the optax wrappers, dtypes.
 "$PY" -m pytest -q -x -p no:cacheprovider \
-  tests/test_selection.py tests/test_gsm.py tests/test_optax_compat.py \
-  tests/test_prune_report.py 2>&1 | tee "$OUT/gpu_tests.log"
+  tests/test_selection.py tests/test_selection_worst_cases.py tests/test_gsm.py \
+  tests/test_optax_compat.py tests/test_prune_report.py 2>&1 | tee "$OUT/gpu_tests.log"
+
+# Old (radix, scatter-add histograms) against new (counting) selection, one process.
+PYTHONPATH=. "$PY" -m benchmarks.selection_paths --sizes 25.6M 100M --repeats 20 \
+  2>&1 | tee "$OUT/selection_paths_gpu.txt"
 
 PYTHONPATH=. "$PY" -m benchmarks.step_time --repeats 20 --json "$OUT/step_time_gpu.json" \
   2>&1 | tee "$OUT/step_time_gpu.txt"

@@ -48,8 +48,7 @@ def main():
   n = sum(params[k].size for k in names)
   k = int(args.keep * n)
 
-  def to_key(x):
-    return selection._to_key(x, jnp.float32, jnp.uint32)
+  order = selection._Order(jnp.float32, jnp.uint32)
 
   def scores(g, p):
     return [jnp.abs(g[name] * p[name]) for name in names]
@@ -65,8 +64,8 @@ def main():
   stages = [
       ("plain momentum step", step(plain), (params, plain.init(params), grads)),
       ("scores |g*w| only", lambda g, p: [jnp.sum(s) for s in scores(g, p)], (grads, params)),
-      ("radix select: 2 histogram passes", lambda g, p: selection._kth_largest_key(
-          scores(g, p), to_key, jnp.int32(k), jnp.uint32), (grads, params)),
+      ("radix select: 2 histogram passes", lambda g, p: selection._radix_kth_key(
+          scores(g, p), order, jnp.int32(k)), (grads, params)),
       ("global_topk_selection (+ masks)", lambda g, p: [
           jnp.sum(m) for m in selection.global_topk_selection(scores(g, p), k).mask],
        (grads, params)),

@@ -1,10 +1,14 @@
-"""Exact global top-k selection over a pytree, without concatenating or sorting.
+"""Exact global top-k selection over a pytree, without concatenating or sorting it.
 
 Every score is mapped to an unsigned integer key whose order is the order of the
-scores (NaN lowest), the k-th largest key is found by a radix select built from
-small histograms, and ties at that key are broken by position. Every pass reads
-each leaf in place and reduces it to a fixed-size histogram or a scalar, so the
-selection keeps each leaf's sharding and needs only small all-reduces.
+scores (NaN lowest), the k-th largest key is found by passes that read each
+leaf in place, and ties at that key are broken by position. Two implementations
+give the same result: on one CPU device, a radix select from chunked histograms
+(measured faster there); elsewhere, counting passes aimed by a sample, then the
+few keys left in the bracket gathered and sorted, with no scatter over the
+scores (a scatter is a loop over its updates on TPUs, an atomic each on GPUs).
+Leaves that may be sharded are only ever reduced to scalars, so the selection
+keeps each leaf's sharding and needs only scalar all-reduces.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from gsm_optax import _utils
 Array = jax.Array
 PyTree = Any
 
-_DIGIT_BITS = 16
-_BINS = 1 << _DIGIT_BITS
-_CHUNK = 1 << 16  # elements scattered per loop iteration; see _leaf_histogram
+_ROWS = 8  # a leaf is read as 8 rows: one block is one element of each row
+_PROBES = 5  # thresholds counted per pass: six 4-bit counters fill a float32's 24 bits
+_SAMPLE = 1 << 16  # keys sampled to aim the first counting pass
+_BUFFER = 1 << 17  # most keys gathered for the exact selection within the bracket
 
 
 class Selection(NamedTuple):
@@ -109,117 +114,6 @@ def _from_key(key: Array, float_dtype: Any, key_dtype: Any) -> Array:
   return jnp.where(key == 0, jnp.asarray(jnp.nan, float_dtype), value)
 
 
-def _mesh_of(x: Array) -> jax.sharding.AbstractMesh:
-  """The mesh ``x`` is placed on as far as tracing can tell: the context's
-  (``jax.set_mesh``), else the one its type carries (a plain ``jax.jit`` of
-  arrays with a ``NamedSharding``); empty when neither is known."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return mesh if not mesh.empty else jax.typeof(x).sharding.mesh
-
-
-def _count_digits(hist: Array, digits: Array) -> Array:
-  # Histograms are tiny: replicated, on the digits' mesh when they carry one.
-  mesh = _mesh_of(digits)
-  out = None if mesh.empty else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return hist.at[digits].add(1, mode="drop", out_sharding=out)
-
-
-def _runs_on_one_device() -> bool:
-  """Whether what is traced now runs on one device, however it is compiled.
-
-  Under a plain ``jax.jit`` the shardings a leaf will have are only known at
-  compilation (``in_shardings``, or the arguments' shardings with Auto axes),
-  so the one sure sign at trace time is that there is nothing to shard over:
-  no mesh in context and a single CPU device in all.
-  """
-  if not jax.sharding.get_abstract_mesh().empty:
-    return False
-  try:
-    return jax.device_count("cpu") == 1
-  except RuntimeError:  # no CPU backend: nothing is lowered for CPU
-    return False
-
-
-DigitFn = Callable[[Array, Array], Array]
-
-
-def _leaf_histogram(hist: Array, leaf: Array, digit_fn: DigitFn) -> Array:
-  """Adds ``digit_fn(values, flat_positions)`` of one leaf to ``hist``.
-
-  Digits outside ``[0, len(hist))`` are not counted. XLA:CPU materialises a
-  scatter's indices and updates, so scattering a whole leaf there writes and
-  re-reads two arrays of its size (a reduction of a converted array is no
-  better). On CPU the leaf is therefore read in chunks of ``_CHUNK`` by a loop,
-  which keeps them in cache: several times faster, and no leaf-sized
-  temporaries. Other backends fuse the digits into one scatter of the whole
-  leaf, and so does CPU whenever the leaf could be sharded: the SPMD
-  partitioner turns that scatter into a local histogram per device and an
-  all-reduce, but it would all-gather a sharded leaf to slice chunks of it.
-  Whether a leaf is sharded is often not known at trace time (a plain
-  ``jax.jit`` learns its arguments' shardings only when it compiles), so CPU
-  chunks only when there is a single CPU device and no mesh in context.
-  """
-
-  def whole(hist, leaf):
-    return _count_digits(hist, digit_fn(leaf, _flat_index(leaf.shape)))
-
-  def chunked(hist, leaf):
-    flat = leaf.reshape(-1)
-    chunks = flat.size // _CHUNK
-
-    def body(i, hist):
-      chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
-      positions = i * _CHUNK + lax.iota(jnp.int32, _CHUNK)
-      return _count_digits(hist, digit_fn(chunk, positions))
-
-    hist = lax.fori_loop(0, chunks, body, hist)
-    start = chunks * _CHUNK
-    if flat.size > start:
-      tail = flat[start:]
-      hist = _count_digits(hist, digit_fn(tail, start + lax.iota(jnp.int32, tail.size)))
-    return hist
-
-  if leaf.size <= _CHUNK or not _runs_on_one_device():
-    return whole(hist, leaf)
-  return lax.platform_dependent(hist, leaf, cpu=chunked, default=whole)
-
-
-def _kth_largest_key(leaves: list[Array], to_key: Callable[[Array], Array], k: Array,
-                     key_dtype: Any) -> tuple[Array, Array, Array]:
-  """Radix select of the k-th largest key (1 <= k <= n), 16 bits per pass.
-
-  Each pass histograms the next 16-bit digit of the keys that share the
-  digits found so far; the running count of keys above that prefix tells
-  which digit holds the k-th key. Returns the key, the number of keys strictly
-  above it and the number equal to it.
-  """
-  nbits = np.iinfo(key_dtype).bits
-  prefix = jnp.zeros((), key_dtype)
-  above = jnp.zeros((), jnp.int32)
-  equal = jnp.zeros((), jnp.int32)
-  for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-    high = shift + _DIGIT_BITS
-
-    def digit_fn(scores, positions, shift=shift, high=high, prefix=prefix):
-      del positions
-      key = to_key(scores)
-      digit = ((key >> shift) & (_BINS - 1)).astype(jnp.int32)
-      if high < nbits:  # keys outside the prefix go out of range: dropped
-        digit = jnp.where((key >> high) == prefix, digit, _BINS)
-      return digit
-
-    hist = jnp.zeros((_BINS,), jnp.int32)
-    for leaf in leaves:
-      hist = _leaf_histogram(hist, leaf, digit_fn)
-    # at_least[j]: keys in this prefix whose digit is >= j; non-increasing in j.
-    at_least = jnp.cumsum(hist[::-1])[::-1]
-    digit = jnp.sum(above + at_least >= k) - 1
-    equal = hist[digit]
-    above = above + at_least[digit] - equal
-    prefix = (prefix << _DIGIT_BITS) | digit.astype(key_dtype)
-  return prefix, above, equal
-
-
 def _flat_index(shape: tuple[int, ...]) -> Array:
   """Row-major flat index of every element, built from iotas (shards cleanly)."""
   index = jnp.zeros(shape, jnp.int32)
@@ -230,13 +124,423 @@ def _flat_index(shape: tuple[int, ...]) -> Array:
   return index
 
 
-def _nth_tie_position(leaf: Array, is_tie: Callable[[Array], Array], n: Array) -> Array:
-  """Row-major flat position of the n-th tie (1-based ``n``) in ``leaf``.
+def _leaves_may_be_sharded() -> bool:
+  """Whether what is traced now may run on sharded leaves.
 
-  A radix select on positions: one histogram of the ties per block of
-  ``ceil(size / 2**16)`` positions finds the block holding the n-th tie, and a
-  second histogram within that block finds its position.
+  Under a plain ``jax.jit`` the shardings a leaf will have are only known at
+  compilation (``in_shardings``, or the arguments' shardings with Auto axes),
+  so the one sure sign at trace time that no leaf is sharded is that there is
+  nothing to shard over: no mesh in context and a single device in all.
   """
+  if not jax.sharding.get_abstract_mesh().empty:
+    return True
+  return jax.device_count() != 1
+
+
+class _Order(NamedTuple):
+  """The order of the scores as keys, and when float compares agree with it."""
+
+  float_dtype: Any
+  key_dtype: Any
+
+  def key(self, x: Array) -> Array:
+    return _to_key(x, self.float_dtype, self.key_dtype)
+
+  def value(self, key: Array) -> Array:
+    return _from_key(key, self.float_dtype, self.key_dtype)
+
+  def floats_agree(self, keys: Array) -> Array:
+    """Whether comparing scores with the floats of ``keys`` (as XLA does, maybe
+    flushing subnormals to zero) orders every score as comparing keys would:
+    true when every key is a normal or infinite float."""
+    value = self.value(keys)
+    tiny = jnp.asarray(jnp.finfo(self.float_dtype).tiny, self.float_dtype)
+    return jnp.all(jnp.abs(value) >= tiny)  # False for NaN, zeros and subnormals
+
+
+def _block_sums(leaf: Array, read: Callable[[Array], Array],
+                term: Callable[[Array, int], Array]) -> Array:
+  """Per block of 8 elements of ``leaf``, the float32 sum of ``term(read(x), row)``.
+
+  The flattened leaf is read as 8 rows of ``q = size // 8`` (block ``j`` holds
+  flat positions ``i * q + j`` for rows ``i < 8``), plus one block for the
+  ``size % 8`` trailing elements (positions ``8 * q + i``). Summing 8 rows
+  elementwise is one fused loop that XLA vectorises along the rows, as cheap
+  as a plain float reduction of the leaf on XLA:CPU, where reductions of
+  compares or integers are several times slower. Terms are small integers
+  whose sums stay below 2**24, so every sum is exact.
+  """
+  flat = leaf.reshape(-1)
+  q, r = divmod(flat.size, _ROWS)
+  parts = []
+  if q:
+    rows = flat[:_ROWS * q].reshape(_ROWS, q)
+    parts.append(sum(term(read(rows[i]), i) for i in range(_ROWS)))
+  if r:
+    keys = read(flat[_ROWS * q:])
+    parts.append(sum(term(keys[i], i) for i in range(r)).reshape(1).astype(jnp.float32))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def _num_blocks(size: int) -> int:
+  return -(-size // _ROWS)
+
+
+def _in_floats_if_exact(order: _Order, bounds: Array, make_pass: Callable[[Callable, Array], Any]):
+  """Runs ``make_pass(read, bounds)`` comparing floats when that is exact for
+  these bounds (a few instructions fewer per score), else comparing keys."""
+  def as_floats():
+    return make_pass(lambda x: x.astype(order.float_dtype), order.value(bounds))
+
+  def as_keys():
+    return make_pass(order.key, bounds)
+
+  return lax.cond(order.floats_agree(bounds), as_floats, as_keys)
+
+
+def _packed_counts(leaves: list[Array], order: _Order, thresholds: Array) -> Array:
+  """``count(key > t)`` over all leaves for each of ``_PROBES`` sorted thresholds.
+
+  One pass: each score adds ``16 ** (number of thresholds below it)`` to its
+  block's sum, so a block's sum holds six 4-bit counters (at most 8 each).
+  """
+  powers = [np.float32(16.0 ** b) for b in range(_PROBES + 1)]
+
+  def make_pass(read, bounds):
+    def term(x, row):
+      del row
+      value = jnp.float32(powers[0])
+      for b in range(_PROBES):
+        value = jnp.where(x > bounds[b], powers[b + 1], value)
+      return value
+
+    def add(a, b):
+      return tuple(x + y for x, y in zip(a, b))
+
+    per_bucket = jnp.zeros((_PROBES + 1,), jnp.int32)
+    for leaf in leaves:
+      packed = _block_sums(leaf, read, term).astype(jnp.int32)
+      # One reduction with six results, so that XLA computes the pass once.
+      fields = tuple((packed >> (4 * b)) & 15 for b in range(_PROBES + 1))
+      zeros = tuple(jnp.int32(0) for _ in fields)
+      per_bucket = per_bucket + jnp.stack(lax.reduce(fields, zeros, add, (0,)))
+    return per_bucket
+
+  per_bucket = _in_floats_if_exact(order, thresholds, make_pass)
+  # count(key > thresholds[m]) = keys in buckets m + 1 and above.
+  return jnp.cumsum(per_bucket[::-1])[::-1][1:]
+
+
+def _plain_counts(leaves: list[Array], order: _Order, thresholds: Array) -> Array:
+  """``count(key > t)`` for each threshold: scalar reductions that shard cleanly."""
+  total = jnp.zeros((_PROBES,), jnp.int32)
+  for leaf in leaves:
+    key = order.key(leaf)
+    total = total + jnp.stack([jnp.sum(key > thresholds[b], dtype=jnp.int32)
+                               for b in range(_PROBES)])
+  return total
+
+
+def _sample(leaves: list[Array], order: _Order, n: int) -> Array:
+  """Sorted keys of a deterministic strided sample of about ``_SAMPLE`` scores
+  (every score when there are fewer)."""
+  stride = max(1, n // _SAMPLE)
+  keys = [order.key(leaf.reshape(-1)[min(stride // 2, leaf.size - 1)::stride])
+          for leaf in leaves if leaf.size]
+  return jnp.sort(jnp.concatenate(keys))
+
+
+class _Bracket(NamedTuple):
+  lo: Array  # the k-th largest key lies in [lo, hi]
+  hi: Array
+  at_least_lo: Array  # count(key >= lo)
+  above_hi: Array  # count(key > hi)
+  passes: Array  # counting passes made
+
+
+def _narrow(bracket: _Bracket, thresholds: Array, counts: Array, k: Array) -> _Bracket:
+  """Shrinks the bracket with ``counts[i] = count(key > thresholds[i])``."""
+  lo, hi, at_least_lo, above_hi, passes = bracket
+  low_side = counts >= k  # the k-th key is above these thresholds
+  best_low = jnp.argmax(jnp.where(low_side, thresholds, 0))
+  best_high = jnp.argmin(jnp.where(low_side, jnp.asarray(np.iinfo(thresholds.dtype).max,
+                                                         thresholds.dtype), thresholds))
+  new_lo = jnp.where(jnp.any(low_side), thresholds[best_low] + 1, lo)
+  new_hi = jnp.where(jnp.any(~low_side), thresholds[best_high], hi)
+  return _Bracket(
+      jnp.maximum(lo, new_lo), jnp.minimum(hi, new_hi),
+      jnp.where(new_lo > lo, counts[best_low], at_least_lo),
+      jnp.where(new_hi < hi, counts[best_high], above_hi), passes + 1)
+
+
+def _probe_keys(bracket: _Bracket, k: Array, sample: Array | None, n: int) -> Array:
+  """``_PROBES`` sorted thresholds in ``[lo, hi - 1]`` for the next counting pass.
+
+  From the sample when it has keys inside the bracket: around the estimated
+  position of the k-th key (the sample's spread about it is binomial), with
+  the estimate itself and one less, so a value tied at the k-th is isolated in
+  one pass. Otherwise the bracket is split evenly in key space.
+  """
+  lo, hi, at_least_lo, above_hi, _ = bracket
+  key_dtype = lo.dtype
+  span = hi - lo
+  step = span // (_PROBES + 1)
+  even = lo + jnp.maximum(step * jnp.arange(1, _PROBES + 1, dtype=key_dtype),
+                          jnp.arange(_PROBES, dtype=key_dtype))
+  if sample is None:
+    return jnp.minimum(even, hi - 1)
+  first = jnp.searchsorted(sample, lo, side="left")
+  last = jnp.searchsorted(sample, hi, side="right")  # sample[first:last] in [lo, hi]
+  inside = last - first
+  # Rank of the k-th key among the bracket's keys, from the top, as a fraction.
+  fraction = (k - above_hi).astype(jnp.float32) / jnp.maximum(at_least_lo - above_hi, 1)
+  estimate = fraction * inside.astype(jnp.float32)
+  spread = jnp.sqrt(inside * fraction * (1 - fraction)) + 1.0
+
+  def at(offset):  # sample key at `offset` spreads below the estimate (from the top)
+    if n <= sample.size:  # the sample is every key: the rank is known exactly
+      rank = k - above_hi - 1
+    else:
+      rank = (jnp.ceil(estimate + offset * spread) - 1).astype(jnp.int32)
+    index = last - 1 - jnp.clip(rank, 0, jnp.maximum(inside - 1, 0))
+    return sample[jnp.clip(index, 0, sample.size - 1)]
+
+  upper, centre, lower = at(-1.5), at(0.0), at(1.5)
+  one = jnp.ones((), key_dtype)
+  guided = jnp.stack([upper, centre, jnp.maximum(centre, one) - one, lower,
+                      jnp.maximum(lower, one) - one])
+  probes = jnp.where(inside >= _PROBES, guided, even)
+  return jnp.sort(jnp.clip(probes, lo, jnp.maximum(hi, one) - one))
+
+
+def _bracket_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: Any,
+                 counts_fn: Callable[[list[Array], _Order, Array], Array],
+                 sample: Array | None, stop_at: int) -> _Bracket:
+  """Counting passes until the bracket holds the k-th key and at most
+  ``stop_at`` keys, or a single key value."""
+  start = _Bracket(jnp.zeros((), key_dtype), jnp.asarray(np.iinfo(key_dtype).max, key_dtype),
+                   jnp.int32(n), jnp.int32(0), jnp.int32(0))
+
+  def more(b):
+    return (b.at_least_lo - b.above_hi > stop_at) & (b.lo < b.hi)
+
+  def one_pass(b):
+    probes = _probe_keys(b, k, sample, n)
+    return _narrow(b, probes, counts_fn(leaves, order, probes), k)
+
+  return lax.while_loop(more, one_pass, start)
+
+
+def _select_in_buffer(leaves, order, k, bracket, band_masks, sizes, key_dtype, buffer):
+  """The k-th key and its position when the bracket holds at most ``buffer`` keys.
+
+  The band's keys are gathered into a buffer: each slot finds its block by
+  descending a tree of per-block counts (8 children per node), then its row by
+  the block's bit mask; each leaf gathers the slots that fall in it.
+  """
+  counts = jnp.concatenate([lax.population_count(m) for m in band_masks])
+  masks = jnp.concatenate(band_masks)
+  levels = [counts]
+  while levels[-1].size > 512:
+    top = levels[-1]
+    pad = -top.size % _ROWS
+    levels.append(jnp.pad(top, (0, pad)).reshape(-1, _ROWS).sum(axis=1))
+  top = levels[-1]
+  top_end = jnp.cumsum(top)
+  slot = jnp.arange(buffer, dtype=jnp.int32)
+  band = top_end[-1]
+  node = jnp.minimum(jnp.searchsorted(top_end, slot, side="right"), top.size - 1).astype(jnp.int32)
+  rest = slot - (top_end[node] - top[node])
+  for level in reversed(levels[:-1]):
+    children = jnp.pad(level, (0, -level.size % _ROWS))
+    child = jnp.zeros_like(node)
+    before = jnp.zeros_like(rest)
+    end = jnp.zeros_like(rest)
+    for i in range(_ROWS):  # the first child whose running count passes `rest`
+      end = end + children[_ROWS * node + i]
+      passed = end <= rest
+      child = child + passed.astype(jnp.int32)
+      before = jnp.where(passed, end, before)
+    child = jnp.minimum(child, _ROWS - 1)
+    rest = rest - before
+    node = _ROWS * node + child
+  block = jnp.minimum(node, masks.size - 1)
+  bits = (masks[block][:, None] >> jnp.arange(_ROWS, dtype=jnp.int32)) & 1
+  ends = jnp.cumsum(bits, axis=1)
+  row = jnp.minimum(jnp.sum(ends <= rest[:, None], axis=1), _ROWS - 1).astype(jnp.int32)
+  # Which leaf each block belongs to, and the flat position within it.
+  block_starts = np.cumsum([0] + [_num_blocks(s) for s in sizes])
+  elem_starts = np.cumsum([0] + list(sizes))
+  leaf_of = jnp.clip(jnp.searchsorted(jnp.asarray(block_starts[1:], jnp.int32), block,
+                                      side="right"), 0, len(sizes) - 1)
+  local_block = block - jnp.asarray(block_starts[:-1], jnp.int32)[leaf_of]
+  q = jnp.asarray([s // _ROWS for s in sizes], jnp.int32)[leaf_of]
+  local = jnp.where(local_block < q, row * q + local_block, _ROWS * q + row)
+  valid = slot < band
+  # Slots are in block order, so each leaf's slots are one run: a leaf gathers a
+  # window of min(size, buffer) slots from its run's start; later leaves overwrite
+  # what spills past its run.
+  per_leaf = jnp.stack([jnp.sum(c) for c in jnp.split(counts, block_starts[1:-1])]) if len(
+      sizes) > 1 else jnp.sum(counts)[None]
+  run_starts = jnp.cumsum(per_leaf) - per_leaf
+  width = max(min(s, buffer) for s in sizes)
+  local_padded = jnp.pad(local, (0, width))
+  keys = jnp.zeros((buffer + width,), key_dtype)
+  for i, leaf in enumerate(leaves):
+    if not leaf.size:
+      continue
+    w = min(leaf.size, buffer)
+    idx = lax.dynamic_slice_in_dim(local_padded, run_starts[i], w)
+    got = order.key(leaf.reshape(-1)[jnp.clip(idx, 0, leaf.size - 1)])
+    keys = lax.dynamic_update_slice_in_dim(keys, got, run_starts[i], 0)
+  keys = jnp.where(valid, keys[:buffer], jnp.zeros((), key_dtype))
+  position = jnp.where(valid, jnp.asarray(elem_starts[:-1], jnp.int32)[leaf_of] + local,
+                       jnp.int32(np.iinfo(np.int32).max))
+  # The k-th largest key: the buffer holds the keys ranked above_hi + 1 ... .
+  rank = k - bracket.above_hi  # 1-based within the band
+  kth = jnp.sort(keys)[buffer - rank]
+  above_in_band = jnp.sum(valid & (keys > kth), dtype=jnp.int32)
+  ties = jnp.sort(jnp.where(valid & (keys == kth), position, jnp.int32(np.iinfo(np.int32).max)))
+  last = ties[rank - above_in_band - 1]
+  return kth, bracket.above_hi + above_in_band, last
+
+
+def _nth_set_in_leaf(mask: Array, size: int, n: Array) -> Array:
+  """Flat position of the n-th (1-based) set bit of a leaf's block masks,
+  in position order: row by row, then the tail block."""
+  q, r = divmod(size, _ROWS)
+  body = mask[:q]
+  row_bits = [(body >> i) & 1 for i in range(_ROWS)]
+  per_row = jnp.stack([jnp.sum(b) for b in row_bits])
+  tail_bits = ((mask[q] >> jnp.arange(_ROWS, dtype=jnp.int32)) & 1) if r else jnp.zeros(
+      (_ROWS,), jnp.int32)
+  ends = jnp.cumsum(per_row)
+  row = jnp.sum(ends < n).astype(jnp.int32)  # 8: the tail block
+  before = jnp.where(row > 0, ends[jnp.maximum(row - 1, 0)], 0)
+  m = n - before
+  tail_pos = _ROWS * q + jnp.argmax(jnp.cumsum(tail_bits) >= m).astype(jnp.int32)
+  if not q:
+    return tail_pos
+  bits = lax.switch(jnp.minimum(row, _ROWS - 1), [lambda b=b: b for b in row_bits])
+  chunk = 1024
+  padded = jnp.pad(bits, (0, -q % chunk)).reshape(-1, chunk)
+  chunk_ends = jnp.cumsum(padded.sum(axis=1))
+  c = jnp.minimum(jnp.sum(chunk_ends < m), padded.shape[0] - 1).astype(jnp.int32)
+  m_in = m - jnp.where(c > 0, chunk_ends[jnp.maximum(c - 1, 0)], 0)
+  j = c * chunk + jnp.argmax(jnp.cumsum(padded[c]) >= m_in).astype(jnp.int32)
+  return jnp.where(row < _ROWS, row * q + j, tail_pos)
+
+
+def _select_tie(k, bracket, band_masks, sizes):
+  """Position of the kept tie ranked last when the bracket is one key value."""
+  rank = k - bracket.above_hi  # 1-based among the ties, in position order
+  per_leaf = jnp.stack([jnp.sum(lax.population_count(m)) for m in band_masks])
+  ends = jnp.cumsum(per_leaf)
+  leaf = jnp.minimum(jnp.sum(ends < rank), len(sizes) - 1).astype(jnp.int32)
+  within = rank - (ends[leaf] - per_leaf[leaf])
+  elem_starts = np.cumsum([0] + list(sizes))
+  branches = [lambda i=i: _nth_set_in_leaf(band_masks[i], sizes[i], within) + int(elem_starts[i])
+              if sizes[i] else jnp.int32(0) for i in range(len(sizes))]
+  return lax.cond(rank == ends[-1], lambda: jnp.int32(np.iinfo(np.int32).max),
+                  lambda: lax.switch(leaf, branches).astype(jnp.int32))
+
+
+def _nth_tie_sharded(leaves, order, kth, rank, n):
+  """Global position of the rank-th key equal to ``kth``, by counting passes
+  over positions (scalar reductions only)."""
+  starts = np.cumsum([0] + [leaf.size for leaf in leaves])
+
+  def counts(probes):  # count(key == kth and position <= p)
+    total = jnp.zeros((_PROBES,), jnp.int32)
+    for leaf, start in zip(leaves, starts):
+      tie = order.key(leaf) == kth
+      pos = _flat_index(leaf.shape) + int(start)
+      total = total + jnp.stack([jnp.sum(tie & (pos <= probes[b]), dtype=jnp.int32)
+                                 for b in range(_PROBES)])
+    return total
+
+  def more(state):
+    lo, hi = state
+    return lo < hi
+
+  def one_pass(state):  # answer in [lo, hi]
+    lo, hi = state
+    step = (hi - lo) // (_PROBES + 1)
+    probes = jnp.minimum(lo + jnp.maximum(step * jnp.arange(1, _PROBES + 1), jnp.arange(_PROBES)),
+                         hi - 1)
+    enough = counts(probes) >= rank
+    new_hi = jnp.min(jnp.where(enough, probes, hi))
+    new_lo = jnp.max(jnp.where(enough, lo, probes + 1))
+    return new_lo, new_hi
+
+  return lax.while_loop(more, one_pass, (jnp.int32(0), jnp.int32(n - 1)))[1]
+
+
+# --- The CPU path: radix select with chunked scatter-add histograms. ---
+# On XLA:CPU, one device, it measured faster than the counting path below (see
+# docs/PERFORMANCE.md); accelerators never compile it (``lax.platform_dependent``).
+
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+_CHUNK = 1 << 16  # elements scattered per loop iteration
+
+
+def _leaf_histogram(hist: Array, leaf: Array, digit_fn: Callable[[Array, Array], Array]) -> Array:
+  """Adds ``digit_fn(values, flat_positions)`` of one leaf to ``hist``, reading
+  the leaf in chunks of ``_CHUNK`` so that XLA:CPU keeps them in cache. Digits
+  outside ``[0, len(hist))`` are not counted."""
+  flat = leaf.reshape(-1)
+  chunks = flat.size // _CHUNK
+
+  def count(hist, values, positions):
+    return hist.at[digit_fn(values, positions)].add(1, mode="drop")
+
+  def body(i, hist):
+    chunk = lax.dynamic_slice_in_dim(flat, i * _CHUNK, _CHUNK)
+    return count(hist, chunk, i * _CHUNK + lax.iota(jnp.int32, _CHUNK))
+
+  if chunks:
+    hist = lax.fori_loop(0, chunks, body, hist)
+  start = chunks * _CHUNK
+  if flat.size > start:
+    tail = flat[start:]
+    hist = count(hist, tail, start + lax.iota(jnp.int32, tail.size))
+  return hist
+
+
+def _radix_kth_key(leaves: list[Array], order: _Order, k: Array) -> tuple[Array, Array, Array]:
+  """Radix select of the k-th largest key (1 <= k <= n), 16 bits per pass:
+  the key, the number of keys above it and the number equal to it."""
+  key_dtype = order.key_dtype
+  nbits = np.iinfo(key_dtype).bits
+  prefix = jnp.zeros((), key_dtype)
+  above = jnp.zeros((), jnp.int32)
+  equal = jnp.zeros((), jnp.int32)
+  for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
+    high = shift + _DIGIT_BITS
+
+    def digit_fn(scores, positions, shift=shift, high=high, prefix=prefix):
+      del positions
+      key = order.key(scores)
+      digit = ((key >> shift) & (_BINS - 1)).astype(jnp.int32)
+      if high < nbits:  # keys outside the prefix go out of range: dropped
+        digit = jnp.where((key >> high) == prefix, digit, _BINS)
+      return digit
+
+    hist = jnp.zeros((_BINS,), jnp.int32)
+    for leaf in leaves:
+      hist = _leaf_histogram(hist, leaf, digit_fn)
+    at_least = jnp.cumsum(hist[::-1])[::-1]  # keys in this prefix with digit >= j
+    digit = jnp.sum(above + at_least >= k) - 1
+    equal = hist[digit]
+    above = above + at_least[digit] - equal
+    prefix = (prefix << _DIGIT_BITS) | digit.astype(key_dtype)
+  return prefix, above, equal
+
+
+def _radix_nth_tie(leaf: Array, is_tie: Callable[[Array], Array], n: Array) -> Array:
+  """Flat position of the n-th (1-based) tie in ``leaf``: a histogram of the ties
+  per block of positions, then one within the block."""
   block = max(1, -(-leaf.size // _BINS))
 
   def per_block(values, positions):
@@ -257,33 +561,133 @@ def _nth_tie_position(leaf: Array, is_tie: Callable[[Array], Array], n: Array) -
   return first_block * block + jnp.argmax(jnp.cumsum(hist) >= n).astype(jnp.int32)
 
 
-def _tie_cutoffs(leaves: list[Array], to_key: Callable[[Array], Array], threshold: Array,
-                 slots: Array) -> list[Array]:
-  """Per leaf, the position before which keys equal to ``threshold`` are kept.
+def _radix_find_kth(leaves: list[Array], order: _Order, k: Array) -> tuple[Array, Array, Array]:
+  """The k-th largest key, the count above it and the global position of the
+  last kept tie, by radix select (the CPU path)."""
+  kth, above, equal = _radix_kth_key(leaves, order, k)
+  slots = k - above  # ties kept
 
-  The first ``slots`` equal keys in flattening order are kept: whole leaves
-  while slots remain, then a prefix of the one leaf where they run out (found
-  in that leaf alone, one ``lax.switch`` branch per leaf).
-  """
   def is_tie(values):
-    return to_key(values) == threshold
+    return order.key(values) == kth
 
-  def tie_count(leaf):
-    one_bin = jnp.zeros((1,), jnp.int32)
-    return _leaf_histogram(one_bin, leaf, lambda v, p: jnp.where(is_tie(v), 0, 1))[0]
+  def last_tie():
+    counts = jnp.stack([_leaf_histogram(jnp.zeros((1,), jnp.int32), leaf,
+                                        lambda v, p: jnp.where(is_tie(v), 0, 1))[0]
+                        for leaf in leaves])
+    ends = jnp.cumsum(counts)
+    leaf = jnp.minimum(jnp.sum(ends < slots), len(leaves) - 1).astype(jnp.int32)
+    starts = np.cumsum([0] + [x.size for x in leaves])
+    branches = [lambda i=i: _radix_nth_tie(leaves[i], is_tie, slots - (ends[i] - counts[i]))
+                + int(starts[i]) for i in range(len(leaves))]
+    return lax.switch(leaf, branches).astype(jnp.int32)
 
-  counts = jnp.stack([tie_count(leaf) for leaf in leaves])
-  before = jnp.cumsum(counts) - counts
-  need = jnp.clip(slots - before, 0, counts)
-  sizes = jnp.asarray([leaf.size for leaf in leaves], jnp.int32)
-  partial = (need > 0) & (need < counts)  # at most one leaf
-  branches = [
-      lambda i=i: _nth_tie_position(leaves[i], is_tie, need[i]) + 1
-      for i in range(len(leaves))
-  ]
-  cut = lax.switch(jnp.argmax(partial), branches)
-  cutoffs = jnp.where(partial, cut, jnp.where(need > 0, sizes, 0))
-  return [cutoffs[i] for i in range(len(leaves))]
+  last = lax.cond(slots == equal, lambda: jnp.int32(np.iinfo(np.int32).max), last_tie)
+  return kth, above, last
+
+
+class _Found(NamedTuple):
+  kth: Array  # the k-th largest key
+  above: Array  # count(key > kth)
+  last: Array  # global position of the last kept key equal to kth
+  passes: Array  # counting passes before the final one
+  buffered: Array  # whether the band was gathered into the buffer
+
+
+def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: Any,
+              method: str = "auto") -> _Found:
+  """The k-th largest key (1 <= k <= n) and where its ties stop."""
+  leaves = [leaf for leaf in leaves if leaf.size]  # empty leaves hold no position
+  if _leaves_may_be_sharded():
+    b = _bracket_kth(leaves, order, k, n, key_dtype, _plain_counts, None, 0)
+    ties = b.at_least_lo - b.above_hi
+    rank = k - b.above_hi
+    last = lax.cond(rank == ties, lambda: jnp.int32(np.iinfo(np.int32).max),
+                    lambda: _nth_tie_sharded(leaves, order, b.lo, rank, n))
+    return _Found(b.lo, b.above_hi, last, b.passes, jnp.asarray(False))
+  def radix():
+    return _Found(*_radix_find_kth(leaves, order, k), jnp.int32(0), jnp.asarray(False))
+
+  def counting():
+    return _counting_find_kth(leaves, order, k, n, key_dtype)
+
+  if method == "counting":
+    return counting()
+  if method == "radix":
+    return radix()
+  return lax.platform_dependent(cpu=radix, default=counting)
+
+
+def _counting_find_kth(leaves: list[Array], order: _Order, k: Array, n: int,
+                       key_dtype: Any) -> _Found:
+  """The k-th largest key on one device: sampled counting passes, then the band."""
+  sizes = [int(leaf.size) for leaf in leaves]
+  buffer = min(_BUFFER, 1 << max(n - 1, 1).bit_length())
+  if n <= buffer:  # every key fits in the buffer: no counting pass
+    b = _Bracket(jnp.zeros((), key_dtype), jnp.asarray(np.iinfo(key_dtype).max, key_dtype),
+                 jnp.int32(n), jnp.int32(0), jnp.int32(0))
+  else:
+    sample = _sample(leaves, order, n)
+    b = _bracket_kth(leaves, order, k, n, key_dtype, _packed_counts, sample, buffer)
+
+  def band_pass(read, bounds):
+    def term(x, row):
+      inside = (x >= bounds[0]) & (x <= bounds[1])
+      return jnp.where(inside, np.float32(2.0 ** row), np.float32(0))
+
+    return [_block_sums(leaf, read, term).astype(jnp.int32) for leaf in leaves]
+
+  band_masks = _in_floats_if_exact(order, jnp.stack([b.lo, b.hi]), band_pass)
+
+  def buffered():
+    return _select_in_buffer(leaves, order, k, b, band_masks, sizes, key_dtype, buffer)
+
+  if n <= buffer:
+    kth, above, last = buffered()
+    return _Found(kth, above, last, b.passes, jnp.asarray(True))
+
+  def tie():
+    return b.lo, b.above_hi, _select_tie(k, b, band_masks, sizes)
+
+  single = b.lo == b.hi
+  kth, above, last = lax.cond(single, tie, buffered)
+  return _Found(kth, above, last, b.passes, ~single)
+
+
+def _select(scores: PyTree, k: int | Array,
+            method: str = "auto") -> tuple[Selection, _Found | None]:
+  """:func:`global_topk_selection` and how it was found. ``method`` is "auto"
+  (radix on one CPU device, counting elsewhere), "counting" or "radix"
+  (either on any backend, for tests and benchmarks)."""
+  leaves, treedef = jax.tree_util.tree_flatten(scores)
+  float_dtype, key_dtype = _key_dtypes(leaves)
+  n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+  if n >= 2**31 - 1:
+    raise ValueError(f"at most 2**31 - 2 scores are supported; got {n}.")
+  if isinstance(k, (int, np.integer)):
+    if not 0 <= k <= n:
+      raise ValueError(f"k must be in [0, {n}] (the number of scores); got k={k}.")
+  elif not jnp.issubdtype(jnp.result_type(k), jnp.integer):
+    raise TypeError(f"k must be an integer; got {k!r} of dtype {jnp.result_type(k)}.")
+  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
+  nan = jnp.asarray(jnp.nan, float_dtype)
+  if n == 0:
+    mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
+    return Selection(jax.tree_util.tree_unflatten(treedef, mask), nan, jnp.int32(0)), None
+
+  order = _Order(float_dtype, key_dtype)
+  found = _find_kth(leaves, order, jnp.maximum(k, 1), n, key_dtype, method)
+  selected = k > 0
+  masks, start = [], 0
+  for leaf in leaves:
+    key = order.key(leaf)
+    # Ties are kept up to and including global position `last`.
+    cutoff = jnp.clip(found.last - start, -1, leaf.size).astype(jnp.int32)
+    tie = (key == found.kth) & (_flat_index(leaf.shape) <= cutoff)
+    masks.append(((key > found.kth) | tie) & selected)
+    start += leaf.size
+  threshold = jnp.where(selected, _from_key(found.kth, float_dtype, key_dtype), nan)
+  num_greater = jnp.where(selected, found.above, 0)
+  return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, num_greater), found
 
 
 def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
@@ -300,42 +704,7 @@ def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
   Returns:
     A :class:`Selection`.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(scores)
-  float_dtype, key_dtype = _key_dtypes(leaves)
-  n = sum(int(np.prod(leaf.shape)) for leaf in leaves)
-  if n >= 2**31 - 1:
-    raise ValueError(f"at most 2**31 - 2 scores are supported; got {n}.")
-  if isinstance(k, (int, np.integer)):
-    if not 0 <= k <= n:
-      raise ValueError(f"k must be in [0, {n}] (the number of scores); got k={k}.")
-  elif not jnp.issubdtype(jnp.result_type(k), jnp.integer):
-    raise TypeError(f"k must be an integer; got {k!r} of dtype {jnp.result_type(k)}.")
-  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
-  nan = jnp.asarray(jnp.nan, float_dtype)
-  if n == 0:
-    mask = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
-    return Selection(jax.tree_util.tree_unflatten(treedef, mask), nan, jnp.int32(0))
-
-  def to_key(x):
-    return _to_key(x, float_dtype, key_dtype)
-
-  kth, above, equal = _kth_largest_key(leaves, to_key, jnp.maximum(k, 1), key_dtype)
-  slots = k - above  # how many keys equal to the threshold are kept
-  cutoffs = lax.cond(
-      slots == equal,  # every equal key fits: no position needed
-      lambda: [jnp.int32(leaf.size) for leaf in leaves],
-      lambda: _tie_cutoffs(leaves, to_key, kth, slots),
-  )
-  masks = []
-  for leaf, cutoff in zip(leaves, cutoffs):
-    key = to_key(leaf)
-    tie = (key == kth) & (_flat_index(leaf.shape) < cutoff)
-    masks.append((key > kth) | tie)
-  selected = k > 0
-  masks = [m & selected for m in masks]
-  threshold = jnp.where(selected, _from_key(kth, float_dtype, key_dtype), nan)
-  num_greater = jnp.where(selected, above, 0)
-  return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, num_greater)
+  return _select(scores, k)[0]
 
 
 def global_topk_mask(scores: PyTree, k: int | Array) -> PyTree:
@@ -346,10 +715,11 @@ def global_topk_mask(scores: PyTree, k: int | Array) -> PyTree:
   included. Among equal scores the earlier one wins: leaves in
   ``jax.tree_util`` flattening order, and within a leaf row-major order. So the
   result equals taking the first ``k`` indices of a stable descending sort of
-  all scores concatenated in that order, but no concatenation or sort happens:
-  a radix select over 16-bit digits finds the k-th score with a few histogram
-  passes per leaf, so the cost is a few reads of the scores whatever ``k`` is,
-  and every leaf keeps its sharding.
+  all scores concatenated in that order, but no concatenation or sort of the
+  scores happens: a few passes over each leaf find the k-th score (a radix
+  select on one CPU device, sampled counting passes elsewhere), so the cost is
+  a few reads of the scores whatever ``k`` is, and every leaf keeps its
+  sharding.
 
   Args:
     scores: pytree of floating point arrays (any shapes, any float dtypes;

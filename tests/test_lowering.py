@@ -1,0 +1,80 @@
+"""A gsm() step over ResNet-50's parameter shapes, lowered for TPU and CUDA with
+jax.export (no device needed), holds no weight-sized scatter or sort: on TPUs a
+scatter runs largely as a loop over its updates, on GPUs as one atomic each."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gsm_optax
+from benchmarks.shapes import resnet50_shapes
+
+LIMIT = 2**20
+
+
+def _elements(tensor_type: str) -> int:
+  dims = tensor_type.split("x")[:-1]
+  return int(np.prod([int(d) for d in dims])) if dims else 1
+
+
+def scatters_and_sorts(mlir: str) -> tuple[list[int], list[int]]:
+  """Updates of each ``stablehlo.scatter`` and elements of each ``stablehlo.sort``.
+
+  Both carry a region (the update or comparison), so their operand types follow
+  on the line that closes it: ``}) : (operand types) -> result types``.
+  """
+  scatters, sorts, pending = [], [], None
+  for line in mlir.splitlines():
+    opened = re.search(r'"stablehlo\.(scatter|sort)"\(', line)
+    if opened:
+      pending = opened.group(1)
+    closed = re.match(r"\s*\}\) : \((.*)\) ->", line)
+    if closed and pending:
+      types = re.findall(r"tensor<([^>]*)>", closed.group(1))
+      if pending == "scatter":
+        scatters.append(_elements(types[-1]))  # the updates come last
+      else:
+        sorts.append(_elements(types[0]))
+      pending = None
+  return scatters, sorts
+
+
+@pytest.fixture(scope="module")
+def step_and_args():
+  shapes = resnet50_shapes()
+  params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+  tx = gsm_optax.gsm(0.1, 0.1, momentum=0.9, weight_decay=1e-4)
+  state = jax.eval_shape(tx.init, params)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step), (params, state, params)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_no_weight_sized_scatter_or_sort(step_and_args, platform):
+  step, args = step_and_args
+  mlir = jax.export.export(step, platforms=[platform])(*args).mlir_module()
+  scatters, sorts = scatters_and_sorts(mlir)
+  assert not [s for s in scatters if s > LIMIT], scatters
+  assert not [s for s in sorts if s > LIMIT], sorts
+  assert sorts  # the sample and the band are sorted: the parser sees sorts
+
+
+def test_parser_sees_a_weight_sized_scatter():
+  def histogram(x):
+    return jnp.zeros(65536, jnp.int32).at[x].add(1)
+
+  x = jax.ShapeDtypeStruct((2**21,), jnp.int32)
+  mlir = jax.export.export(jax.jit(histogram), platforms=["tpu"])(x).mlir_module()
+  scatters, _ = scatters_and_sorts(mlir)
+  assert max(scatters) == 2**21
+  sort_mlir = jax.export.export(jax.jit(jnp.sort), platforms=["cuda"])(
+      jax.ShapeDtypeStruct((2**21,), jnp.float32)).mlir_module()
+  assert max(scatters_and_sorts(sort_mlir)[1]) == 2**21
