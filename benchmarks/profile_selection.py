@@ -22,6 +22,7 @@ from gsm_optax import selection
 
 
 def timed(fn, *args, repeats):
+  """Median seconds of ``jax.jit(fn)(*args)`` over ``repeats`` calls, after one to compile."""
   fn = jax.jit(fn)
   jax.block_until_ready(fn(*args))
   times = []

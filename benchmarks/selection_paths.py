@@ -16,25 +16,15 @@ before its final band pass (1 is the common case; more is its fallback).
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import gsm_optax
+from benchmarks.profile_selection import timed
 from benchmarks.step_time import SIZES, plain_tx
 from gsm_optax import selection
-
-
-def timed(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():
