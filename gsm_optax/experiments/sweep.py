@@ -76,8 +76,6 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
                              weight_decay=2e-3, warmup_epochs=2),
       methods=("gradual",) if method == "gradual" else ("gsm",),
       checkpoint_every=10, last_k=5)
-  if method == "base":
-    return dataclasses.replace(config, methods=("gsm",))
   if method != "gradual":
     config = runner.with_recipe(config, METHODS[method])
   return config
@@ -142,13 +140,12 @@ def run_job(job: Job, out: str) -> None:
   with open(os.path.join(directory, "running.pid"), "w") as f:
     f.write(str(os.getpid()))
   if job.method == "base":
-    # Only the base phase: a run whose methods all finish at once is not wanted here.
-    config = sweep_config(job.dataset, job.model, 60.0, job.seed, "base")
+    # Only the base phase, which every method's config shares (the paper's is one of them).
+    config = sweep_config(job.dataset, job.model, job.compression, job.seed, "paper")
     r = runner.Runner(config, directory, quiet=True)
     r.phase("base", r.init_params(), runner.momentum_sgd(config.base, r.steps_per_epoch),
             config.base.epochs)
     return
-  os.makedirs(directory, exist_ok=True)
   link = os.path.join(directory, "base")
   if not os.path.exists(link):
     target = os.path.join(_base_dir(out, job.dataset, job.model, job.seed), "base")
@@ -160,14 +157,15 @@ def run_job(job: Job, out: str) -> None:
 def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
   """Runs the jobs that have not finished, one process per core, bases before their users."""
   pending = [j for j in jobs if not j.done(out) and not j.running_elsewhere(out)]
-  running: dict[int, tuple[subprocess.Popen, Job]] = {}
+  running: dict[int, tuple[subprocess.Popen, Job, Any]] = {}
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false"
              " intra_op_parallelism_threads=1")
   os.makedirs(os.path.join(out, "logs"), exist_ok=True)
   while pending or running:
-    for core, (proc, job) in list(running.items()):
+    for core, (proc, job, log) in list(running.items()):
       if proc.poll() is not None:
         del running[core]
+        log.close()
         status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
         print(f"{time.strftime('%H:%M:%S')} core {core}: {_label(job)} {status}", flush=True)
     for core in cores:
@@ -175,10 +173,6 @@ def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
         continue
       ready = [j for j in pending if j.method == "base" or Job(
           j.dataset, j.model, 1.0, j.seed, "base").done(out)]
-      busy_bases = {(j.dataset, j.model, j.seed) for _, j in running.values()
-                    if j.method == "base"}
-      ready = [j for j in ready if (j.dataset, j.model, j.seed) not in busy_bases
-               or j.method == "base"]
       if not ready:
         break
       job = ready[0]
@@ -186,7 +180,8 @@ def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
       log = open(os.path.join(out, "logs", _label(job).replace(" ", "_") + ".log"), "a")
       cmd = ["taskset", "-c", str(core), sys.executable, "-m", "gsm_optax.experiments.sweep",
              "--out", out, "--job", json.dumps(dataclasses.asdict(job))]
-      running[core] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), job)
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+      running[core] = (proc, job, log)
       print(f"{time.strftime('%H:%M:%S')} core {core}: {_label(job)} started", flush=True)
     time.sleep(2)
 
