@@ -83,8 +83,12 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
   return config
 
 
+def _cell_prefix(dataset: str, model: str, compression: float) -> str:
+  return f"{dataset}_{model}_{compression:g}x_seed"
+
+
 def _cell_name(dataset: str, model: str, compression: float, seed: int) -> str:
-  return f"{dataset}_{model}_{compression:g}x_seed{seed}"
+  return f"{_cell_prefix(dataset, model, compression)}{seed}"
 
 
 def _base_dir(out: str, dataset: str, model: str, seed: int) -> str:
@@ -200,9 +204,10 @@ def _label(job: Job) -> str:
 def collect(out: str) -> dict[tuple[str, str, float], dict[str, dict[int, dict[str, float]]]]:
   """``{cell: {method: {seed: {"before", "after", "base"}}}}`` from the finished jobs."""
   table: dict = {}
+  names = os.listdir(out) if os.path.isdir(out) else []
   for d, m, c in GRID:
-    for name in os.listdir(out) if os.path.isdir(out) else []:
-      prefix = f"{d}_{m}_{c:g}x_seed"
+    prefix = _cell_prefix(d, m, c)
+    for name in names:
       if not name.startswith(prefix):
         continue
       seed = int(name[len(prefix):])
