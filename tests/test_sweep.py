@@ -1,5 +1,6 @@
 """The recipe sweep: its grid plan, its schedule, recipes as settings, and its summary table."""
 
+import dataclasses
 import json
 import os
 
@@ -40,6 +41,19 @@ def test_sweep_schedule_keeps_the_authors_total_decay():
 
   assert ours.gsm.epochs * 4 == paper.gsm.epochs
   np.testing.assert_allclose(np.log(shrink(ours.gsm)), np.log(shrink(paper.gsm)), rtol=0.05)
+
+
+def test_full_schedule_is_the_authors():
+  full = sweep.sweep_config("mnist", "lenet300", 60.0, 2, "recommended", schedule="full")
+  paper = runner.paper_config("lenet300", 60.0)
+  assert (full.base, full.gsm) == (paper.base, paper.gsm)
+  assert full == runner.with_recipe(dataclasses.replace(
+      paper, seed=2, methods=("gsm",), checkpoint_every=10, last_k=5), "recommended")
+  # The plan carries the schedule to every job (a full-schedule sweep gets its own --out).
+  jobs = sweep.plan([("mnist", "lenet300", 60.0)], [0], ["paper"], schedule="full")
+  assert {j.schedule for j in jobs} == {"full"}
+  with pytest.raises(ValueError, match="schedule='long'"):
+    sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper", schedule="long")
 
 
 @pytest.mark.parametrize("method", ["paper", "fixed", "late", "magnitude_short", "gradual"])
