@@ -35,7 +35,7 @@ def test_mnist_recipe_flag():
   """The recommended recipe is the default; the paper's update is one flag away; flags win."""
   default = cli._mnist_config(cli._parser().parse_args(["mnist"]))
   assert (default.anneal_epochs, default.passive_decay, default.importance) == (
-      160, 10 * default.gsm.weight_decay, "magnitude")  # up to the first drop, at 160
+      160, 100 * default.gsm.weight_decay, "magnitude")  # up to the first drop, at 160
   paper = cli._mnist_config(cli._parser().parse_args(["mnist", "--recipe", "paper"]))
   assert (paper.anneal_epochs, paper.passive_decay, paper.importance_ema) == (0, 0.0, 0.0)
   assert paper.importance == "taylor"

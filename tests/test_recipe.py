@@ -51,8 +51,8 @@ VARIANTS = {
                                    passive_np=lambda t: 0.0 if t < 10 else 1.0),
     "averaged importance": dict(ema=0.8),
     "all three, annealed keep ratio": dict(passive=5e-2, ema=0.5, anneal=(5, 25)),
-    # The recommended recipe: magnitude ranking, annealed keep ratio, passive decay 10x eta.
-    "recommended recipe": dict(passive=5e-2, anneal=(0, 30), importance="magnitude"),
+    # The recommended recipe: magnitude ranking, annealed keep ratio, passive decay 100x eta.
+    "recommended recipe": dict(passive=0.5, anneal=(0, 30), importance="magnitude"),
 }
 
 

@@ -229,9 +229,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"epochs of the {name} phase at which the learning rate drops 10x")
   m.add_argument("--recipe", choices=sorted(RECIPES),
                  help="the GSM update: 'recommended' (default: keep ratio annealed from dense to"
-                 " Q up to the first learning-rate drop, ranking by magnitude, extra decay for"
-                 " the weights outside the top-Q; chosen by `gsm-optax sweep`), 'fixed' (the"
-                 " first recipe, fitted to LeNet-300-100 60x MNIST; the default with"
+                 " Q up to the first learning-rate drop, ranking by magnitude, an extra decay of"
+                 " 100x the weight decay outside the top-Q; chosen by `gsm-optax sweep`),"
+                 " 'fixed' (the first recipe, fitted to LeNet-300-100 60x MNIST; the default with"
                  " --structured) or 'paper' (the authors' update, unchanged); the flags below"
                  " override any")
   m.add_argument("--passive-decay", type=float,

@@ -194,7 +194,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Fitted on LeNet-300-100 at 60x on MNIST alone (the default until the robustness sweep):
     "fixed": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0},
     # The default, chosen by the recipe sweep (gsm_optax.experiments.sweep, docs/RESULTS.md):
-    "recommended": {"anneal_fraction": 1.0, "passive_decay_factor": 10.0,
+    "recommended": {"anneal_fraction": 1.0, "passive_decay_factor": 100.0,
                     "importance": "magnitude"},
 }
 RECIPE_KEYS = ("anneal_fraction", "passive_decay_factor", "passive_from_anneal_end", "importance",
