@@ -139,3 +139,26 @@ def test_archive_copies_results_that_summarize_reads_back(tmp_path):
   assert len(copied) == 6 and not os.path.exists(os.path.join(dest, "bases"))
   methods = ["paper", "recommended", "gradual"]
   assert sweep.summarize(dest, methods) == sweep.summarize(runs, methods)
+
+
+def test_archived_results_were_run_with_the_settings_their_names_say():
+  """Every result kept in docs/results/sweep was produced by the config its directory names, so
+  a renamed or redefined method cannot leave the published table describing other runs."""
+  root = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results", "sweep")
+  keys = ("passive_decay", "passive_decay_begin_epoch", "anneal_epochs", "importance",
+          "importance_ema", "compression", "dataset", "model", "seed", "methods")
+  checked = 0
+  for cell in sorted(os.listdir(root)):
+    for method in sorted(os.listdir(os.path.join(root, cell))):
+      with open(os.path.join(root, cell, method, "results.json")) as f:
+        stored = json.load(f)["config"]
+      job = next(j for j in sweep.plan(sweep.GRID, [stored["seed"]], [method])
+                 if j.method == method and sweep.job_dir("", j.dataset, j.model, j.compression,
+                                                         j.seed, method).startswith(cell + "/"))
+      expected = sweep.sweep_config(job.dataset, job.model, job.compression, job.seed, method)
+      for key in keys:
+        want = getattr(expected, key)
+        want = list(want) if isinstance(want, tuple) else want
+        assert stored[key] == pytest.approx(want), (cell, method, key)
+      checked += 1
+  assert checked >= 60

@@ -66,10 +66,9 @@ METHODS: dict[str, Any] = {
             "passive_from_anneal_end": True, "importance_ema": 0.99},
     "ema999": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
                "passive_from_anneal_end": True, "importance_ema": 0.999},
+    # The default for one session, replaced by 100x (RESULTS.md: "Passive decay 10x or 100x").
     "passive10": {"anneal_fraction": 1.0, "passive_decay_factor": 10.0,
                   "importance": "magnitude"},
-    "hard_passive": {"anneal_fraction": 1.0, "passive_decay_factor": 100.0,
-                     "importance": "magnitude"},
     "magnitude_short": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
                         "importance": "magnitude"},
 }
