@@ -7,6 +7,11 @@ give the same result: on one CPU device, a radix select from chunked histograms
 (measured faster there); elsewhere, counting passes aimed by a sample, then the
 few keys left in the bracket gathered and sorted, with no scatter over the
 scores (a scatter is a loop over its updates on TPUs, an atomic each on GPUs).
+A third, for one CPU device, counts in float arithmetic only (three thresholds
+packed in one float per 248 scores) until a threshold has exactly k scores
+above it, and hands over to the radix select whenever that cannot be exact;
+it gives the same result but did not measure reliably faster than radix, so
+it is not the default (docs/PERFORMANCE.md; ``_select(..., "float")``).
 Leaves that may be sharded are only ever reduced to scalars, so the selection
 keeps each leaf's sharding and needs only scalar all-reduces.
 """
@@ -705,8 +710,8 @@ def _float_counts(leaves: list[Array], float_dtype: Any, thresholds: Array) -> t
     packed = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
     nan = nan | jnp.any(jnp.isnan(packed))
     fields = jnp.where(jnp.isnan(packed), 0, packed).astype(jnp.int32)
-    counts = counts + jnp.stack([jnp.sum((fields >> (8 * j)) & (_FLOAT_BASE - 1))
-                                 for j in range(_FLOAT_PROBES)])
+    counts = counts + jnp.stack([jnp.sum((fields >> (8 * j)) & (_FLOAT_BASE - 1),
+                                         dtype=jnp.int32) for j in range(_FLOAT_PROBES)])
   return counts, ~nan
 
 
@@ -802,10 +807,10 @@ def _float_aim(leaves: list[Array], order: _Order, k: Array, n: int) -> _Aim:
     below = counts > k  # the k-th score is above these thresholds
     new_lo = jnp.max(jnp.where(below, probes, a.lo))
     new_c_lo = jnp.where(jnp.any(below) & (new_lo > a.lo),
-                         jnp.min(jnp.where(below, counts, n)), a.c_lo)
+                         jnp.min(jnp.where(below, counts, n)).astype(jnp.int32), a.c_lo)
     new_hi = jnp.min(jnp.where(~below & ~hit, probes, a.hi))
     new_c_hi = jnp.where(jnp.any(~below & ~hit) & (new_hi < a.hi),
-                         jnp.max(jnp.where(~below & ~hit, counts, 0)), a.c_hi)
+                         jnp.max(jnp.where(~below & ~hit, counts, 0)).astype(jnp.int32), a.c_hi)
     new_lo = jnp.maximum(new_lo, a.lo)
     new_hi = jnp.minimum(new_hi, a.hi)
     ok = valid & jnp.all(inside) & jnp.all(jnp.isfinite(probes))
@@ -842,7 +847,7 @@ class _Found(NamedTuple):
   above: Array  # count(key > kth)
   last: Array  # global position of the last kept key equal to kth
   passes: Array  # counting passes before the final one
-  buffered: Array  # whether the band was gathered into the buffer
+  buffered: Array  # counting path: the band was gathered; float path: it fell back to radix
 
 
 def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: Any,
@@ -871,7 +876,7 @@ def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: A
     return radix()
   if method == "float":
     return floats()
-  return lax.platform_dependent(cpu=floats, default=counting)
+  return lax.platform_dependent(cpu=radix, default=counting)
 
 
 def _counting_find_kth(leaves: list[Array], order: _Order, k: Array, n: int,
