@@ -7,12 +7,18 @@ give the same result: on one CPU device, a radix select from chunked histograms
 (measured faster there); elsewhere, counting passes aimed by a sample, then the
 few keys left in the bracket gathered and sorted, with no scatter over the
 scores (a scatter is a loop over its updates on TPUs, an atomic each on GPUs).
+A third, for one CPU device, counts in float arithmetic only (three thresholds
+packed in one float per 248 scores) until a threshold has exactly k scores
+above it, and hands over to the radix select whenever that cannot be exact;
+it gives the same result but did not measure reliably faster than radix, so
+it is not the default (docs/PERFORMANCE.md; ``_select(..., "float")``).
 Leaves that may be sharded are only ever reduced to scalars, so the selection
 keeps each leaf's sharding and needs only scalar all-reduces.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -585,12 +591,263 @@ def _radix_find_kth(leaves: list[Array], order: _Order, k: Array) -> tuple[Array
   return kth, above, last
 
 
+# --- The CPU path: float counting passes aimed by a sample, radix as the fallback. ---
+# On XLA:CPU a reduction of compares or integers runs several times slower than a
+# plain float sum, and one body feeding several reductions slower still; but an
+# elementwise sum of a few rows of a leaf, whatever float arithmetic it computes,
+# runs at the speed of reading the leaf (docs/PERFORMANCE.md, benchmarks/cpu_passes.py).
+
+_FLOAT_ROWS = 8  # level 1: a leaf is read as 8 rows summed elementwise
+_FLOAT_GROUP = 31  # level 2: 31 level-1 sums summed again: a field holds at most 248 (+ 7)
+_FLOAT_BASE = 256  # one 8-bit field per threshold
+_FLOAT_PROBES = 3  # three 8-bit fields fill a float32's 24-bit significand exactly
+_FLOAT_SAMPLE = 1 << 14  # keys sampled to aim the first pass
+_FLOAT_PASSES = 8  # counting passes before falling back to the radix select
+
+
+def _float_limits(float_dtype: Any) -> tuple[Any, Any, Any]:
+  """The saturating scale, the smallest threshold magnitude compared exactly,
+  and the largest finite float.
+
+  ``min(max(x - t, 0) * scale, 1)`` is 1 exactly when ``x > t`` provided the
+  smallest positive ``x - t`` is a normal float (XLA:CPU flushes subnormal
+  results to zero): true when ``|t|`` is at least ``tiny * 2**(mantissa + 2)``
+  (then ``x - t`` is either large or at least one ulp of ``t``).
+  """
+  info = jnp.finfo(float_dtype)
+  scale = np.asarray(2.0 ** (info.maxexp - 1), float_dtype)
+  safe = np.asarray(float(info.tiny) * 2.0 ** (info.nmant + 2), float_dtype)
+  return scale, safe, np.asarray(info.max, float_dtype)
+
+
+def _fold(leaf: Array, body: Callable[[Array], Array],
+          combine: Callable[[Array, Array], Array]) -> list[Array]:
+  """``body`` of every element of ``leaf``, combined (an associative float
+  operation) in groups of at most ``_FLOAT_ROWS * _FLOAT_GROUP`` elements: a
+  list of small flat arrays whose elements, combined, give the whole.
+
+  The leaf is viewed as ``(rows, minor)`` with its minor dimension kept (a 1-D
+  leaf as 8 rows), and rows are combined elementwise, 8 then 31 at a time:
+  loops that XLA:CPU vectorises along the minor dimension, where a reduction
+  of the same body, or any view that splits the minor dimension, runs several
+  times slower. The rows left over at each level are reduced along axis 0.
+  """
+  if leaf.ndim >= 2:
+    x = leaf.reshape(-1, leaf.shape[-1])
+    return _fold_level(body(x), combine, first=True)
+  x = leaf.reshape(-1)
+  q = x.size // _FLOAT_ROWS
+  parts = [body(x[_FLOAT_ROWS * q:])] if x.size % _FLOAT_ROWS else []
+  if not q:
+    return parts
+  level = _combine_rows(body(x[:_FLOAT_ROWS * q].reshape(_FLOAT_ROWS, q)), _FLOAT_ROWS,
+                        combine)[0][0]
+  q2 = q // _FLOAT_GROUP
+  if q % _FLOAT_GROUP:
+    parts.append(level[_FLOAT_GROUP * q2:])
+  if q2:
+    folded, _ = _combine_rows(level[:_FLOAT_GROUP * q2].reshape(_FLOAT_GROUP, q2),
+                              _FLOAT_GROUP, combine)
+    parts.append(folded[0])
+  return parts
+
+
+def _combine_rows(x: Array, rows: int, combine: Callable[[Array, Array], Array]
+                  ) -> tuple[Array | None, Array | None]:
+  """``x`` (shape ``(m, minor)``) with groups of ``m // rows`` rows combined
+  elementwise (``None`` when ``m < rows``), and the ``m % rows`` rows left over
+  combined along axis 0 (``None`` when none are)."""
+  q, r = divmod(x.shape[0], rows)
+  folded = None
+  for i in range(rows if q else 0):
+    part = x[i * q:(i + 1) * q]
+    folded = part if folded is None else combine(folded, part)
+  rest = None
+  if r:
+    rest = x[rows * q:]
+    rest = functools.reduce(combine, [rest[i] for i in range(r)])
+  return folded, rest
+
+
+def _fold_level(x: Array, combine, first: bool = False) -> list[Array]:
+  parts = []
+  for rows in ((_FLOAT_ROWS, _FLOAT_GROUP) if first else (_FLOAT_GROUP,)):
+    x, rest = _combine_rows(x, rows, combine)
+    if rest is not None:
+      parts.append(rest.reshape(-1))
+    if x is None:
+      return parts
+  return parts + [x.reshape(-1)]
+
+
+def _float_counts(leaves: list[Array], float_dtype: Any, thresholds: Array) -> tuple[Array, Array]:
+  """``count(x > t)`` over all leaves for ``_FLOAT_PROBES`` safe thresholds, and
+  whether the counts are valid (no NaN score reached them).
+
+  One fused pass per leaf: each score adds ``256**j`` for each threshold ``j``
+  it exceeds, as the float ``min(max(x - t_j, 0) * scale, 1)``; 8 rows of the
+  leaf are summed elementwise into blocks (fields at most 8), 31 blocks
+  elementwise again (fields at most 248), and only these small sums are
+  decoded as integers. Every partial sum is an integer below 2**24: exact.
+  """
+  scale, _, _ = _float_limits(float_dtype)
+
+  def term(x):
+    total = None
+    for j in range(_FLOAT_PROBES):
+      bit = jnp.minimum(jnp.maximum(x - thresholds[j], 0) * scale, 1)
+      bit = bit if j == 0 else bit * np.asarray(float(_FLOAT_BASE ** j), float_dtype)
+      total = bit if total is None else total + bit
+    return total
+
+  counts = jnp.zeros((_FLOAT_PROBES,), jnp.int32)
+  nan = jnp.asarray(False)
+  for leaf in leaves:
+    # One leaf after the other, each decoded on its own: XLA:CPU otherwise
+    # fuses the leaves' loops together and the pass runs 4-5x slower.
+    leaf, counts, nan = lax.optimization_barrier((leaf, counts, nan))
+    parts = _fold(leaf.astype(float_dtype), term, jnp.add)
+    packed = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+    nan = nan | jnp.any(jnp.isnan(packed))
+    fields = jnp.where(jnp.isnan(packed), 0, packed).astype(jnp.int32)
+    counts = counts + jnp.stack([jnp.sum((fields >> (8 * j)) & (_FLOAT_BASE - 1),
+                                         dtype=jnp.int32) for j in range(_FLOAT_PROBES)])
+  return counts, ~nan
+
+
+def _float_min_above(leaves: list[Array], float_dtype: Any, t: Array) -> Array:
+  """``min{x > t}`` over all leaves (the largest float when none), in float
+  arithmetic only: ``max(x, t) + (1 - [x > t]) * max_float``."""
+  scale, _, big = _float_limits(float_dtype)
+
+  def body(x):
+    above = jnp.minimum(jnp.maximum(x - t, 0) * scale, 1)
+    return jnp.maximum(x, t) + (1 - above) * big
+
+  result = jnp.asarray(big, float_dtype)
+  for leaf in leaves:
+    leaf, result = lax.optimization_barrier((leaf, result))
+    parts = _fold(leaf.astype(float_dtype), body, jnp.minimum)
+    result = jnp.minimum(result, jnp.min(jnp.concatenate(parts) if len(parts) > 1 else parts[0]))
+  return result
+
+
+class _Aim(NamedTuple):
+  lo: Array  # count(x > lo) = c_lo > k (lo may be -max_float, c_lo = n assumed)
+  c_lo: Array
+  hi: Array  # count(x > hi) = c_hi < k (hi may be max_float, c_hi = 0 assumed)
+  c_hi: Array
+  found: Array  # a threshold t with count(x > t) == k was counted
+  t: Array
+  ok: Array  # every pass so far was exact
+  passes: Array
+  stalled: Array  # the last pass shrank the bracket by less than half
+
+
+def _float_probes(a: _Aim, k: Array, order: _Order) -> Array:
+  """Three thresholds strictly inside ``(lo, hi)``, sorted.
+
+  Linear interpolation in value between the bracket's ends aims at ranks k - d,
+  k and k + d with ``d ~ sqrt(m)`` for ``m`` scores in the bracket (the spread of
+  a rank estimated from ``m`` roughly uniform values), or, when the last pass
+  barely shrank the bracket, the bracket is split in four in key space.
+  """
+  float_dtype = order.float_dtype
+  lo, hi = a.lo, a.hi
+  m = (a.c_lo - a.c_hi).astype(float_dtype)
+  d = jnp.maximum(jnp.ceil(jnp.sqrt(m)), 1)
+  ranks = jnp.stack([k + d, k.astype(float_dtype), k - d]).astype(float_dtype)
+  frac = (a.c_lo.astype(float_dtype) - ranks) / jnp.maximum(m, 1)
+  interp = lo + (hi - lo) * jnp.clip(frac, 0, 1)
+  klo, khi = order.key(lo), order.key(hi)
+  third = (khi - klo) // 3
+  inf = jnp.asarray(jnp.inf, float_dtype)
+  # Stalled: thirds in key space, and the float just below hi, which tells at
+  # once whether hi is the k-th score, tied (then nothing lies strictly inside).
+  keyed = jnp.stack([order.value(klo + third), order.value(klo + 2 * third),
+                     jnp.nextafter(hi, -inf)])
+  probes = jnp.where(a.stalled | ~jnp.all(jnp.isfinite(interp)), keyed, interp)
+  probes = jnp.clip(probes, jnp.nextafter(lo, inf), jnp.nextafter(hi, -inf))
+  return jnp.sort(probes)
+
+
+def _float_aim(leaves: list[Array], order: _Order, k: Array, n: int) -> _Aim:
+  """Counting passes until one threshold has exactly ``k`` scores above it, or
+  the passes can no longer be exact (a NaN score, a threshold too close to 0,
+  a bracket holding one tied value) or ``_FLOAT_PASSES`` are spent."""
+  float_dtype = order.float_dtype
+  _, safe, big = _float_limits(float_dtype)
+  stride = max(1, n // _FLOAT_SAMPLE)
+  sample = jnp.sort(jnp.concatenate([
+      leaf.reshape(-1)[min(stride // 2, leaf.size - 1)::stride].astype(float_dtype)
+      for leaf in leaves]))  # NaN sorts last
+  s = sample.size
+  p = k.astype(jnp.float32) / n
+  centre = s - 1 - p * s  # the sample index whose value has about k scores above it
+  spread = 3 * jnp.sqrt(s * p * (1 - p)) + 1
+  index = jnp.stack([centre - spread, centre, centre + spread])
+  first = sample[jnp.clip(jnp.round(index), 0, s - 1).astype(jnp.int32)]
+  # A value repeated in the sample is likely tied at the k-th score: probe around it.
+  inf = jnp.asarray(jnp.inf, float_dtype)
+  first = jnp.stack([jnp.where(first[0] == first[1], jnp.nextafter(first[1], -inf), first[0]),
+                     first[1],
+                     jnp.where(first[2] == first[1], jnp.nextafter(first[1], inf), first[2])])
+  start = _Aim(jnp.asarray(-big, float_dtype), jnp.int32(n), jnp.asarray(big, float_dtype),
+               jnp.int32(0), jnp.asarray(False), jnp.asarray(0, float_dtype), jnp.asarray(True),
+               jnp.int32(0), jnp.asarray(False))
+
+  def more(a):
+    return ~a.found & a.ok & (a.passes < _FLOAT_PASSES)
+
+  def one_pass(a):
+    probes = lax.cond(a.passes == 0, lambda: jnp.sort(first), lambda: _float_probes(a, k, order))
+    inside = (probes > a.lo) & (probes < a.hi) & (jnp.abs(probes) >= safe)
+    counts, valid = _float_counts(leaves, float_dtype, probes)
+    hit = counts == k
+    below = counts > k  # the k-th score is above these thresholds
+    new_lo = jnp.max(jnp.where(below, probes, a.lo))
+    new_c_lo = jnp.where(jnp.any(below) & (new_lo > a.lo),
+                         jnp.min(jnp.where(below, counts, n)).astype(jnp.int32), a.c_lo)
+    new_hi = jnp.min(jnp.where(~below & ~hit, probes, a.hi))
+    new_c_hi = jnp.where(jnp.any(~below & ~hit) & (new_hi < a.hi),
+                         jnp.max(jnp.where(~below & ~hit, counts, 0)).astype(jnp.int32), a.c_hi)
+    new_lo = jnp.maximum(new_lo, a.lo)
+    new_hi = jnp.minimum(new_hi, a.hi)
+    ok = valid & jnp.all(inside) & jnp.all(jnp.isfinite(probes))
+    # One tied value left: no float strictly inside the bracket.
+    ok = ok & (jnp.any(hit) | (jnp.nextafter(new_lo, jnp.inf) < new_hi))
+    stalled = 2 * (new_c_lo - new_c_hi) > (a.c_lo - a.c_hi)
+    return _Aim(new_lo, new_c_lo, new_hi, new_c_hi, jnp.any(hit) & ok,
+                jnp.max(jnp.where(hit, probes, -jnp.inf)), ok, a.passes + 1, stalled)
+
+  return lax.while_loop(more, one_pass, start)
+
+
+def _float_find_kth(leaves: list[Array], order: _Order, k: Array, n: int) -> _Found:
+  """The CPU path: float counting passes, the radix select when they cannot
+  be exact. When a pass finds ``t`` with exactly ``k`` scores above it, the
+  k-th score is ``min{x > t}`` and every score equal to it is kept."""
+  aim = _float_aim(leaves, order, k, n)
+  _, safe, _ = _float_limits(order.float_dtype)
+  value = _float_min_above(leaves, order.float_dtype, aim.t)
+  fast = aim.found & (jnp.abs(value) >= safe) & (value < np.inf)
+
+  def from_counts():
+    return order.key(value), jnp.int32(0), jnp.int32(np.iinfo(np.int32).max)
+
+  kth, above, last = lax.cond(fast, from_counts, lambda: _radix_find_kth(leaves, order, k))
+  # Outside the cond, so that XLA drops this pass when nobody reads num_greater.
+  above = jnp.where(fast, _float_counts(leaves, order.float_dtype, jnp.stack([value] * 3))[0][0],
+                    above)
+  return _Found(kth, above, last, aim.passes, ~fast)
+
+
 class _Found(NamedTuple):
   kth: Array  # the k-th largest key
   above: Array  # count(key > kth)
   last: Array  # global position of the last kept key equal to kth
   passes: Array  # counting passes before the final one
-  buffered: Array  # whether the band was gathered into the buffer
+  buffered: Array  # counting path: the band was gathered; float path: it fell back to radix
 
 
 def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: Any,
@@ -607,6 +864,9 @@ def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: A
   def radix():
     return _Found(*_radix_find_kth(leaves, order, k), jnp.int32(0), jnp.asarray(False))
 
+  def floats():
+    return _float_find_kth(leaves, order, k, n)
+
   def counting():
     return _counting_find_kth(leaves, order, k, n, key_dtype)
 
@@ -614,6 +874,8 @@ def _find_kth(leaves: list[Array], order: _Order, k: Array, n: int, key_dtype: A
     return counting()
   if method == "radix":
     return radix()
+  if method == "float":
+    return floats()
   return lax.platform_dependent(cpu=radix, default=counting)
 
 
