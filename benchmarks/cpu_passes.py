@@ -11,7 +11,6 @@ donated). Run it with one core to itself where possible:
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,19 +18,10 @@ import numpy as np
 import optax
 
 import gsm_optax
-from benchmarks.step_time import SIZES, make_step, plain_tx
+from benchmarks.profile_selection import timed
+from benchmarks.shapes import weights_and_gradients
+from benchmarks.step_time import SIZES, make_step, plain_tx, time_steps
 from gsm_optax import selection
-
-
-def timed(fn, *args, repeats):
-  fn = jax.jit(fn)
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def timed_step(tx, params, grads, repeats):
@@ -39,13 +29,7 @@ def timed_step(tx, params, grads, repeats):
   state = tx.init(params)
   p = jax.tree.map(jnp.copy, params)
   p, state = step(p, state, grads)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    p, state = step(p, state, grads)
-    jax.block_until_ready(p)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return time_steps(step, p, state, grads, repeats)[0]
 
 
 def packed_term(x, thresholds, scale, base):
@@ -91,10 +75,7 @@ def main():
 
   shapes = SIZES[args.size]
   rng = np.random.default_rng(0)
-  params = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.05)
-            for k, s in shapes.items()}
-  grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3)
-           for k, s in shapes.items()}
+  params, grads = weights_and_gradients(shapes, rng)
   names = [k for k, s in shapes.items() if len(s) >= 2]
   n = sum(params[k].size for k in names)
   k = int(args.keep * n)

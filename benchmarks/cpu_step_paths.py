@@ -15,14 +15,13 @@ on the same scores; "same" compares the kept sets of the two selections.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import gsm_optax
-from benchmarks.step_time import SIZES, make_step, plain_tx
+from benchmarks.shapes import weights_and_gradients
+from benchmarks.step_time import SIZES, make_step, plain_tx, time_steps
 from gsm_optax import selection
 
 
@@ -56,11 +55,7 @@ def main():
         f" {'float/plain':>11} {'passes':>6} {'fallback':>8} {'same':>5}")
   for size in args.sizes:
     shapes = SIZES[size]
-    rng = np.random.default_rng(0)
-    params = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.05)
-              for k, s in shapes.items()}
-    grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3)
-             for k, s in shapes.items()}
+    params, grads = weights_and_gradients(shapes)
     names = [k for k, s in shapes.items() if len(s) >= 2]
     n = sum(params[m].size for m in names)
     for ratio in args.ratios:
@@ -85,14 +80,8 @@ def main():
         ms = {}
         for name, entry in steps.items():
           step, p, state = entry
-          times = []
-          for _ in range(args.repeats):
-            start = time.perf_counter()
-            p, state = step(p, state, grads)
-            jax.block_until_ready(p)
-            times.append(time.perf_counter() - start)
-          entry[1], entry[2] = p, state
-          ms[name] = float(np.median(times)) * 1e3
+          seconds, entry[1], entry[2] = time_steps(step, p, state, grads, args.repeats)
+          ms[name] = seconds * 1e3
         print(f"{size:>7} {ratio:>5g} {r + 1:>5} {ms['plain']:>9.1f}"
               f" {ms['radix'] / ms['plain']:>10.2f}x {ms['float'] / ms['plain']:>10.2f}x"
               f" {int(passes):>6} {str(bool(fallback)):>8} {str(bool(same)):>5}", flush=True)

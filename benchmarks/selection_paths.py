@@ -19,10 +19,10 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import gsm_optax
 from benchmarks.profile_selection import timed
+from benchmarks.shapes import weights_and_gradients
 from benchmarks.step_time import SIZES, plain_tx
 from gsm_optax import selection
 
@@ -38,12 +38,8 @@ def main():
   print(f"{'params':>7} {'keep':>5} {'plain ms':>9} {'radix ms':>9} {'count ms':>9}"
         f" {'radix/plain':>11} {'count/plain':>11} {'passes':>6} {'same':>5}")
   for size in args.sizes:
-    rng = np.random.default_rng(0)
     shapes = SIZES[size]
-    params = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.05)
-              for k, s in shapes.items()}
-    grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3)
-             for k, s in shapes.items()}
+    params, grads = weights_and_gradients(shapes)
     names = [k for k, f in gsm_optax.default_eligible(params).items() if f]
     n = sum(params[k].size for k in names)
     tx = plain_tx()

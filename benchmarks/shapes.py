@@ -46,3 +46,16 @@ def mlp_shapes(widths=(784, 1000, 200, 10)) -> dict[str, tuple[int, ...]]:
 
 def count(shapes: dict[str, tuple[int, ...]]) -> int:
   return sum(int(np.prod(s)) for s in shapes.values())
+
+
+def weights_and_gradients(shapes: dict[str, tuple[int, ...]], rng=None):
+  """Float32 weights N(0, 0.05) and gradients N(0, 1e-3) shaped by ``shapes``, as jax arrays,
+  drawn from ``rng`` (a fresh ``default_rng(0)`` when not given)."""
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(0) if rng is None else rng
+  params = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 0.05)
+            for k, s in shapes.items()}
+  grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3)
+           for k, s in shapes.items()}
+  return params, grads
