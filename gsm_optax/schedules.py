@@ -149,11 +149,11 @@ def _check_decay_args(learning_rate, num_steps, momentum, weight_decay) -> None:
   _utils.check_int("num_steps", num_steps, 0)
   _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                      "a finite number >= 0")
+                      "a finite number >= 0 or a schedule", allow_schedule=True)
 
 
 def _rates(learning_rate: float | optax.Schedule, num_steps: int) -> np.ndarray:
-  """``lr_t`` for ``t = 0 .. num_steps - 1``, float64."""
+  """``lr_t`` for ``t = 0 .. num_steps - 1``, float64 (any schedule: a decay's too)."""
   if not callable(learning_rate):
     return np.full(num_steps, float(learning_rate), np.float64)
   if num_steps == 0:
@@ -173,44 +173,62 @@ def decay_shrink_factor(
     num_steps: int,
     *,
     momentum: float,
-    weight_decay: float,
+    weight_decay: float | optax.Schedule,
+    nesterov: bool = False,
 ) -> float:
-  r"""Estimated factor by which a weight with no gradient shrinks over a run.
+  r"""The envelope of a weight with no gradient: how far it has shrunk after a run.
 
   A weight outside the GSM top-Q gets only weight decay, through momentum:
-  ``Z <- m Z + eta W; W <- W - lr_t Z``. While ``lr_t eta / (1 - m)`` is small
-  and changes slowly, ``Z`` follows ``eta W / (1 - m)`` and
+  ``Z <- m Z + eta W; W <- W - lr_t Z``, a linear recurrence on ``(W, Z)`` whose
+  step matrix ``M_t`` has eigenvalues ``lambda_t``. Each step multiplies the
+  envelope by the spectral radius ``rho_t = max |lambda_t|``:
 
   .. math::
-    \frac{W_T}{W_0} \approx \exp\left(-\frac{\eta}{1 - m}\sum_{t<T} \mathrm{lr}_t\right).
+    \frac{|W_T|}{|W_0|} \lesssim \prod_{t<T} \rho_t .
 
-  The sum is taken exactly over the schedule's values (evaluated on all steps
-  at once). The exponent is short by a relative ``lr eta / (1 - m)**2`` or so
-  (the true per-step rate is the dominant eigenvalue of the recurrence), plus
-  the ``1 / (1 - m)`` steps it takes momentum to build up: 5% for the authors'
-  ``lr = 1e-2, eta = 5e-4, m = 0.99``. :func:`simulate_decay_shrink` gives the
-  exact factor.
+  While ``lr_t eta < (1 - sqrt(m))**2`` the weight is over-damped: it decays
+  without changing sign, at ``rho_t ~ 1 - lr_t eta / (1 - m)``, so the product
+  is close to ``exp(-eta / (1 - m) * sum lr_t)``, the value itself. Above that
+  it is under-damped: it oscillates around zero, and its amplitude falls by
+  ``rho_t = sqrt(det M_t) = sqrt(m)`` a step whatever the decay (``sqrt(m (1 -
+  lr_t eta))`` with Nesterov), so a larger decay does not shrink the envelope
+  faster; it brings the weight to zero sooner. :func:`simulate_decay_shrink`
+  gives the exact value, which the envelope bounds up to a constant.
 
   Args:
     learning_rate: a float or an optax schedule (``step -> rate``, traceable).
     num_steps: number of steps ``T``, >= 0.
     momentum: ``m``, in [0, 1).
-    weight_decay: ``eta``, >= 0.
+    weight_decay: ``eta``, >= 0: a float, or a schedule (a passive decay that
+      starts part of the way, say).
+    nesterov: Nesterov momentum, as ``optax.trace(nesterov=True)``.
 
   Returns:
-    The estimate of ``W_T / W_0``, a Python float in (0, 1].
+    The envelope's factor over the run, a Python float >= 0 (above 1 if the
+    schedule is unstable).
 
   Example:
     >>> from gsm_optax.schedules import decay_shrink_factor
     >>> round(decay_shrink_factor(1e-2, 10_000, momentum=0.99, weight_decay=5e-4), 5)
-    0.00674
+    0.00511
   """
   _check_decay_args(learning_rate, num_steps, momentum, weight_decay)
-  total = math.fsum(_rates(learning_rate, num_steps))
-  return math.exp(-total * float(weight_decay) / (1.0 - float(momentum)))
+  if num_steps == 0:
+    return 1.0
+  mats = _step_matrices(_rates(learning_rate, num_steps), float(momentum),
+                        _rates(weight_decay, num_steps), nesterov)
+  trace = mats[:, 0, 0] + mats[:, 1, 1]
+  det = mats[:, 0, 0] * mats[:, 1, 1] - mats[:, 0, 1] * mats[:, 1, 0]
+  disc = trace * trace - 4.0 * det
+  root = np.sqrt(np.maximum(disc, 0.0))
+  real = np.maximum(np.abs(trace + root), np.abs(trace - root)) / 2.0
+  radius = np.where(disc >= 0, real, np.sqrt(np.maximum(det, 0.0)))
+  with np.errstate(divide="ignore"):
+    return float(np.exp(math.fsum(np.log(radius))))
 
 
-def _step_matrices(rates: np.ndarray, m: float, eta: float, nesterov: bool) -> np.ndarray:
+def _step_matrices(rates: np.ndarray, m: float, eta: float | np.ndarray,
+                   nesterov: bool) -> np.ndarray:
   """One 2x2 matrix per step, acting on the column ``(W, Z)``."""
   mats = np.empty((rates.size, 2, 2), np.float64)
   if nesterov:  # Z' = m Z + eta W;  W' = W - lr (m Z' + eta W)
@@ -238,7 +256,7 @@ def simulate_decay_shrink(
     num_steps: int,
     *,
     momentum: float,
-    weight_decay: float,
+    weight_decay: float | optax.Schedule,
     nesterov: bool = False,
 ) -> float:
   """Exact factor by which a weight with no gradient shrinks over a run.
@@ -254,7 +272,7 @@ def simulate_decay_shrink(
     learning_rate: a float or an optax schedule (``step -> rate``, traceable).
     num_steps: number of steps ``T``, >= 0.
     momentum: ``m``, in [0, 1).
-    weight_decay: ``eta``, >= 0.
+    weight_decay: ``eta``, >= 0: a float or a schedule.
     nesterov: Nesterov momentum.
 
   Returns:
@@ -268,10 +286,11 @@ def simulate_decay_shrink(
   """
   _check_decay_args(learning_rate, num_steps, momentum, weight_decay)
   rates = _rates(learning_rate, num_steps)
-  m, eta = float(momentum), float(weight_decay)
+  m, eta = float(momentum), _rates(weight_decay, num_steps)
   state = np.array([1.0, 0.0])
   for start in range(0, num_steps, _CHUNK):
-    state = _product(_step_matrices(rates[start:start + _CHUNK], m, eta, nesterov)) @ state
+    chunk = slice(start, start + _CHUNK)
+    state = _product(_step_matrices(rates[chunk], m, eta[chunk], nesterov)) @ state
   return float(state[0])
 
 

@@ -31,6 +31,26 @@ def test_mnist_overrides_reach_the_config():
   assert config.base.learning_rate == 0.05 and config.base.epochs == 200
 
 
+def test_train_takes_any_model_and_dataset():
+  """`train` runs the registry's deep networks on their own schedule; `mnist` stays the paper's."""
+  from gsm_optax.experiments import runner
+
+  vit = cli._mnist_config(cli._parser().parse_args(["train", "--model", "vit"]))
+  assert (vit.model, vit.dataset, vit.compression) == ("vit", "fashion_mnist", 10.0)
+  phases = runner.DEEP_PHASES["vit"]
+  assert (vit.base, vit.gsm) == (phases["base"], phases["gsm"])
+  assert vit.anneal_epochs == vit.gsm.boundaries[0] and vit.importance == "magnitude"
+  resnet = cli._mnist_config(cli._parser().parse_args(
+      ["train", "--dataset", "mnist", "--compression", "20", "--gsm-epochs", "6",
+       "--gsm-boundaries", "4", "5", "--fast"]))
+  assert (resnet.model, resnet.dataset, resnet.compression) == ("resnet20", "mnist", 20.0)
+  assert (resnet.gsm.epochs, resnet.anneal_epochs, resnet.train_subset) == (6, 4, 2048)
+  lenet = cli._mnist_config(cli._parser().parse_args(
+      ["train", "--model", "lenet5", "--compression", "60"]))
+  assert lenet == cli._mnist_config(cli._parser().parse_args(["mnist", "--model", "lenet5"]))
+  assert lenet.gsm.epochs == 280  # the authors' schedule
+
+
 def test_mnist_recipe_flag():
   """The recommended recipe is the default; the paper's update is one flag away; flags win."""
   default = cli._mnist_config(cli._parser().parse_args(["mnist"]))

@@ -1,19 +1,24 @@
-"""The paper's MNIST reproduction, built on the public ``gsm_optax`` API.
+"""The paper's reproduction, and deep networks, built on the public ``gsm_optax`` API.
 
 Not imported by ``import gsm_optax``: data loaders (:mod:`.datasets`), the
-LeNet models (:mod:`.models`), a jitted training loop (:mod:`.training`), the
-experiment runner behind ``gsm-optax mnist`` (:mod:`.runner`), its plots
-(:mod:`.plotting`, needs matplotlib) and the command line (:mod:`.cli`).
+models and what each prunes (:mod:`.models`: the LeNets, ResNet-20, a ViT), a
+jitted training loop (:mod:`.training`), the experiment runner behind
+``gsm-optax mnist`` and ``gsm-optax train`` (:mod:`.runner`), the sweep
+(:mod:`.sweep`), plots (:mod:`.plotting`, needs matplotlib) and the command line
+(:mod:`.cli`).
 """
 
 from gsm_optax.experiments.datasets import Dataset, load_fashion_mnist, load_mnist
-from gsm_optax.experiments.models import LeNet5, LeNet300100
+from gsm_optax.experiments.models import MODELS, PRUNABLE, LeNet5, LeNet300100, ResNet20, ViT
 from gsm_optax.experiments.runner import (
+    DEEP_PHASES,
     METHODS,
     ExperimentConfig,
     PhaseConfig,
+    deep_config,
     fast_config,
     load_phase_params,
+    load_phase_variables,
     paper_config,
     recommended_config,
     run,
@@ -21,16 +26,23 @@ from gsm_optax.experiments.runner import (
 )
 
 __all__ = [
+    "DEEP_PHASES",
     "METHODS",
+    "MODELS",
+    "PRUNABLE",
     "Dataset",
     "ExperimentConfig",
     "LeNet300100",
     "LeNet5",
     "PhaseConfig",
+    "ResNet20",
+    "ViT",
+    "deep_config",
     "fast_config",
     "load_fashion_mnist",
     "load_mnist",
     "load_phase_params",
+    "load_phase_variables",
     "paper_config",
     "recommended_config",
     "run",

@@ -116,7 +116,12 @@ def _mnist_config(args: argparse.Namespace):
   """The experiment configuration: the paper's (or the fast preset), then the overrides."""
   from gsm_optax.experiments import runner as experiments
 
-  preset = experiments.fast_config if args.fast else experiments.paper_config
+  if args.fast:
+    preset = experiments.fast_config
+  elif args.model in experiments.DEEP_PHASES:
+    preset = experiments.deep_config
+  else:
+    preset = experiments.paper_config
   config = preset(args.model, args.compression)
   phases = {}
   for name in ("base", "gsm"):
@@ -159,13 +164,13 @@ def _mnist_config(args: argparse.Namespace):
 
 
 def run_mnist(args: argparse.Namespace) -> dict:
-  """Base training, GSM and the baselines on MNIST, the final prune, JSON and plots."""
+  """Base training, GSM and the baselines, the final prune, JSON and plots."""
   from gsm_optax.experiments import runner as experiments
 
   try:
     config = _mnist_config(args)
   except ValueError as e:
-    raise SystemExit(f"gsm-optax mnist: {e}") from e
+    raise SystemExit(f"gsm-optax {args.command}: {e}") from e
   out = args.out or os.path.join(
       "runs", f"{config.dataset}_{config.model}_{config.compression:g}x_seed{config.seed}"
       + ("_structured" if config.structured else "") + ("_fast" if args.fast else ""))
@@ -203,16 +208,37 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--quiet", action="store_true")
   d.set_defaults(func=run_digits)
 
-  m = sub.add_parser(
-      "mnist", help="the paper's MNIST experiments: GSM, lottery tickets and baselines",
-      description="Dense base training, then from the same base model: GSM and the final prune,"
-      " one-shot magnitude pruning + fine-tuning, gradual magnitude pruning and lottery tickets."
-      " Defaults are the authors' schedules (200 + 280 epochs); --fast runs the whole pipeline in"
-      " about a minute. Running again with the same --out resumes.")
-  m.add_argument("--model", choices=["lenet300", "lenet5"], default="lenet300")
-  m.add_argument("--compression", type=float, default=60.0,
-                 help="prunable weights per kept weight (default 60)")
-  m.add_argument("--dataset", choices=["mnist", "fashion_mnist"])
+  from gsm_optax.experiments.models import PRUNABLE
+
+  models_help = "; ".join(f"{k}: prunes {v}" for k, v in PRUNABLE.items())
+  for command, model, compression, text in (
+      ("mnist", "lenet300", 60.0, "the paper's MNIST experiments: GSM, lottery tickets and"
+       " baselines"),
+      ("train", "resnet20", 10.0, "any model of the registry (the LeNets, ResNet-20, a ViT) on"
+       " MNIST or Fashion-MNIST: GSM, lottery tickets and baselines")):
+    m = sub.add_parser(
+        command, help=text,
+        description="Dense base training, then from the same base model: GSM and the final"
+        " prune, one-shot magnitude pruning + fine-tuning, gradual magnitude pruning and lottery"
+        " tickets. Defaults are the authors' schedules for the LeNets (200 + 280 epochs) and for"
+        " ResNet-20 and the ViT a schedule of about an hour a phase on one CPU core; --fast runs"
+        " the whole pipeline in a minute or two. Running again with the same --out resumes.")
+    _experiment_arguments(m, model, compression, models_help, RECIPES)
+  sub.add_parser("sweep", add_help=False,
+                 help="the recipe sweep over datasets, models and ratios (gsm-optax sweep -h)")
+  return parser
+
+
+def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: float,
+                          models_help: str, recipes) -> None:
+  """The options of ``mnist`` and ``train``: one experiment of :mod:`runner`."""
+  from gsm_optax.experiments.models import MODELS
+
+  m.add_argument("--model", choices=sorted(MODELS), default=model, help=models_help)
+  m.add_argument("--compression", type=float, default=compression,
+                 help=f"prunable weights per kept weight (default {compression:g})")
+  m.add_argument("--dataset", choices=["mnist", "fashion_mnist"],
+                 help="default: mnist for the LeNets, fashion_mnist for the deep networks")
   m.add_argument("--fast", action="store_true", help="short schedules for smoke tests and demos")
   m.add_argument("--methods", nargs="+", choices=["gsm", "lottery", "oneshot", "gradual"],
                  help="what to run after the base model (default: all)")
@@ -227,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(f"--{name}-warmup-epochs", type=int)
     m.add_argument(f"--{name}-boundaries", type=int, nargs="*",
                    help=f"epochs of the {name} phase at which the learning rate drops 10x")
-  m.add_argument("--recipe", choices=sorted(RECIPES),
+  m.add_argument("--recipe", choices=sorted(recipes),
                  help="the GSM update: 'recommended' (default: keep ratio annealed from dense to"
                  " Q up to the first learning-rate drop, ranking by magnitude, an extra decay of"
                  " 100x the weight decay outside the top-Q; chosen by `gsm-optax sweep`),"
@@ -263,9 +289,6 @@ def _parser() -> argparse.ArgumentParser:
   m.add_argument("--no-plots", action="store_true")
   m.add_argument("--quiet", action="store_true")
   m.set_defaults(func=run_mnist)
-  sub.add_parser("sweep", add_help=False,
-                 help="the recipe sweep over datasets, models and ratios (gsm-optax sweep -h)")
-  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

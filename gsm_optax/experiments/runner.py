@@ -14,12 +14,15 @@ and for the same number of epochs, the methods to compare:
   of the base model, applied to the base model's initial weights and retrained
   with the authors' base schedule (Frankle & Carbin 2019; the paper's Table 4).
 
-Every phase is one Flax ``TrainState`` trained by jitted epochs (an epoch is one
-``lax.scan``; the data lives on the device), evaluated after every epoch,
-checkpointed with orbax every few epochs and resumed from the newest complete
-checkpoint when the same output directory is used again. Each finished phase
-leaves ``<out>/<phase>/params.msgpack`` and ``<out>/<phase>/result.json``; the
-whole run's results go to ``<out>/results.json``.
+The model is any of :data:`models.MODELS` (the LeNets, ResNet-20, a ViT), pruned where
+:func:`models.eligible` says. Every phase is one ``TrainState`` (Flax's, with the model's
+BatchNorm statistics beside the parameters) trained by jitted epochs (an epoch is one
+``lax.scan``; the data lives on the device; dropout draws a new RNG every step), evaluated
+after every epoch with the running statistics, checkpointed with orbax every few epochs and
+resumed from the newest complete checkpoint when the same output directory is used again.
+Each finished phase leaves ``<out>/<phase>/params.msgpack`` (with
+``<out>/<phase>/model_state.msgpack`` for a model with BatchNorm) and
+``<out>/<phase>/result.json``; the whole run's results go to ``<out>/results.json``.
 """
 
 from __future__ import annotations
@@ -40,19 +43,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
 from gsm_optax.experiments import datasets, models, structured
-from gsm_optax.experiments.training import accuracy, correct_count, make_train_epoch
+from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
 
 PyTree = Any
+# A model's variables: {"params": ..., "batch_stats": ...} (only "params" for the LeNets).
+Variables = dict[str, PyTree]
 METHODS = ("gsm", "lottery", "oneshot", "gradual")
 
 __all__ = [
-    "METHODS", "RECIPES", "ExperimentConfig", "PhaseConfig", "fast_config", "load_phase_params",
-    "paper_config", "recommended_config", "run", "with_recipe",
+    "DEEP_PHASES", "METHODS", "RECIPES", "ExperimentConfig", "PhaseConfig", "deep_config",
+    "fast_config", "load_phase_params",
+    "load_phase_variables", "paper_config", "recommended_config", "run", "with_recipe",
 ]
 
 
@@ -89,6 +94,9 @@ class ExperimentConfig:
   """
 
   model: str = "lenet300"
+  # Attributes of the model's module (models.MODELS), e.g. {"width": 192, "depth": 6} for the
+  # ViT; {} for its defaults.
+  model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
   compression: float = 60.0
   dataset: str = "mnist"
   seed: int = 0
@@ -124,6 +132,11 @@ class ExperimentConfig:
   def __post_init__(self):
     if self.model not in models.MODELS:
       raise ValueError(f"model must be one of {sorted(models.MODELS)}; got model={self.model!r}.")
+    fields = {f.name for f in dataclasses.fields(models.MODELS[self.model])} - {"parent", "name"}
+    unknown = sorted(set(self.model_options) - fields)
+    if unknown:
+      raise ValueError(f"model_options must be attributes of {self.model} ({sorted(fields)});"
+                       f" got {unknown}.")
     if not (isinstance(self.compression, (int, float)) and self.compression >= 1):
       raise ValueError(f"compression must be a number >= 1; got compression={self.compression!r}.")
     if self.dataset not in ("mnist", "fashion_mnist"):
@@ -179,6 +192,41 @@ def paper_config(
 ) -> ExperimentConfig:
   """The authors' schedules and GSM update: 200 base epochs, 280 GSM epochs (DingXiaoH/GSM-SGD)."""
   return ExperimentConfig(model=model, compression=compression, **overrides)
+
+
+# The deep networks' schedules. The authors' ResNet-56 on CIFAR-10 (DingXiaoH/GSM-SGD) trains
+# 500 base epochs (lr 0.1, momentum 0.9) and 600 GSM epochs (lr 5e-3, momentum 0.98, drops at
+# 400 and 500) at batch 64; here every job must fit 75 minutes on one CPU core, where a
+# ResNet-20 step at batch 128 takes ~0.67 s (5.2 min an epoch of Fashion-MNIST) and the ViT's
+# ~0.50 s. So: batch 128, the base at He et al.'s lr 0.1 for that batch (the ViT 0.05), GSM at
+# the authors' 5e-3 doubled with the batch; 13 and 12 epochs (ResNet-20) or 18 and 16 (ViT),
+# GSM's drops at the same fractions of the phase as theirs (2/3 and 5/6), a 1-2 epoch warm-up,
+# and weight decay 5e-4 (theirs 1e-4; the usual value for short CIFAR runs). The recipe's
+# passive decay is then 5e-2 (100x), under-damped at lr 1e-2 and momentum 0.98.
+DEEP_PHASES: dict[str, dict[str, Any]] = {
+    "resnet20": dict(
+        batch_size=128,
+        base=PhaseConfig(0.1, 13, (7, 10), momentum=0.9, weight_decay=5e-4,
+                                warmup_epochs=1),
+        gsm=PhaseConfig(1e-2, 12, (8, 10), momentum=0.98, weight_decay=5e-4,
+                               warmup_epochs=1)),
+    "vit": dict(
+        batch_size=128,
+        base=PhaseConfig(0.05, 18, (12, 15), momentum=0.9, weight_decay=5e-4,
+                                warmup_epochs=2),
+        gsm=PhaseConfig(1e-2, 16, (11, 14), momentum=0.98, weight_decay=5e-4,
+                               warmup_epochs=1)),
+}
+
+
+
+def deep_config(model: str = "resnet20", compression: float = 10.0,
+                dataset: str = "fashion_mnist", **overrides) -> ExperimentConfig:
+  """A deep network's schedules (:data:`DEEP_PHASES`): every phase fits 75 min on one core."""
+  if model not in DEEP_PHASES:
+    raise ValueError(f"model must be one of {sorted(DEEP_PHASES)}; got model={model!r}.")
+  settings = dict(DEEP_PHASES[model], checkpoint_every=2, last_k=3) | overrides
+  return ExperimentConfig(model=model, compression=compression, dataset=dataset, **settings)
 
 
 # Named GSM recipes (README, docs/RESULTS.md). Each is a set of options of `gsm_optax.gsm` whose
@@ -257,7 +305,14 @@ def fast_config(
       checkpoint_every=2,
       last_k=2,
   )
-  if model == "lenet5":
+  if model in DEEP_PHASES:
+    defaults["dataset"] = "fashion_mnist"
+    defaults["train_subset"] = 2_048
+    defaults["batch_size"] = 128
+    defaults["base"] = PhaseConfig(0.05, 2, (1,), momentum=0.9, warmup_epochs=1)
+    defaults["gsm"] = PhaseConfig(1e-2, 3, (2,), momentum=0.98, weight_decay=5e-3,
+                                  warmup_epochs=1)
+  elif model == "lenet5":
     defaults["train_subset"] = 5_000
     defaults["base"] = PhaseConfig(3e-2, 2, (1,), momentum=0.9, warmup_epochs=1)
     defaults["gsm"] = PhaseConfig(1e-2, 4, (3,), momentum=0.99, nesterov=True,
@@ -285,10 +340,13 @@ def load_data(config: ExperimentConfig) -> tuple[jax.Array, jax.Array, jax.Array
 # ----------------------------------------------------------------------------- optimizers
 
 
-def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD with momentum and weight decay on the eligible (rank >= 2) weights only."""
+def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int,
+                 eligible: Callable[[PyTree], PyTree] = gsm_optax.default_eligible
+                 ) -> optax.GradientTransformation:
+  """SGD with momentum and weight decay on the prunable weights only (by default, the
+  authors' rank >= 2 rule: kernels decay, biases and normalisations do not)."""
   return optax.chain(
-      optax.add_decayed_weights(phase.weight_decay, mask=gsm_optax.default_eligible),
+      optax.add_decayed_weights(phase.weight_decay, mask=eligible),
       optax.trace(phase.momentum, nesterov=phase.nesterov),
       optax.scale_by_learning_rate(phase.schedule(steps_per_epoch)),
   )
@@ -297,7 +355,8 @@ def momentum_sgd(phase: PhaseConfig, steps_per_epoch: int) -> optax.GradientTran
 def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
                   groups: tuple[gsm_optax.Groups, ...] | None = None,
                   budget: Any = "groups") -> optax.GradientTransformation:
-  """The GSM phase's optimizer: ``gsm_optax.gsm`` with the config's schedule and recipe."""
+  """The GSM phase's optimizer: ``gsm_optax.gsm`` with the config's schedule, recipe and the
+  model's prunable weights (or the structured run's groups)."""
   phase = config.gsm
   keep_ratio = config.keep_ratio
   if config.anneal_epochs:
@@ -311,15 +370,13 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
                        weight_decay=phase.weight_decay, nesterov=phase.nesterov,
                        passive_weight_decay=passive_decay, importance_ema=config.importance_ema,
                        groups=groups, budget=budget,
+                       eligible=None if groups is not None else models.eligible(config.model),
                        allocation=config.allocation if groups is not None else "global",
                        importance=gsm_optax.taylor if config.group_score == "summed_taylor"
                        else config.importance)
 
 
 # ----------------------------------------------------------------------------- measurements
-
-
-jit_prune_mask = jax.jit(gsm_optax.prune_mask, static_argnums=1)
 
 
 def readiness_row(r: gsm_optax.PruneReadiness, num_test: int) -> dict[str, Any]:
@@ -379,41 +436,51 @@ class Runner:
     self.x_train, self.y_train, self.x_test, self.y_test = load_data(config)
     self.steps_per_epoch = self.x_train.shape[0] // config.batch_size
     self.num_test = int(self.y_test.shape[0])
-    self.model = models.MODELS[config.model]()
+    self.model = models.MODELS[config.model](**config.model_options)
+    self.eligible = models.eligible(config.model)
     self.train_epoch = make_train_epoch(config.batch_size)
     self.key = jax.random.PRNGKey(config.seed)
     self.groups, self.budget, self.allocation = None, "groups", "global"
     if config.structured:
-      self.groups, macs = models.structured_groups(config.model, self.init_params(),
-                                                   per_mac=config.per_mac)
+      self.groups, macs = models.structured_groups(
+          config.model, self.init_variables()["params"], per_mac=config.per_mac)
       self.budget = macs if config.budget == "macs" else config.budget
       self.allocation = config.allocation
 
-  def evaluate(self, params: PyTree) -> float:
-    return accuracy(self.model.apply, params, self.x_test, self.y_test)
+  def evaluate(self, variables: Variables) -> float:
+    """Test accuracy, BatchNorm with its running statistics."""
+    params, model_state = _split(variables)
+    return accuracy(self.model.apply, params, self.x_test, self.y_test, model_state)
+
+  @property
+  def selection_args(self) -> dict[str, Any]:
+    """What to prune: the structured run's groups, or the model's prunable weights."""
+    if self.groups is None:
+      return {"eligible": self.eligible}
+    return {"groups": self.groups, "budget": self.budget, "allocation": self.allocation}
 
   @functools.partial(jax.jit, static_argnums=(0,))
-  def readiness(self, params: PyTree, keep_ratio: float) -> gsm_optax.PruneReadiness:
+  def readiness(self, params: PyTree, keep_ratio: float,
+                model_state: PyTree = None) -> gsm_optax.PruneReadiness:
     """The library's prune readiness, with the number of correct test answers as metric."""
     return gsm_optax.prune_readiness(
-        params, keep_ratio, groups=self.groups, budget=self.budget, allocation=self.allocation,
-        eval_fn=lambda p: correct_count(self.model.apply, p, self.x_test, self.y_test))
+        params, keep_ratio, **self.selection_args,
+        eval_fn=lambda p: correct_count(self.model.apply, p, self.x_test, self.y_test,
+                                        model_state=model_state))
 
   @functools.partial(jax.jit, static_argnums=(0, 2))
   def prune(self, params: PyTree, keep_ratio: float) -> PyTree:
-    """``gsm_optax.prune`` of weights, or of the structured run's groups."""
-    return gsm_optax.prune(params, keep_ratio, groups=self.groups, budget=self.budget,
-                           allocation=self.allocation)
+    """``gsm_optax.prune`` of the model's prunable weights, or of the structured run's groups."""
+    return gsm_optax.prune(params, keep_ratio, **self.selection_args)
 
   @functools.partial(jax.jit, static_argnums=(0, 2))
   def prune_mask(self, params: PyTree, keep_ratio: float) -> PyTree:
-    return gsm_optax.prune_mask(params, keep_ratio, groups=self.groups, budget=self.budget,
-                                allocation=self.allocation)
+    return gsm_optax.prune_mask(params, keep_ratio, **self.selection_args)
 
   def prunable(self, params: PyTree) -> PyTree:
-    """Which leaves the run prunes: the groups' members, or the default eligible weights."""
+    """Which leaves the run prunes: the groups' members, or the model's prunable weights."""
     if self.groups is None:
-      return gsm_optax.default_eligible(params)
+      return self.eligible(params)
     return gsm_optax.grouping.member_mask(self.groups, params)
 
   def export_report(self, pruned: PyTree) -> dict[str, Any]:
@@ -432,35 +499,38 @@ class Runner:
     alive = gsm_optax.grouping.nonzero_groups(resolved, leaves)
     return {g.name: int(jnp.sum(a)) for g, a in zip(self.groups, alive)}
 
-  def init_params(self) -> PyTree:
-    return self.model.init(jax.random.fold_in(self.key, 0), self.x_train[:1])["params"]
+  def init_variables(self) -> Variables:
+    """The model's initial variables: ``params``, and ``batch_stats`` where it has BatchNorm."""
+    variables = self.model.init(jax.random.fold_in(self.key, 0), self.x_train[:1])
+    return dict(variables)
 
   def phase(
       self,
       name: str,
-      params: PyTree,
+      variables: Variables,
       tx: optax.GradientTransformation,
       epochs: int,
       *,
-      extra: Callable[[train_state.TrainState], dict[str, Any]] | None = None,
-  ) -> tuple[PyTree, dict[str, Any]]:
-    """Trains ``params`` with ``tx`` for ``epochs``; resumes or reuses finished work.
+      extra: Callable[[TrainState], dict[str, Any]] | None = None,
+  ) -> tuple[Variables, dict[str, Any]]:
+    """Trains ``variables`` (the params with ``tx``, BatchNorm's statistics by their running
+    averages) for ``epochs``; resumes or reuses finished work.
 
     After every epoch the test accuracy is logged, or, given ``extra``, whatever it returns
     (which must include ``test_accuracy``).
     """
     directory = os.path.join(self.out_dir, name)
-    params_file = os.path.join(directory, "params.msgpack")
     result_file = os.path.join(directory, "result.json")
-    if os.path.exists(result_file) and os.path.exists(params_file):
-      with open(params_file, "rb") as f:
-        params = flax.serialization.from_bytes(params, f.read())
+    if os.path.exists(result_file) and os.path.exists(os.path.join(directory, "params.msgpack")):
+      variables = _read_variables(directory, variables)
       with open(result_file) as f:
         result = json.load(f)
       self.log(f"{name}: finished earlier, reusing {directory}")
-      return params, result
+      return variables, result
     os.makedirs(directory, exist_ok=True)
-    state = train_state.TrainState.create(apply_fn=self.model.apply, params=params, tx=tx)
+    params, model_state = _split(variables)
+    state = TrainState.create(apply_fn=self.model.apply, params=params, tx=tx,
+                              model_state=model_state)
     history_file = os.path.join(directory, "history.json")
     history: list[dict[str, Any]] = []
     start = 0
@@ -479,13 +549,16 @@ class Runner:
       progress = progress_bar(name, epochs, start, self.quiet)
       t0 = time.time() - wall
       for epoch in range(start, epochs):
+        tick = time.perf_counter()
         state, loss = self.train_epoch(state, self.x_train, self.y_train,
                                        jax.random.fold_in(phase_key, epoch))
-        row = {"epoch": epoch + 1, "loss": float(loss)}
+        # The training alone (the first epoch includes compiling), apart from the evaluation.
+        row = {"epoch": epoch + 1, "loss": float(loss), "train_seconds": time.perf_counter() - tick}
         row.update(extra(state) if extra is not None
-                   else {"test_accuracy": self.evaluate(state.params)})
+                   else {"test_accuracy": self.evaluate(_join(state.params, state.model_state))})
         history.append(row)
-        progress.set_postfix({k: v for k, v in row.items() if k != "epoch"}, refresh=False)
+        progress.set_postfix({k: v for k, v in row.items() if k not in ("epoch", "train_seconds")},
+                             refresh=False)
         progress.update()
         if (epoch + 1) % self.config.checkpoint_every == 0 or epoch + 1 == epochs:
           ckpt.save(state, step=int(state.step), force=True)
@@ -502,11 +575,43 @@ class Runner:
         "seconds": seconds,
         "history": history,
     }
-    with open(params_file + ".tmp", "wb") as f:
-      f.write(flax.serialization.to_bytes(state.params))
-    os.replace(params_file + ".tmp", params_file)
+    variables = _join(state.params, state.model_state)
+    _write_variables(directory, variables)
     _write_json(result_file, result)
-    return state.params, result
+    return variables, result
+
+
+def _split(variables: Variables) -> tuple[PyTree, dict[str, PyTree]]:
+  """``(params, the other collections)``."""
+  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def _join(params: PyTree, model_state: dict[str, PyTree]) -> Variables:
+  return {"params": params, **model_state}
+
+
+def _write_variables(directory: str, variables: Variables) -> None:
+  """``params.msgpack``, and ``model_state.msgpack`` for the other collections if any."""
+  params, model_state = _split(variables)
+  files = {"params.msgpack": params, "model_state.msgpack": model_state}
+  for name, tree in files.items():
+    if name == "model_state.msgpack" and not model_state:
+      continue
+    path = os.path.join(directory, name)
+    with open(path + ".tmp", "wb") as f:
+      f.write(flax.serialization.to_bytes(tree))
+    os.replace(path + ".tmp", path)
+
+
+def _read_variables(directory: str, like: Variables) -> Variables:
+  """What :func:`_write_variables` wrote, restored into the structure of ``like``."""
+  params, model_state = _split(like)
+  with open(os.path.join(directory, "params.msgpack"), "rb") as f:
+    params = flax.serialization.from_bytes(params, f.read())
+  if model_state:
+    with open(os.path.join(directory, "model_state.msgpack"), "rb") as f:
+      model_state = flax.serialization.from_bytes(model_state, f.read())
+  return _join(params, model_state)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -549,16 +654,21 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   results: dict[str, Any] = {"config": config.to_dict(), "machine": machine_info(),
                              "steps_per_epoch": spe}
 
-  init = runner.init_params()
-  eligible_total = gsm_optax.sparsity_report(init).eligible_size
-  results["parameters"] = models.count_params(init)
+  init = runner.init_variables()
+  eligible_total = gsm_optax.sparsity_report(init["params"],
+                                             eligible=runner.prunable).eligible_size
+  results["parameters"] = models.count_params(init["params"])
   results["eligible_weights"] = eligible_total
+  results["prunable"] = models.PRUNABLE[config.model]
   results["target_nonzeros"] = int(keep * eligible_total)
   say(f"{config.model} on {config.dataset}: {results['parameters']:,} parameters,"
       f" {eligible_total:,} prunable; keeping {results['target_nonzeros']:,}"
       f" ({config.compression:g}x), seed {config.seed}")
 
-  base_params, base = runner.phase("base", init, momentum_sgd(config.base, spe), config.base.epochs)
+  decayed = runner.eligible
+  base_vars, base = runner.phase("base", init, momentum_sgd(config.base, spe, decayed),
+                                 config.base.epochs)
+  base_params = base_vars["params"]
   results["base"] = _summary(base, config.last_k)
   say(f"base: test accuracy {base['final_test_accuracy']:.4f}")
 
@@ -566,33 +676,41 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     gsm_phase = config.gsm
     lr = gsm_phase.schedule(spe)
     steps = gsm_phase.epochs * spe
-    shrink = gsm_optax.decay_shrink_factor(lr, steps, momentum=gsm_phase.momentum,
-                                           weight_decay=gsm_phase.weight_decay)
+    # The envelope of a weight outside the top-Q: weight decay from the start, the passive
+    # decay added from its first epoch (under-damped, it oscillates as it falls).
+    begin = config.passive_decay_begin_epoch * spe
+    decay = gsm_phase.weight_decay
     if config.passive_decay:
-      # The estimate is exp(-sum lr * decay / (1 - momentum)): the passive decay's share
-      # multiplies in, summed over the steps from the one it starts at.
-      begin = config.passive_decay_begin_epoch * spe
-      shrink *= gsm_optax.decay_shrink_factor(lambda t: lr(t + begin), steps - begin,
-                                              momentum=gsm_phase.momentum,
-                                              weight_decay=config.passive_decay)
+      decay = lambda t: jnp.where(t >= begin, gsm_phase.weight_decay + config.passive_decay,
+                                  gsm_phase.weight_decay)
+    def envelope(start: int) -> float:  # of a weight that leaves the top-Q at step `start`
+      return gsm_optax.decay_shrink_factor(
+          lambda t: lr(t + start), steps - start, momentum=gsm_phase.momentum,
+          weight_decay=decay if not callable(decay) else (lambda t: decay(t + start)),
+          nesterov=gsm_phase.nesterov)
+
+    anneal_end = config.anneal_epochs * spe
+    shrink = envelope(anneal_end)
     results["predicted_shrink_factor"] = shrink
-    say(f"gsm: weights outside the top-Q will shrink to about {shrink:.3g} of their size"
-        " over this schedule")
+    say(f"gsm: a weight that leaves the top-Q {'at the end of the anneal' if anneal_end else ''}"
+        f" falls to {shrink:.3g} of its size by the end (the envelope of its decay)")
     warning = gsm_optax.shrink_warning(shrink)
     if warning:
       say("WARNING: " + warning)
 
     def gsm_extra(state):
       stats = gsm_optax.selection_stats(state.opt_state)
-      row = readiness_row(runner.readiness(state.params, keep), runner.num_test)
+      row = readiness_row(runner.readiness(state.params, keep, state.model_state),
+                          runner.num_test)
       return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
 
-    gsm_params, trained = runner.phase("gsm", base_params,
-                                       gsm_optimizer(config, spe, runner.groups, runner.budget),
-                                       gsm_phase.epochs, extra=gsm_extra)
+    gsm_vars, trained = runner.phase("gsm", base_vars,
+                                     gsm_optimizer(config, spe, runner.groups, runner.budget),
+                                     gsm_phase.epochs, extra=gsm_extra)
+    gsm_params, gsm_state = _split(gsm_vars)
     report = gsm_optax.sparsity_report(runner.prune(gsm_params, keep),
                                        eligible=runner.prunable)
-    ready = readiness_row(runner.readiness(gsm_params, keep), runner.num_test)
+    ready = readiness_row(runner.readiness(gsm_params, keep, gsm_state), runner.num_test)
     results["gsm"] = _summary(trained, config.last_k) | {
         "accuracy_before_prune": ready.pop("test_accuracy"),
         "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
@@ -613,11 +731,11 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
         f" {100 * g['removed_l2_fraction']:.2f}% of the weights' L2 norm")
 
   if "oneshot" in config.methods or "lottery" in config.methods:
-    base_mask = jit_prune_mask(base_params, keep)
+    base_mask = runner.prune_mask(base_params, keep)
 
   if "oneshot" in config.methods:
-    pruned_base = _apply_mask(base_params, base_mask)
-    tx = gsm_optax.hold_mask(momentum_sgd(config.gsm, spe), base_mask)
+    pruned_base = _join(_apply_mask(base_params, base_mask), _split(base_vars)[1])
+    tx = gsm_optax.hold_mask(momentum_sgd(config.gsm, spe, decayed), base_mask)
     _, ft = runner.phase("oneshot", pruned_base, tx, config.gsm.epochs)
     results["oneshot"] = _summary(ft, config.last_k) | {
         "accuracy_before_finetune": runner.evaluate(pruned_base)}
@@ -629,13 +747,17 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     if end_epoch is None:
       end_epoch = config.gsm.boundaries[0] if config.gsm.boundaries else config.gsm.epochs
     every = config.gradual_update_every or spe
+    selection = dict(runner.selection_args)
+    if config.structured:
+      selection["allocation"] = "uniform"
     tx = gsm_optax.gradual_magnitude_pruning(
-        momentum_sgd(config.gsm, spe), keep, begin_step=0,
-        end_step=max(end_epoch * spe - 1, 1), update_every=every, groups=runner.groups,
-        budget=runner.budget, allocation="uniform" if config.structured else "global")
-    gradual_params, gr = runner.phase("gradual", base_params, tx, config.gsm.epochs)
+        momentum_sgd(config.gsm, spe, decayed), keep, begin_step=0,
+        end_step=max(end_epoch * spe - 1, 1), update_every=every, **selection)
+    gradual_vars, gr = runner.phase("gradual", base_vars, tx, config.gsm.epochs)
+    gradual_params = gradual_vars["params"]
     results["gradual"] = _summary(gr, config.last_k) | {
-        "nonzeros": gsm_optax.sparsity_report(gradual_params).eligible_nonzeros,
+        "nonzeros": gsm_optax.sparsity_report(gradual_params,
+                                              eligible=runner.prunable).eligible_nonzeros,
         "end_epoch": end_epoch, "update_every_steps": every}
     if config.structured:
       results["gradual"]["kept_groups"] = runner.kept_groups(gradual_params)
@@ -644,11 +766,11 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
 
   if "lottery" in config.methods:
-    tickets = {"gsm": jit_prune_mask(gsm_params, keep), "magnitude": base_mask}
+    tickets = {"gsm": runner.prune_mask(gsm_params, keep), "magnitude": base_mask}
     results["lottery"] = {}
     for kind, mask in tickets.items():
-      start = _apply_mask(init, mask)
-      tx = gsm_optax.hold_mask(momentum_sgd(config.base, spe), mask)
+      start = _join(_apply_mask(init["params"], mask), _split(init)[1])
+      tx = gsm_optax.hold_mask(momentum_sgd(config.base, spe, decayed), mask)
       _, lt = runner.phase(f"lottery_{kind}", start, tx, config.base.epochs)
       results["lottery"][kind] = _summary(lt, config.last_k)
       say(f"lottery ticket from {kind}: {lt['final_test_accuracy']:.4f}")
@@ -673,12 +795,17 @@ def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
   return jax.tree_util.tree_map(lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), params, mask)
 
 
-def load_phase_params(out_dir: str, phase: str, config: ExperimentConfig) -> PyTree:
-  """The parameters a finished phase (``"base"``, ``"gsm"``, ...) of a run left on disk."""
+def load_phase_variables(out_dir: str, phase: str, config: ExperimentConfig) -> Variables:
+  """The variables a finished phase (``"base"``, ``"gsm"``, ...) of a run left on disk:
+  ``{"params": ...}``, with ``"batch_stats"`` for a model with BatchNorm."""
   path = os.path.join(out_dir, phase, "params.msgpack")
   if not os.path.exists(path):
     raise FileNotFoundError(f"phase {phase!r} has not finished in {out_dir!r}: no {path}")
-  model = models.MODELS[config.model]()
-  like = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
-  with open(path, "rb") as f:
-    return flax.serialization.from_bytes(like, f.read())
+  model = models.MODELS[config.model](**config.model_options)
+  like = dict(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
+  return _read_variables(os.path.join(out_dir, phase), like)
+
+
+def load_phase_params(out_dir: str, phase: str, config: ExperimentConfig) -> PyTree:
+  """The parameters a finished phase (``"base"``, ``"gsm"``, ...) of a run left on disk."""
+  return load_phase_variables(out_dir, phase, config)["params"]

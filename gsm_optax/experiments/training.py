@@ -1,7 +1,10 @@
 """A small, fast classification training loop used by the examples and tests.
 
 Data lives on the device and an epoch is one jitted ``lax.scan`` over shuffled
-minibatches, so there is no host round trip per step.
+minibatches, so there is no host round trip per step. A :class:`TrainState` carries the
+model's variable collections besides its parameters (BatchNorm's ``batch_stats``), updated by
+every training step and used, as running averages, by evaluation; models called with it take
+``train`` and get a fresh ``dropout`` RNG every step.
 """
 
 from __future__ import annotations
@@ -9,12 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
 Array = jax.Array
+PyTree = Any
+
+
+class TrainState(train_state.TrainState):
+  """Flax's ``TrainState`` with the model's other variable collections.
+
+  Attributes:
+    model_state: ``{collection: variables}`` for every collection but ``params``
+      (``{"batch_stats": ...}`` for BatchNorm; ``{}`` for a model without any). The
+      model is applied with ``train=True``, these collections mutable and a ``dropout``
+      RNG in training, and with ``train=False`` in evaluation.
+  """
+
+  model_state: PyTree = flax.struct.field(default_factory=dict)
 
 
 def cross_entropy_loss(apply_fn: Callable, params: Any, images: Array, labels: Array) -> Array:
@@ -22,11 +40,23 @@ def cross_entropy_loss(apply_fn: Callable, params: Any, images: Array, labels: A
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def _training_loss(state: TrainState, params: PyTree, images: Array, labels: Array,
+                   rng: Array) -> tuple[Array, PyTree]:
+  """The minibatch loss in training mode, and the model state it leaves."""
+  logits, model_state = state.apply_fn(
+      {"params": params, **state.model_state}, images, train=True,
+      mutable=list(state.model_state), rngs={"dropout": rng})
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, dict(model_state)
+
+
 def make_train_epoch(batch_size: int) -> Callable:
   """Returns ``epoch(state, images, labels, rng) -> (state, mean_loss)``, jitted.
 
   Each epoch draws a random permutation and runs ``len(images) // batch_size``
-  steps of ``state.apply_gradients``; the last partial batch is dropped.
+  steps of ``state.apply_gradients``; the last partial batch is dropped. With a
+  :class:`TrainState` the model runs in training mode (see there); with Flax's own
+  ``TrainState`` it is applied to ``{"params": params}`` alone.
   """
 
   @jax.jit
@@ -34,30 +64,38 @@ def make_train_epoch(batch_size: int) -> Callable:
     steps = images.shape[0] // batch_size
     order = jax.random.permutation(rng, images.shape[0])[: steps * batch_size]
     order = order.reshape(steps, batch_size)
+    dropout_rng = jax.random.fold_in(rng, 1)
 
-    def step(state, idx):
+    def step(state, inputs):
+      idx, i = inputs
+      if isinstance(state, TrainState):
+        (loss, model_state), grads = jax.value_and_grad(_training_loss, argnums=1, has_aux=True)(
+            state, state.params, images[idx], labels[idx], jax.random.fold_in(dropout_rng, i))
+        return state.apply_gradients(grads=grads, model_state=model_state), loss
       loss, grads = jax.value_and_grad(
           lambda p: cross_entropy_loss(state.apply_fn, p, images[idx], labels[idx])
       )(state.params)
       return state.apply_gradients(grads=grads), loss
 
-    state, losses = jax.lax.scan(step, state, order)
+    state, losses = jax.lax.scan(step, state, (order, jnp.arange(steps)))
     return state, losses.mean()
 
   return epoch
 
 
 def correct_count(apply_fn: Callable, params: Any, images: Array, labels: Array,
-                  batch_size: int = 1000) -> Array:
+                  batch_size: int = 1000, model_state: PyTree = None) -> Array:
   """How many images are classified correctly (int32); pure, for use under ``jit``.
 
   Evaluated ``batch_size`` images at a time (``lax.map``) when that divides the number of
-  images, so that a convolution's im2col buffer stays small.
+  images, so that a convolution's im2col buffer stays small. ``model_state``: the model's
+  other collections (:attr:`TrainState.model_state`), applied in evaluation mode.
   """
+  variables = {"params": params, **(model_state or {})}
 
   def count(batch):
     x, y = batch
-    return jnp.sum(jnp.argmax(apply_fn({"params": params}, x), -1) == y, dtype=jnp.int32)
+    return jnp.sum(jnp.argmax(apply_fn(variables, x), -1) == y, dtype=jnp.int32)
 
   n = images.shape[0]
   if n <= batch_size or n % batch_size:
@@ -67,9 +105,11 @@ def correct_count(apply_fn: Callable, params: Any, images: Array, labels: Array,
   return jnp.sum(jax.lax.map(count, batches))
 
 
-def accuracy(apply_fn: Callable, params: Any, images: Array, labels: Array) -> float:
+def accuracy(apply_fn: Callable, params: Any, images: Array, labels: Array,
+             model_state: PyTree = None) -> float:
   """Top-1 accuracy in [0, 1]: :func:`correct_count`, jitted, over the number of images."""
-  return int(_jit_correct_count(apply_fn, params, images, labels)) / images.shape[0]
+  count = _jit_correct_count(apply_fn, params, images, labels, 1000, model_state)
+  return int(count) / images.shape[0]
 
 
 _jit_correct_count = jax.jit(correct_count, static_argnums=(0, 4))
