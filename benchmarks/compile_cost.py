@@ -32,7 +32,7 @@ import optax
 
 import gsm_optax
 from benchmarks.shapes import resnet50_shapes, transformer_shapes
-from benchmarks.step_time import DECAY, LR, MOMENTUM, plain_tx
+from benchmarks.step_time import DECAY, LR, MOMENTUM, plain_tx, print_header
 
 MODELS = {
     "transformer6": lambda: transformer_shapes(6),
@@ -78,13 +78,9 @@ def main():
   parser.add_argument("--json", help="also write the rows to this JSON file")
   args = parser.parse_args()
 
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}),"
-        f" jax {jax.__version__}, optax {optax.__version__}, keep {KEEP}")
-  header = (f"{'model':>13} {'leaves':>6} {'compile s':>9} {'gsm s':>7} {'gsm-plain':>9}"
-            f" {'cuda ops':>8} {'gsm ops':>8} {'ops ratio':>9}"
-            f" {'temp MiB':>8} {'gsm MiB':>8} {'extra/elig':>10}")
-  print(header)
-  print("-" * len(header))
+  print_header(f"{'model':>13} {'leaves':>6} {'compile s':>9} {'gsm s':>7} {'gsm-plain':>9}"
+               f" {'cuda ops':>8} {'gsm ops':>8} {'ops ratio':>9}"
+               f" {'temp MiB':>8} {'gsm MiB':>8} {'extra/elig':>10}", f", keep {KEEP}")
   rows = []
   for name in args.models:
     shapes = MODELS[name]()
