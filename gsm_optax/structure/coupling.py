@@ -48,6 +48,10 @@ class ChannelSet(NamedTuple):
     consumers: the parameter axes that read them (kernel input axes).
     prunable: whether channels of the set may be removed.
     reason: why not, when not prunable (naming the primitive and source line).
+    can_empty: whether every channel of the set may go with the model's
+      outputs still reading its inputs: the inner width of a residual branch
+      (the block goes, the skip stays), not a layer of a chain. Only a group
+      set (one of :attr:`Coupling.groups`) can be emptied.
   """
 
   name: str
@@ -56,6 +60,7 @@ class ChannelSet(NamedTuple):
   consumers: tuple[GroupMember, ...]
   prunable: bool
   reason: str | None
+  can_empty: bool = False
 
 
 class _Leaf(NamedTuple):
@@ -169,7 +174,13 @@ class Coupling:
                 if any(m.path == self._leaves[i].group_path and m.axis == axis for m in prods)}
       if all(choice.get(i) == s for i in owners):
         groups.append(Groups(self._set_of_root[s], nodes.size[s], tuple(prods)))
-    self.sets = tuple(sets)
+    group_roots = {self._set_of_root[s]: s for s in info}
+    needed = graph.reads_inputs(g, self._input_ids, self._output_ids, None)
+    emptiable = {gr.name for gr in groups
+                 if all(still or not was for still, was in zip(
+                     graph.reads_inputs(g, self._input_ids, self._output_ids,
+                                        group_roots[gr.name]), needed))}
+    self.sets = tuple(c._replace(can_empty=c.name in emptiable) for c in sets)
     self.groups = tuple(groups)
     self._group_roots = {nodes.find(s) for s, n in self._set_of_root.items()
                          if n in {gr.name for gr in groups}}
@@ -225,6 +236,37 @@ class Coupling:
     names = {gr.name for gr in self.groups}
     terms = [t for t in self._terms if t.sets and set(t.sets) <= names]
     return mac_costs(self.groups, terms, per_mac=per_mac)
+
+  def allow_empty(self, *names: str) -> tuple[Groups, ...]:
+    """:attr:`groups`, with ``min_kept=0`` for sets that the outputs do not need.
+
+    By default every group set keeps at least one group (see
+    :class:`gsm_optax.Groups`). Pass the result as ``groups=`` to let the
+    budget remove a whole residual branch's inner width, where the skip
+    connection keeps the outputs reading the inputs.
+
+    Args:
+      *names: the sets that may be emptied; by default every set whose
+        :attr:`ChannelSet.can_empty`.
+
+    Returns:
+      The groups, with ``min_kept=0`` for those sets.
+
+    Raises:
+      ValueError: naming a set that is not a group set, or whose removal
+        would cut the model's outputs off its inputs.
+    """
+    group_names = [gr.name for gr in self.groups]
+    if not names:
+      names = tuple(c.name for c in self.sets if c.can_empty)
+    for name in names:
+      if name not in group_names:
+        raise ValueError(f"allow_empty: {name!r} is not a group set; the group sets are"
+                         f" {group_names}.")
+      if not self.set(name).can_empty:
+        raise ValueError(f"allow_empty: removing every channel of {name!r} would cut the"
+                         " model's outputs off its inputs (no other path joins them); keep it.")
+    return tuple(gr._replace(min_kept=0) if gr.name in names else gr for gr in self.groups)
 
   def set(self, name: str) -> ChannelSet:
     """The :class:`ChannelSet` called ``name``."""

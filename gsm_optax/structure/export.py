@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gsm_optax import _utils
 from gsm_optax.structure import graph
 from gsm_optax.structure.coupling import Coupling
 
@@ -78,6 +79,11 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
 
   Returns:
     A :class:`Narrow`.
+
+  Warns:
+    UserWarning: naming the sets left with no channel whose removal cuts the
+      outputs off the inputs (a layer of a chain; see
+      :attr:`gsm_optax.structure.ChannelSet.can_empty`).
 
   Raises:
     ValueError: naming the set, the operation and its source line when every
@@ -165,6 +171,12 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
   consts = {v: cut(v, c) for v, c in g.consts.items()}
   kept = {coupling._set_of_root[s]: np.flatnonzero(k).astype(np.int32) for s, k in keep.items()}
   widths = {name: int(k.size) for name, k in kept.items()}
+  emptied = [gr.name for gr in coupling.groups
+             if widths.get(gr.name) == 0 and not coupling.set(gr.name).can_empty]
+  if emptied:
+    _utils.warn(f"narrow: no channel of {emptied} is left, so the narrow model's outputs no"
+                " longer depend on its inputs (a layer of a chain was emptied). Prune with"
+                " groups whose min_kept is at least 1 (the default).")
   runner = _Runner(coupling, sizes, consts)
   module = None
   if coupling._nnx is not None:

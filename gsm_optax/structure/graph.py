@@ -697,3 +697,40 @@ def mac_dims(g: Graph, step: Step) -> list[int]:
     return list(out.nodes) + [vals[0].nodes[a] for a in lc]
   rhs_spec = step.params["dimension_numbers"].rhs_spec
   return list(out.nodes) + [step.aux["in_per_group"]] + [vals[1].nodes[d] for d in rhs_spec[2:]]
+
+
+def reads_inputs(g: Graph, inputs: list[int], outputs: list[int], empty: int | None) -> list[bool]:
+  """Per output, whether it still depends on an input once every channel of the leaf set
+  ``empty`` is gone (None: at full width).
+
+  A value depends on an input when a step that reads one makes it, unless it has an axis of
+  no channel left (it holds nothing) or it is a contraction over an axis of no channel left
+  (a sum of nothing: its layer's bias, a constant).
+  """
+  nodes = g.nodes
+  sizes: dict[int, int] = {}
+
+  def size(n: int) -> int:
+    r = nodes.find(n)
+    if r not in sizes:
+      s = nodes.struct[r]
+      if s is None:
+        sizes[r] = 0 if r == empty else nodes.size[r]
+      else:
+        parts = [size(c) for c in s[1]]
+        sizes[r] = int(np.prod(parts)) if s[0] == PROD else sum(parts)
+    return sizes[r]
+
+  live = set(inputs)
+  for step in g.steps:
+    if not any(i in live for i in step.ins):
+      continue
+    if any(size(n) == 0 for o in step.outs for n in g.values[o].nodes):
+      continue
+    summed = step.aux.get("contracted") or (
+        [step.aux["in_per_group"]] if "in_per_group" in step.aux else [])
+    if any(size(n) == 0 for n in summed):
+      continue
+    live.update(step.outs)
+  return [o in live for o in outputs]
+
