@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fractions
+import math
+
 import numpy as np
 
 
@@ -106,16 +109,18 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
 
 
 def traced_keep_count(ratio: float, n: int) -> int:
-  """Q for a float32 (traced) ratio, as documented in gsm_optax.keep_count.
+  """Q for a float32 (traced) ratio, from gsm_optax.keep_count's documented contract.
 
-  floor(ratio * n) in float32, except that a product within 2**-20 (relative)
-  of an integer counts as that integer; clipped to [1, n].
+  Q = floor(r * n), r the float32 value of the ratio, except that a product short of an
+  integer by at most 2**-20 of itself counts as that integer: that is floor(r * n * (1 +
+  2**-20)), computed here exactly with fractions (no float32 arithmetic); clipped to [1, n],
+  and n for a NaN ratio.
   """
-  product = np.float32(ratio) * np.float32(n)
-  nearest = np.round(product)
-  close = abs(float(product) - float(nearest)) <= float(product) * 2.0**-20
-  k = nearest if close else np.floor(product)
-  return int(np.clip(k, 1, n))
+  r = np.float32(ratio)
+  if np.isnan(r):
+    return n
+  q = math.floor(fractions.Fraction(float(r)) * n * (1 + fractions.Fraction(1, 2**20)))
+  return int(min(max(q, 1), n))
 
 
 def group_index(shape, axis: int, size: int) -> np.ndarray:
