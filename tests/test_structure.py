@@ -272,6 +272,27 @@ def test_unsupported_primitives_are_refused_by_name():
     gsm_optax.couple(scattered, {"w": jnp.ones((3, 3))}, jnp.zeros((1, 3)))
 
 
+def test_the_table_of_rules_is_what_couple_supports(monkeypatch):
+  """Every primitive couple and narrow handle is an entry of primitives.RULES, and nothing else:
+  without its entry, tanh is refused by name; with it, the model couples and narrows."""
+  from gsm_optax.structure import primitives
+
+  def mlp(p, x):
+    return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+  params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+  x = jnp.ones((1, 3))
+  assert all(rule.couple and rule.zeros for rule in primitives.RULES.values())
+  assert {name for name, r in primitives.RULES.items() if r.mac_dims} == {
+      "dot_general", "conv_general_dilated"}
+  small = gsm_optax.narrow(gsm_optax.couple(mlp, params, x),
+                           {**params, "w1": params["w1"].at[:, 0].set(0)})
+  assert small.widths == {"w1": 3}
+  monkeypatch.delitem(primitives.RULES, "tanh")
+  with pytest.raises(ValueError, match="primitive 'tanh' at .*test_structure.py"):
+    gsm_optax.couple(mlp, params, x)
+
+
 def test_a_channel_reduction_makes_the_set_unprunable_not_the_model():
   def model(p, x):
     h = x @ p["w1"]

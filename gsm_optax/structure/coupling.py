@@ -29,7 +29,7 @@ import numpy as np
 
 from gsm_optax import _utils
 from gsm_optax.grouping import GroupMember, Groups, MacCost, MacTerm, mac_costs
-from gsm_optax.structure import graph
+from gsm_optax.structure import graph, primitives
 
 PyTree = Any
 
@@ -67,6 +67,20 @@ class _Leaf(NamedTuple):
   path: str  # in the variables given to couple
   group_path: str | None  # in the params that gsm() sees, or None (not a parameter)
   value: int  # the graph's value id
+
+
+class Traced(NamedTuple):
+  """What :func:`gsm_optax.narrow` reads of a :class:`Coupling`: the traced computation and
+  where the variables, inputs and outputs are in it."""
+
+  graph: graph.Graph
+  leaves: tuple[_Leaf, ...]  # the variables' leaves, in flattening order
+  variables_tree: Any  # their tree structure (None when the model took none)
+  out_tree: Any
+  input_ids: tuple[int, ...]
+  output_ids: tuple[int, ...]
+  set_names: dict[int, str]  # a channel set's root node -> its name
+  nnx: Any  # (graphdef, state) of an nnx module, or None
 
 
 class Coupling:
@@ -195,7 +209,7 @@ class Coupling:
     terms: dict[tuple[str, ...], float] = {}
     for index, _ in g.contractions:
       step = g.steps[index]
-      dims = graph.mac_dims(g, step)
+      dims = g.mac_dims(step)
       total = [(1.0, ())]
       for n in dims:
         total = [(a * b, sa + sb) for (a, sa), (b, sb) in itertools.product(total,
@@ -222,6 +236,14 @@ class Coupling:
     return out
 
   # -- public ---------------------------------------------------------------------------
+
+  @property
+  def traced(self) -> Traced:
+    """The traced computation, for :func:`gsm_optax.narrow`."""
+    children = self._in_tree.children()
+    return Traced(self._graph, tuple(self._leaves), children[0] if children else None,
+                  self._out_tree, tuple(self._input_ids), tuple(self._output_ids),
+                  dict(self._set_of_root), self._nnx)
 
   def mac_costs(self, *, per_mac: bool = False) -> MacCost:
     """A budget in multiply-accumulates for :attr:`groups` (see :func:`gsm_optax.mac_costs`).
@@ -402,7 +424,7 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
   abstract = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
   closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree_util.tree_unflatten(in_tree, a)),
                                      return_shape=True)(*abstract)
-  g = graph.Graph()
+  g = graph.Graph(primitives.RULES)
   ids = [g.new_value(a.shape, a.dtype) for a in abstract]
   n_var = len(jax.tree_util.tree_leaves(variables))
   paths = [_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)]
