@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numbers
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -116,3 +119,12 @@ def member_axis(owner: str, path: str, axis: int, size: int,
     raise ValueError(f"{owner}: axis {axis} of {path} has length {shape[normal]}, not a multiple"
                      f" of size={size}.")
   return normal
+
+
+def warn(message: str) -> None:
+  """``warnings.warn`` pointing at the user's line: the first frame outside this package."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  frame, level = sys._getframe(1), 2
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, UserWarning, stacklevel=level)

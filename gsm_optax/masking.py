@@ -264,8 +264,9 @@ def gradual_magnitude_pruning(
       pruning): at a mask update the groups are ranked by their RMS (L2 norm per weight) (per
       cost for a budget in weights or cost), pruned groups below every kept
       one, and every entry of a pruned group, biases included, is held at 0.
-      See :func:`gsm_optax.keep_top_gradients` for the spec; ``eligible``
-      must then be None.
+      Every set keeps at least its ``min_kept`` best groups (see
+      :class:`gsm_optax.Groups`). See :func:`gsm_optax.keep_top_gradients`
+      for the spec; ``eligible`` must then be None.
     budget: with ``groups``, what the keep ratios count: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"`` (one ranking of all groups, as
