@@ -40,7 +40,7 @@ def prune_mask(
   Returns:
     A pytree of bool arrays shaped like ``params``.
   """
-  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_keep_ratio(keep_ratio, once="prune_mask")
   grouping.check_budget(budget)
   if groups is not None:
     if eligible is not None:
@@ -114,6 +114,7 @@ def prune(
     {'w': Array([[ 0., -3.],
            [ 2.,  0.]], dtype=float32)}
   """
+  _utils.check_keep_ratio(keep_ratio, once="prune")
   masks = prune_mask(params, keep_ratio, eligible=eligible, groups=groups, budget=budget,
                      allocation=allocation)
   return jax.tree_util.tree_map(

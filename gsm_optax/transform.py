@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,8 @@ from gsm_optax.selection import global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
-KeepRatio = float | Array | optax.Schedule
-ScalarOrSchedule = float | Array | optax.Schedule
+KeepRatio: TypeAlias = float | Array | optax.Schedule
+ScalarOrSchedule: TypeAlias = float | Array | optax.Schedule
 
 
 class KeepTopGradientsState(NamedTuple):
@@ -37,7 +37,7 @@ class KeepTopGradientsState(NamedTuple):
       groups kept at the last update (ones before the first); None otherwise.
   """
 
-  count: Array
+  count: Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
   keep_count: Array
   threshold: Array
   average_scores: PyTree = None
@@ -197,7 +197,8 @@ def keep_top_gradients(
   _utils.check_keep_ratio(keep_ratio)
   _utils.check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
                       "a finite number >= 0 or a schedule", allow_schedule=True)
-  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("keep_top_gradients", "importance_ema"))
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
   _check_groups_args(groups, eligible, budget, allocation)
@@ -400,9 +401,13 @@ def gsm(
   """
   _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
                       "a positive float or a schedule", allow_schedule=True)
-  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "momentum"))
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                      "a finite number >= 0")
+                      "a finite number >= 0",
+                      schedule_hint=_utils.inject_hint("gsm", "weight_decay"))
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "importance_ema"))
   _check_groups_args(groups, eligible, budget, allocation)
   if groups is None:
     decayed = lambda p: eligibility.resolve_eligible(eligible, p)
