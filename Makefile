@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench clean
+.PHONY: venv demo test lint typecheck docs bench clean
 
 venv: $(STAMP)
 
@@ -33,8 +33,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The reference site (guides and the API from the docstrings), offline, warnings as errors.
+docs: venv
+	$(BIN)/sphinx-build -W -q -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 bench: venv
 	$(BIN)/python -m benchmarks.step_time
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build dist docs/_build docs/api *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -39,6 +39,13 @@ def prune_mask(
 
   Returns:
     A pytree of bool arrays shaped like ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import prune_mask
+    >>> prune_mask({"w": jnp.array([[1., -3.], [2., 0.5]]), "b": jnp.zeros(2)}, 0.5)
+    {'b': Array([ True,  True], dtype=bool), 'w': Array([[False,  True],
+           [ True, False]], dtype=bool)}
   """
   _utils.check_keep_ratio(keep_ratio, once="prune_mask")
   grouping.check_budget(budget)

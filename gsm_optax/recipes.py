@@ -47,6 +47,12 @@ def recommended_gsm(
   by ``1 / (1 - beta)``: 100 at the default 0.99, against 10 at the usual 0.9.
   Coming from SGD with momentum 0.9, start from a tenth of its learning rate.
 
+  Short runs: a weight outside the top-Q shrinks at most by ``sqrt(beta)`` per
+  step, so under momentum 0.99 it needs thousands of steps after the anneal to
+  vanish (the authors' LeNet schedules have them). With a few hundred, use
+  momentum 0.9 and a larger ``weight_decay``, and check the factor with
+  :func:`gsm_optax.simulate_decay_shrink`.
+
   Args:
     learning_rate: ``alpha``, a float or an optax schedule.
     keep_ratio: the final fraction of eligible weights kept, a float in (0, 1];

@@ -342,8 +342,8 @@ def gsm(
 
   With its defaults this is the paper's update. Two options (passed on to
   :func:`keep_top_gradients`) make the final prune free where the paper's
-  update leaves weights beyond Q that still matter (see the README's
-  recommended recipe): ``passive_weight_decay`` adds a term
+  update leaves weights beyond Q that still matter (the recommended recipe,
+  :func:`gsm_optax.recommended_gsm`, sets them): ``passive_weight_decay`` adds a term
   ``eta_p (1 - B) W`` to the update of ``Z``, so only the weights outside the
   top-Q decay harder, and ``importance_ema`` ranks by a moving average of the
   importance. A ``keep_ratio`` schedule such as
@@ -440,6 +440,17 @@ def selection_stats(opt_state: Any) -> SelectionStats:
 
   Raises:
     ValueError: if the state holds no selection stage.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gsm_optax import gsm, selection_stats
+    >>> tx = optax.MultiSteps(gsm(1e-2, keep_ratio=0.25), every_k_schedule=1)
+    >>> params = {"w": jnp.arange(8.).reshape(2, 4)}
+    >>> state = tx.init(params)
+    >>> _, state = tx.update(params, state, params)
+    >>> stats = selection_stats(state)
+    >>> int(stats.step), int(stats.keep_count)
+    (1, 2)
   """
   found = [
       s

@@ -45,6 +45,20 @@ def _cubic_q(final, begin, end):
   return q
 
 
+def _assert_follows(tx, w0, grad_jax, reference):
+  """Runs ``tx`` jitted from ``w0`` next to the reference's steps; returns its last mask."""
+  params = [jnp.asarray(x) for x in w0]
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t, (w_ref, mask_ref) in enumerate(reference):
+    updates, state = update(grad_jax(t, params), state, params)
+    params = optax.apply_updates(params, updates)
+    for got, want in zip(params, w_ref):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
+    assert int(gsm_optax.selection_stats(state).keep_count) == int(mask_ref.sum())
+  return mask_ref
+
+
 VARIANTS = {
     "passive decay": dict(passive=2e-2),
     "passive decay schedule": dict(passive=lambda t: jnp.where(t >= 10, 1.0, 0.0),
@@ -72,18 +86,10 @@ def test_options_match_float64_reference(rng, variant, nesterov):
   tx = gsm_optax.gsm(0.03, keep_ratio, momentum=beta, weight_decay=eta, nesterov=nesterov,
                      passive_weight_decay=passive, importance_ema=v.get("ema", 0.0),
                      importance=v.get("importance", "taylor"))
-  params = [jnp.asarray(x) for x in w0]
-  state = tx.init(params)
-  update = jax.jit(tx.update)
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, keep_np, beta, eta, nesterov,
                             steps, passive_decay=passive_np, ema=v.get("ema", 0.0),
                             importance=v.get("importance", "taylor"))
-  for t, (w_ref, mask_ref) in enumerate(reference):
-    updates, state = update(grad_jax(t, params), state, params)
-    params = optax.apply_updates(params, updates)
-    for got, want in zip(params, w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(mask_ref.sum())
+  _assert_follows(tx, w0, grad_jax, reference)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -93,19 +99,11 @@ def test_recommended_gsm_is_the_recipe_of_the_float64_reference(rng, nesterov):
   w0, grad_np, grad_jax = _problem(rng, steps)
   tx = gsm_optax.recommended_gsm(0.03, final, anneal_steps=anneal, momentum=beta,
                                  weight_decay=eta, nesterov=nesterov)
-  params = [jnp.asarray(x) for x in w0]
-  state = tx.init(params)
-  update = jax.jit(tx.update)
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, _cubic_q(final, 0, anneal),
                             beta, eta, nesterov, steps, passive_decay=lambda t: 100 * eta,
                             importance="magnitude")
-  for t, (w_ref, mask_ref) in enumerate(reference):
-    updates, state = update(grad_jax(t, params), state, params)
-    params = optax.apply_updates(params, updates)
-    for got, want in zip(params, w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(mask_ref.sum())
-  assert int(mask_ref.sum()) == int(final * N)  # the anneal reached Q
+  last_mask = _assert_follows(tx, w0, grad_jax, reference)
+  assert int(last_mask.sum()) == int(final * N)  # the anneal reached Q
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
