@@ -228,7 +228,7 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
     >>> from gsm_optax import output_groups
     >>> params = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
     >>> output_groups(params)[0].members
-    (GroupMember(path='fc/kernel', axis=1), GroupMember(path='fc/bias', axis=0))
+    (GroupMember(path='fc/kernel', axis=1, inner=1), GroupMember(path='fc/bias', axis=0, inner=1))
   """
   leaves = {_utils.path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
   out = []

@@ -43,8 +43,15 @@ def prune_mask(
     where the budget alone would have kept fewer, a ``UserWarning`` names the
     sets (outside ``jit``; under ``jit``, :func:`gsm_optax.prune_readiness`'s
     ``held_sets`` counts them).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import prune_mask
+    >>> prune_mask({"w": jnp.array([[1., -3.], [2., 0.5]]), "b": jnp.zeros(2)}, 0.5)
+    {'b': Array([ True,  True], dtype=bool), 'w': Array([[False,  True],
+           [ True, False]], dtype=bool)}
   """
-  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_keep_ratio(keep_ratio, once="prune_mask")
   grouping.check_budget(budget)
   if groups is not None:
     if eligible is not None:
@@ -119,6 +126,7 @@ def prune(
     {'w': Array([[ 0., -3.],
            [ 2.,  0.]], dtype=float32)}
   """
+  _utils.check_keep_ratio(keep_ratio, once="prune")
   masks = prune_mask(params, keep_ratio, eligible=eligible, groups=groups, budget=budget,
                      allocation=allocation)
   return jax.tree_util.tree_map(

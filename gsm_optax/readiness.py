@@ -101,7 +101,7 @@ def prune_readiness(
     >>> int(r.num_carrying), float(r.largest_removed)
     (1, 0.5)
   """
-  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_keep_ratio(keep_ratio, once="prune_readiness")
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
   grouping.check_budget(budget)
   leaves, treedef = jax.tree_util.tree_flatten(params)

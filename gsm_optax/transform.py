@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,8 @@ from gsm_optax.selection import global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
-KeepRatio = float | Array | optax.Schedule
-ScalarOrSchedule = float | Array | optax.Schedule
+KeepRatio: TypeAlias = float | Array | optax.Schedule
+ScalarOrSchedule: TypeAlias = float | Array | optax.Schedule
 
 
 class KeepTopGradientsState(NamedTuple):
@@ -41,7 +41,7 @@ class KeepTopGradientsState(NamedTuple):
       and that kept its best ``min_kept`` instead; None without groups.
   """
 
-  count: Array
+  count: Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
   keep_count: Array
   threshold: Array
   average_scores: PyTree = None
@@ -209,7 +209,8 @@ def keep_top_gradients(
   _utils.check_keep_ratio(keep_ratio)
   _utils.check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
                       "a finite number >= 0 or a schedule", allow_schedule=True)
-  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("keep_top_gradients", "importance_ema"))
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
   _check_groups_args(groups, eligible, budget, allocation)
@@ -356,8 +357,8 @@ def gsm(
 
   With its defaults this is the paper's update. Two options (passed on to
   :func:`keep_top_gradients`) make the final prune free where the paper's
-  update leaves weights beyond Q that still matter (see the README's
-  recommended recipe): ``passive_weight_decay`` adds a term
+  update leaves weights beyond Q that still matter (the recommended recipe,
+  :func:`gsm_optax.recommended_gsm`, sets them): ``passive_weight_decay`` adds a term
   ``eta_p (1 - B) W`` to the update of ``Z``, so only the weights outside the
   top-Q decay harder, and ``importance_ema`` ranks by a moving average of the
   importance. A ``keep_ratio`` schedule such as
@@ -415,9 +416,13 @@ def gsm(
   """
   _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
                       "a positive float or a schedule", allow_schedule=True)
-  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "momentum"))
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                      "a finite number >= 0")
+                      "a finite number >= 0",
+                      schedule_hint=_utils.inject_hint("gsm", "weight_decay"))
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "importance_ema"))
   _check_groups_args(groups, eligible, budget, allocation)
   if groups is None:
     decayed = lambda p: eligibility.resolve_eligible(eligible, p)
@@ -452,6 +457,17 @@ def selection_stats(opt_state: Any) -> SelectionStats:
 
   Raises:
     ValueError: if the state holds no selection stage.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gsm_optax import gsm, selection_stats
+    >>> tx = optax.MultiSteps(gsm(1e-2, keep_ratio=0.25), every_k_schedule=1)
+    >>> params = {"w": jnp.arange(8.).reshape(2, 4)}
+    >>> state = tx.init(params)
+    >>> _, state = tx.update(params, state, params)
+    >>> stats = selection_stats(state)
+    >>> int(stats.step), int(stats.keep_count)
+    (1, 2)
   """
   found = [
       s

@@ -318,8 +318,8 @@ def test_prune_to_a_mac_budget_and_export_a_cnn(rng):
   _assert_same_logits(narrow, dense)
 
 
-def test_readme_structured_example_trains_prunes_and_exports(rng):
-  """The README's structured example as written, its settings included, run in a Flax
+def test_guide_structured_example_trains_prunes_and_exports(rng):
+  """The structured guide's example as written, its settings included, run in a Flax
   TrainState loop in place of its "train with tx" line: structured GSM to a tenth of the MACs,
   then prune and export; the narrow model's logits are the pruned model's."""
   import pathlib
@@ -328,8 +328,10 @@ def test_readme_structured_example_trains_prunes_and_exports(rng):
   import optax
   from flax.training import train_state
 
-  text = pathlib.Path(__file__).parent.parent.joinpath("README.md").read_text()
-  code = re.search(r"<!-- structured-example -->\n```python\n(.*?)```", text, re.S).group(1)
+  guide = pathlib.Path(__file__).parent.parent.joinpath("docs", "guides", "structured.md")
+  text = guide.read_text()
+  code = re.search(r"<!-- fragment: [^>]*test_export\.py[^>]*-->\n```python\n(.*?)```", text,
+                   re.S).group(1)
   assert "# ... train with tx ...\n" in code
   code = code.replace("# ... train with tx ...\n", "params = train(tx, params)\n")
   model = SmallCNN()
@@ -354,7 +356,7 @@ def test_readme_structured_example_trains_prunes_and_exports(rng):
 
   scope = {"model": model, "x": x, "params": variables["params"], "batch_stats": stats,
            "train": train, "lr_schedule": 0.05, "anneal_steps": 20}
-  exec(compile(code, "README.md", "exec"), scope)
+  exec(compile(code, str(guide), "exec"), scope)
   small, pruned, layers = scope["small"], scope["pruned"], scope["layers"]
   narrow_model = SmallCNN((small.widths["conv1"], small.widths["conv2"], small.widths["fc1"]))
   assert count_macs(trace_layers(narrow_model, x[:1])) <= count_macs(layers) / 10

@@ -306,15 +306,16 @@ def test_a_channel_reduction_makes_the_set_unprunable_not_the_model():
   chex.assert_equal(coupling.set("w1").reason.startswith("it is reduced over by reduce_sum"), True)
 
 
-def test_readme_own_model_example_runs_and_exports_exactly():
+def test_guide_own_model_example_runs_and_exports_exactly():
   import pathlib
   import re
 
-  text = pathlib.Path(__file__).parent.parent.joinpath("README.md").read_text()
+  guide = pathlib.Path(__file__).parent.parent / "docs" / "guides" / "structured.md"
+  text = guide.read_text()
   code = re.search(r"<!-- own-model-example -->\n```python\n(.*?)```", text, re.S).group(1)
   code = code.replace("range(100)", "range(5)")  # the recipe, not its accuracy
   scope: dict = {}
-  exec(compile(code, "README.md", "exec"), scope)
+  exec(compile(code, "structured.md", "exec"), scope)
   small, x = scope["small"], scope["x"]
   dense = scope["model"].apply({"params": scope["pruned"]}, x)
   _assert_close(scope["logits"], dense)

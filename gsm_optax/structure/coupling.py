@@ -22,6 +22,8 @@ References:
 from __future__ import annotations
 
 import itertools
+import sys
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -405,9 +407,16 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
     nnx_parts = (graphdef, state)
     group_path = lambda path: path if path in param_paths else None
   else:
+    if _is_linen_module(model):
+      raise TypeError(
+          "couple needs the linen module's apply, not the module itself: couple(model.apply,"
+          f" variables, x), with variables = model.init(rng, x); got model={type(model).__name__}"
+          "(...).")
     if not callable(model):
       raise TypeError(f"couple needs model.apply, a function f(params, *inputs) or an nnx.Module;"
                       f" got model={model!r}.")
+    if _is_linen_module(getattr(model, "__self__", None)) and _params_alone(variables):
+      raise _params_alone_error(variables)
     fn = model
     linen = isinstance(variables, dict) and "params" in variables and any(
         isinstance(v, dict) for v in variables.values())
@@ -422,8 +431,13 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
   args = (variables, *inputs)
   flat, in_tree = jax.tree_util.tree_flatten(args)
   abstract = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
-  closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree_util.tree_unflatten(in_tree, a)),
-                                     return_shape=True)(*abstract)
+  try:
+    closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree_util.tree_unflatten(in_tree, a)),
+                                       return_shape=True)(*abstract)
+  except Exception as e:  # a lambda around model.apply given the params alone
+    if type(e).__name__ == "ScopeCollectionNotFound" and _params_alone(variables):
+      raise _params_alone_error(variables) from e
+    raise
   g = graph.Graph(primitives.RULES)
   ids = [g.new_value(a.shape, a.dtype) for a in abstract]
   n_var = len(jax.tree_util.tree_leaves(variables))
@@ -440,6 +454,23 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
       g.nodes.mark(n, "it is an axis of the model's outputs")
   out_tree = jax.tree_util.tree_structure(out_shape)
   return Coupling(g, leaves, in_tree, out_tree, ids[n_var:], outs, nnx_parts)
+
+
+def _params_alone(variables: Any) -> bool:
+  return isinstance(variables, Mapping) and "params" not in variables
+
+
+def _params_alone_error(variables: Mapping[Any, Any]) -> ValueError:
+  return ValueError(
+      "couple(model.apply, variables, x) needs the linen variables that model.init returns,"
+      " {'params': ...} (with 'batch_stats' if the model has them), not the params alone;"
+      " did you mean couple(model.apply, {'params': params}, x)? Got variables with keys"
+      f" {sorted(map(str, variables))}.")
+
+
+def _is_linen_module(x: Any) -> bool:
+  linen = sys.modules.get("flax.linen")  # a linen module exists only once flax.linen is imported
+  return linen is not None and isinstance(x, linen.Module)
 
 
 def _is_nnx_module(x: Any) -> bool:

@@ -21,6 +21,7 @@ itself with its narrowed state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -64,6 +65,23 @@ class Narrow(NamedTuple):
   widths: dict[str, int]
   macs: float
   module: Any = None
+
+
+def _params_hint(given: Any, expected: Any) -> str:
+  """The call meant when the params were given for linen variables, or the reverse."""
+  if expected is None:
+    return ""
+  coupled = jax.tree_util.tree_unflatten(expected, [0] * expected.num_leaves)
+  if (isinstance(coupled, Mapping) and "params" in coupled
+      and jax.tree_util.tree_structure(coupled["params"]) == given):
+    return (" These are the params alone, and the model was coupled with its linen variables:"
+            " did you mean narrow(coupling, {**variables, 'params': pruned_params})?")
+  given_tree = jax.tree_util.tree_unflatten(given, [0] * given.num_leaves)
+  if (isinstance(given_tree, Mapping) and "params" in given_tree
+      and jax.tree_util.tree_structure(given_tree["params"]) == expected):
+    return (" These are linen variables, and the model was coupled with its params alone:"
+            " did you mean narrow(coupling, variables['params'])?")
+  return ""
 
 
 def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
@@ -115,7 +133,7 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
   flat, tree = jax.tree_util.tree_flatten(variables)
   if len(flat) != len(t.leaves) or (t.variables_tree is not None and tree != t.variables_tree):
     raise ValueError(f"narrow: variables have structure {tree}, not that of the variables"
-                     f" coupled, {t.variables_tree}.")
+                     f" coupled, {t.variables_tree}.{_params_hint(tree, t.variables_tree)}")
   arrays = {leaf.value: np.asarray(x) for leaf, x in zip(t.leaves, flat)}
   for leaf, x in zip(t.leaves, flat):
     if tuple(np.shape(x)) != g.values[leaf.value].shape:
