@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint typecheck docs bench clean
 
 venv: $(STAMP)
 
@@ -20,16 +20,26 @@ $(STAMP): setup.cfg pyproject.toml
 demo: venv
 	$(BIN)/gsm-optax mnist --model lenet300 --compression 60 --fast --recipe recommended
 
-# The whole suite, then the linter.
+# The whole suite, then the linter and the type checker.
 test: venv
 	$(BIN)/python -m pytest -n 2 tests
 	$(BIN)/ruff check gsm_optax tests benchmarks docs
+	$(BIN)/mypy
 
 lint: venv
 	$(BIN)/ruff check gsm_optax tests benchmarks docs
+
+# mypy on gsm_optax; its settings (and the strictness) are in pyproject.toml.
+typecheck: venv
+	$(BIN)/mypy
+
+# The reference site (guides and the API from the docstrings), offline, warnings as errors.
+docs: venv
+	$(BIN)/sphinx-build -W -q -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
 
 bench: venv
 	$(BIN)/python -m benchmarks.step_time
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist docs/_build docs/api *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -3,7 +3,8 @@
 # prints the device, runs the tests that exercise the selection and the
 # optimizer on the GPU, times the two exact selections side by side (the radix
 # select from scatter-add histograms that every backend ran before, and the
-# counting selection that accelerators run now), then prints the step-time table.
+# counting selection that accelerators run now), then prints the step-time table
+# and what gsm costs before the first step (compile time, module size, temporaries).
 #
 #   bash benchmarks/gpu_check.sh            # uses python3, installs what is missing
 #   OUT=/some/dir bash benchmarks/gpu_check.sh   # also keeps the logs and JSON there
@@ -36,3 +37,7 @@ PYTHONPATH=. "$PY" -m benchmarks.selection_paths --sizes 25.6M 100M --repeats 20
 
 PYTHONPATH=. "$PY" -m benchmarks.step_time --repeats 20 --json "$OUT/step_time_gpu.json" \
   2>&1 | tee "$OUT/step_time_gpu.txt"
+
+# Compile time on the GPU, cuda StableHLO size and temporaries of the update, plain and gsm.
+PYTHONPATH=. "$PY" -m benchmarks.compile_cost --json "$OUT/compile_cost_gpu.json" \
+  2>&1 | tee "$OUT/compile_cost_gpu.txt"

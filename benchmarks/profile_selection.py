@@ -51,6 +51,9 @@ def main():
 
   order = selection._Order(jnp.float32, jnp.uint32)
 
+  def keys(g, p):
+    return selection._flat_keys(scores(g, p), order, n)
+
   def scores(g, p):
     return [jnp.abs(g[name] * p[name]) for name in names]
 
@@ -65,8 +68,9 @@ def main():
   stages = [
       ("plain momentum step", step(plain), (params, plain.init(params), grads)),
       ("scores |g*w| only", lambda g, p: [jnp.sum(s) for s in scores(g, p)], (grads, params)),
-      ("radix select: 2 histogram passes", lambda g, p: selection._radix_kth_key(
-          scores(g, p), order, jnp.int32(k)), (grads, params)),
+      ("keys written into one buffer", lambda g, p: jnp.sum(keys(g, p) >> 16), (grads, params)),
+      ("radix select: 2 histogram passes", lambda g, p: selection.radix.kth_key(
+          keys(g, p), jnp.int32(k)), (grads, params)),
       ("global_topk_selection (+ masks)", lambda g, p: [
           jnp.sum(m) for m in selection.global_topk_selection(scores(g, p), k).mask],
        (grads, params)),

@@ -1,9 +1,12 @@
 """The two exact selections side by side, against a plain momentum step.
 
   radix     16-bit radix select from scatter-add histograms (what one CPU
-            device runs; until this branch, every backend)
+            device runs)
   counting  sampled counting passes on 8-row block sums, then the band
-            gathered and sorted (what accelerators and sharded leaves run)
+            gathered and sorted (what accelerators run)
+
+Both read one buffer of the scores' keys (leaves that may be sharded take a
+third path, in place, which this script does not time).
 
 Each row: the whole ``global_topk_selection`` of ``|g * w|`` over the eligible
 leaves, jitted, warm, median of repeats, in one process, as a multiple of the

@@ -59,3 +59,20 @@ def weights_and_gradients(shapes: dict[str, tuple[int, ...]], rng=None):
   grads = {k: jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3)
            for k, s in shapes.items()}
   return params, grads
+
+
+def transformer_shapes(layers: int, width: int = 256, vocab: int = 4096
+                       ) -> dict[str, tuple[int, ...]]:
+  """A pre-LN transformer's parameter shapes, unscanned: 12 leaves a layer (two
+  LayerNorms, the fused QKV and output projections and the two MLP layers, each
+  with a bias) and the token embedding: ``12 * layers + 1`` leaves."""
+  shapes: dict[str, tuple[int, ...]] = {"embed": (vocab, width)}
+  for i in range(layers):
+    for norm in ("ln1", "ln2"):
+      shapes[f"layer{i}/{norm}/scale"] = (width,)
+      shapes[f"layer{i}/{norm}/bias"] = (width,)
+    for dense, (a, b) in {"qkv": (width, 3 * width), "out": (width, width),
+                          "mlp1": (width, 4 * width), "mlp2": (4 * width, width)}.items():
+      shapes[f"layer{i}/{dense}/kernel"] = (a, b)
+      shapes[f"layer{i}/{dense}/bias"] = (b,)
+  return shapes

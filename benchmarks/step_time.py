@@ -93,6 +93,14 @@ def time_steps(step, params, opt_state, grads, repeats):
   return float(np.median(times)), params, opt_state
 
 
+def print_header(header: str, note: str = "") -> None:
+  """The device and versions (and ``note``), then a table's header and rule."""
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}),"
+        f" jax {jax.__version__}, optax {optax.__version__}{note}")
+  print(header)
+  print("-" * len(header))
+
+
 def kept_set(keep_top, params, grads):
   """Which eligible gradients a selection stage keeps (the grads have no zeros)."""
   updates, _ = jax.jit(keep_top.update)(grads, keep_top.init(params), params)
@@ -124,13 +132,9 @@ def main():
   parser.add_argument("--json", help="also write the rows to this JSON file")
   args = parser.parse_args()
 
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}),"
-        f" jax {jax.__version__}, optax {optax.__version__}")
-  header = (f"{'params':>7} {'keep':>5} {'plain ms':>9} {'gsm ms':>8} {'naive ms':>9}"
-            f" {'gsm/plain':>9} {'exact':>5} {'=naive':>6}"
-            f" {'temp plain':>10} {'temp gsm':>8} {'temp naive':>10}")
-  print(header)
-  print("-" * len(header))
+  print_header(f"{'params':>7} {'keep':>5} {'plain ms':>9} {'gsm ms':>8} {'naive ms':>9}"
+               f" {'gsm/plain':>9} {'exact':>5} {'=naive':>6}"
+               f" {'temp plain':>10} {'temp gsm':>8} {'temp naive':>10}")
   rows = []
   for size in args.sizes:
     shapes = SIZES[size]

@@ -30,6 +30,7 @@ from gsm_optax.masking import (
 )
 from gsm_optax.pruning import prune, prune_mask
 from gsm_optax.readiness import PruneReadiness, prune_readiness
+from gsm_optax.recipes import recommended_gsm
 from gsm_optax.reporting import LeafSparsity, SparsityReport, sparsity_report
 from gsm_optax.schedules import (
     cubic_keep_ratio_schedule,
@@ -96,6 +97,7 @@ __all__ = [
     "prune_mask",
     "prune_readiness",
     "PruneReadiness",
+    "recommended_gsm",
     "save_sparse",
     "Selection",
     "selection_stats",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -27,15 +30,19 @@ def is_concrete_number(x: Any) -> bool:
 
 def check_number(
     name: str, value: Any, ok: Callable[[float], bool], expected: str,
-    allow_schedule: bool = False,
+    allow_schedule: bool = False, schedule_hint: str = "",
 ) -> None:
   """Raises an error naming ``name`` and ``value`` unless ``ok(float(value))``.
 
   Traced values (``optax.inject_hyperparams`` under ``jit``) cannot be checked
-  here and pass, as do schedules where ``allow_schedule``.
+  here and pass, as do schedules where ``allow_schedule``. A schedule where a
+  number is needed gets its own message, ending with ``schedule_hint``.
   """
   if isinstance(value, jax.core.Tracer) or (allow_schedule and callable(value)):
     return
+  if callable(value):
+    raise TypeError(f"{name} must be {expected}, not a schedule (a callable); got"
+                    f" {name}={value!r}.{schedule_hint}")
   if isinstance(value, bool) or not is_concrete_number(value):
     raise TypeError(f"{name} must be {expected}; got {name}={value!r}.")
   if not ok(float(value)):  # NaN fails every range check
@@ -51,10 +58,26 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
     raise ValueError(f"{name} must be an int {span}; got {name}={value!r}.")
 
 
-def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio") -> None:
-  """Raises unless ``keep_ratio`` is a number in (0, 1] or a schedule."""
+def check_keep_ratio(keep_ratio: Any, name: str = "keep_ratio", *,
+                     once: str | None = None) -> None:
+  """Raises unless ``keep_ratio`` is a number in (0, 1] or, unless ``once``, a schedule.
+
+  ``once`` names a function that prunes once, to one ratio (``"prune"``): a
+  schedule given to it is told to pass the ratio it ends at.
+  """
+  if once is not None and callable(keep_ratio):
+    raise TypeError(
+        f"{once} needs {name} as a float in (0, 1], not a schedule: it prunes once, to one"
+        f" ratio. Pass the ratio the schedule ends at, {once}(params, schedule(last_step)) or"
+        f" the final_keep_ratio given to cubic_keep_ratio_schedule; got {name}={keep_ratio!r}.")
   check_number(name, keep_ratio, lambda x: 0.0 < x <= 1.0,
                "a float in (0, 1] or a schedule (step -> ratio)", allow_schedule=True)
+
+
+def inject_hint(factory: str, name: str) -> str:
+  """How to schedule ``name``, a number argument of the optimizer ``factory``."""
+  return (f" To change {name} during training, wrap the optimizer:"
+          f" optax.inject_hyperparams({factory})(..., {name}=schedule) calls it at every step.")
 
 
 def missing_params_error(name: str, why: str) -> ValueError:
@@ -67,9 +90,14 @@ def check_params_structure(treedef: Any, params: PyTree) -> list[Any]:
   try:
     return treedef.flatten_up_to(params)
   except (ValueError, TypeError) as e:
+    hint = ""
+    if (isinstance(params, Mapping) and "params" in params
+        and jax.tree_util.tree_structure(params["params"]) == treedef):
+      hint = (" These look like Flax variables: pass their params,"
+              " update(updates, state, variables['params']).")
     raise ValueError(
         "params must have the structure of the updates; got params structure"
-        f" {jax.tree_util.tree_structure(params)} for updates structure {treedef}."
+        f" {jax.tree_util.tree_structure(params)} for updates structure {treedef}.{hint}"
     ) from e
 
 
@@ -99,15 +127,18 @@ def path_name(path: tuple[Any, ...]) -> str:
   return "/".join(parts)
 
 
-
 def member_axis(owner: str, path: str, axis: int, size: int,
                 shapes: dict[str, tuple[int, ...]]) -> int:
   """The non-negative axis of the leaf ``path`` that a group member names, after checking that
   the leaf exists, has that axis, and that its length is a multiple of ``size``; the errors
   name ``owner`` (``"groups['fc1']"``)."""
   if path not in shapes:
+    hint = ""
+    if f"params/{path}" in shapes:
+      hint = (" These are Flax variables: groups name paths inside their params, so pass"
+              " variables['params'] (the params alone).")
     raise ValueError(f"{owner} names {path!r}, which is not a leaf of params; the leaves are"
-                     f" {sorted(shapes)}.")
+                     f" {sorted(shapes)}.{hint}")
   shape = shapes[path]
   if not -len(shape) <= axis < len(shape):
     raise ValueError(f"{owner}: {path} has shape {shape}, which has no axis {axis}.")
@@ -116,3 +147,12 @@ def member_axis(owner: str, path: str, axis: int, size: int,
     raise ValueError(f"{owner}: axis {axis} of {path} has length {shape[normal]}, not a multiple"
                      f" of size={size}.")
   return normal
+
+
+def warn(message: str) -> None:
+  """``warnings.warn`` pointing at the user's line: the first frame outside this package."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  frame, level = sys._getframe(1), 2
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, UserWarning, stacklevel=level)

@@ -23,6 +23,12 @@ def default_eligible(params: PyTree) -> PyTree:
 
   Returns:
     A pytree of bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import default_eligible
+    >>> default_eligible({"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)})
+    {'bias': False, 'kernel': True}
   """
   return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 

@@ -35,6 +35,12 @@ def taylor(params: PyTree, grads: PyTree) -> PyTree:
 
   Returns:
     Scores, same structure, float32 (or float64).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import taylor
+    >>> taylor({"w": jnp.array([1., -2.])}, {"w": jnp.array([-3., 0.5])})
+    {'w': Array([3., 1.], dtype=float32)}
   """
 
   def score(w, g):
@@ -53,6 +59,12 @@ def magnitude(params: PyTree, grads: PyTree) -> PyTree:
 
   Returns:
     Scores, same structure, float32 (or float64).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import magnitude
+    >>> magnitude({"w": jnp.array([1., -2.])}, None)
+    {'w': Array([1., 2.], dtype=float32)}
   """
   del grads
   return jax.tree_util.tree_map(lambda w: jnp.abs(w.astype(score_dtype(w))), params)

@@ -56,7 +56,7 @@ class GradualPruningState(NamedTuple):
     inner_state: the state of the wrapped optimizer.
   """
 
-  count: Array
+  count: Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
   mask: PyTree
   inner_state: optax.OptState
 
@@ -75,6 +75,7 @@ def _resolve_hold_mask(mask: Mask, params: PyTree) -> list[Array | None]:
   """One entry per params leaf: a bool array shaped like it, or None (not masked)."""
   if callable(mask):
     mask = mask(params)
+  mask_def: Any  # a PyTreeDef
   with_path, mask_def = jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_mask_leaf)
   try:
     subtrees = mask_def.flatten_up_to(params)
@@ -84,7 +85,7 @@ def _resolve_hold_mask(mask: Mask, params: PyTree) -> list[Array | None]:
         f" structure {mask_def} for params structure"
         f" {jax.tree_util.tree_structure(params)}."
     ) from e
-  resolved = []
+  resolved: list[Array | None] = []
   for (path, m), sub in zip(with_path, subtrees):
     name = f"mask{jax.tree_util.keystr(path)}"
     sub_leaves = jax.tree_util.tree_leaves_with_path(sub)
@@ -106,9 +107,9 @@ def _resolve_hold_mask(mask: Mask, params: PyTree) -> list[Array | None]:
             f"mask leaves must be bool arrays, True/False or None; {name} is a"
             f" {type(m).__name__} of dtype {dtype} (its parameter has shape {jnp.shape(p)})."
         )
-      if tuple(shape) != tuple(jnp.shape(p)):
+      if tuple(np.shape(m)) != tuple(jnp.shape(p)):
         raise ValueError(
-            f"{name} has shape {tuple(shape)}, but its parameter has"
+            f"{name} has shape {tuple(np.shape(m))}, but its parameter has"
             f" shape {tuple(jnp.shape(p))}."
         )
       resolved.append(jnp.asarray(m, bool))
@@ -264,8 +265,9 @@ def gradual_magnitude_pruning(
       pruning): at a mask update the groups are ranked by their RMS (L2 norm per weight) (per
       cost for a budget in weights or cost), pruned groups below every kept
       one, and every entry of a pruned group, biases included, is held at 0.
-      See :func:`gsm_optax.keep_top_gradients` for the spec; ``eligible``
-      must then be None.
+      Every set keeps at least its ``min_kept`` best groups (see
+      :class:`gsm_optax.Groups`). See :func:`gsm_optax.keep_top_gradients`
+      for the spec; ``eligible`` must then be None.
     budget: with ``groups``, what the keep ratios count: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"`` (one ranking of all groups, as
@@ -298,7 +300,11 @@ def gradual_magnitude_pruning(
   for name, value in [("final_keep_ratio", final_keep_ratio),
                       ("initial_keep_ratio", initial_keep_ratio)]:
     if callable(value):
-      raise TypeError(f"{name} must be a float in (0, 1]; got {name}={value!r}.")
+      raise TypeError(
+          f"{name} must be a float in (0, 1], not a schedule: gradual_magnitude_pruning builds"
+          " its cubic schedule from final_keep_ratio, initial_keep_ratio, begin_step and"
+          " end_step. Pass the ratios as floats (to anneal GSM's keep ratio instead, give the"
+          f" schedule to gsm(learning_rate, keep_ratio=schedule)); got {name}={value!r}.")
   _utils.check_int("begin_step", begin_step, 0, _utils.INT32_MAX)
   _utils.check_int("end_step", end_step, 0, _utils.INT32_MAX)
   _utils.check_int("update_every", update_every, 1, _utils.INT32_MAX)

@@ -38,9 +38,20 @@ def prune_mask(
       fraction of every set; see :func:`gsm_optax.keep_top_gradients`).
 
   Returns:
-    A pytree of bool arrays shaped like ``params``.
+    A pytree of bool arrays shaped like ``params``. With ``groups``, every set
+    keeps at least its ``min_kept`` best groups (see :class:`gsm_optax.Groups`);
+    where the budget alone would have kept fewer, a ``UserWarning`` names the
+    sets (outside ``jit``; under ``jit``, :func:`gsm_optax.prune_readiness`'s
+    ``held_sets`` counts them).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import prune_mask
+    >>> prune_mask({"w": jnp.array([[1., -3.], [2., 0.5]]), "b": jnp.zeros(2)}, 0.5)
+    {'b': Array([ True,  True], dtype=bool), 'w': Array([[False,  True],
+           [ True, False]], dtype=bool)}
   """
-  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_keep_ratio(keep_ratio, once="prune_mask")
   grouping.check_budget(budget)
   if groups is not None:
     if eligible is not None:
@@ -51,8 +62,9 @@ def prune_mask(
     if budget == "groups" and isinstance(k, int) and k < 1:
       raise ValueError(f"keep_ratio={keep_ratio!r} keeps none of the {resolved.num_groups}"
                        " groups.")
-    _, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved, budget=budget,
-                                            allocation=allocation)
+    selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
+                                                    budget=budget, allocation=allocation)
+    grouping.warn_if_held(selection, resolved, "prune")
     masks = [jnp.ones(jnp.shape(p), bool) if m is None else m for p, m in zip(leaves, masks)]
     return jax.tree_util.tree_unflatten(treedef, masks)
   if budget != "groups":
@@ -114,6 +126,7 @@ def prune(
     {'w': Array([[ 0., -3.],
            [ 2.,  0.]], dtype=float32)}
   """
+  _utils.check_keep_ratio(keep_ratio, once="prune")
   masks = prune_mask(params, keep_ratio, eligible=eligible, groups=groups, budget=budget,
                      allocation=allocation)
   return jax.tree_util.tree_map(

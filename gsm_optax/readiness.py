@@ -33,6 +33,10 @@ class PruneReadiness(NamedTuple):
       the largest removed entry.
     metric_before: ``eval_fn(params)``; NaN when no ``eval_fn`` was given.
     metric_after: ``eval_fn(prune(params))``; NaN when no ``eval_fn``.
+    held_sets: with ``groups``, how many sets the prune keeps at their
+      ``min_kept`` best groups only because the budget alone would have left
+      them fewer (a layer it would have emptied; see
+      :class:`gsm_optax.Groups`); 0 without groups.
   """
 
   removed_l2_fraction: Array
@@ -42,6 +46,7 @@ class PruneReadiness(NamedTuple):
   num_carrying: Array
   metric_before: Array
   metric_after: Array
+  held_sets: Array
 
   @property
   def prune_cost(self) -> Array:
@@ -96,7 +101,7 @@ def prune_readiness(
     >>> int(r.num_carrying), float(r.largest_removed)
     (1, 0.5)
   """
-  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_keep_ratio(keep_ratio, once="prune_readiness")
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
   grouping.check_budget(budget)
   leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -106,6 +111,7 @@ def prune_readiness(
     selection = global_topk_selection(scores, keep_count(keep_ratio, num_eligible))
     kept_masks = selection.mask
     unit_scores, unit_masks = scores, selection.mask
+    held = jnp.zeros([], jnp.int32)
   else:
     if eligible is not None:
       raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
@@ -118,6 +124,7 @@ def prune_readiness(
     norms = grouping.group_norms(resolved, leaves)
     unit_masks = selection.mask
     unit_scores = norms
+    held = jnp.sum(selection.held, dtype=jnp.int32)
   threshold = selection.threshold
   dtype = threshold.dtype
   zero = jnp.zeros((), dtype)
@@ -150,4 +157,5 @@ def prune_readiness(
       num_carrying=carrying,
       metric_before=before,
       metric_after=after,
+      held_sets=held,
   )

@@ -318,5 +318,6 @@ def shrink_warning(factor: float, threshold: float = 1e-3) -> str | None:
       f"weights outside the top-Q only shrink to {float(factor):.3g} of their size over"
       " this schedule (the threshold is"
       f" {float(threshold):.3g}): the final prune will remove weights that still"
-      " matter; train longer, raise weight_decay or momentum."
+      " matter; train longer or raise weight_decay (a weight shrinks at most by"
+      " sqrt(momentum) per step: for a short run, lower the momentum)."
   )

@@ -208,7 +208,7 @@ def save_sparse(path: str | os.PathLike, params: PyTree, *,
     params = to_sparse(params, eligible=eligible)
   leaves: list = []
   tree = _describe(params, "", leaves)
-  arrays = {"format": np.array(_FORMAT), "tree": np.array(json.dumps(tree))}
+  arrays: dict[str, Any] = {"format": np.array(_FORMAT), "tree": np.array(json.dumps(tree))}
   for i, leaf in enumerate(leaves):
     if _is_bcoo(leaf):
       if leaf.n_batch or leaf.n_dense:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,8 @@ from gsm_optax.selection import global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
-KeepRatio = float | Array | optax.Schedule
-ScalarOrSchedule = float | Array | optax.Schedule
+KeepRatio: TypeAlias = float | Array | optax.Schedule
+ScalarOrSchedule: TypeAlias = float | Array | optax.Schedule
 
 
 class KeepTopGradientsState(NamedTuple):
@@ -25,7 +25,7 @@ class KeepTopGradientsState(NamedTuple):
   Attributes:
     count: number of updates made so far (int32, saturating).
     keep_count: number of eligible gradients kept at the last update (int32;
-      0 before the first update).
+      0 before the first update); with ``groups``, the number of groups kept.
     threshold: the ranking score of the last kept weight at the last update
       (NaN before the first update).
     average_scores: the exponential moving average of the importance scores,
@@ -35,13 +35,18 @@ class KeepTopGradientsState(NamedTuple):
     kept_fractions: with a MAC budget ranked per MAC
       (``gsm_optax.mac_costs(..., per_mac=True)``), the fraction of each set of
       groups kept at the last update (ones before the first); None otherwise.
+    held_sets: with ``groups``, a bool ``[number of sets]`` array: True for
+      each set that the budget alone would have left with fewer than its
+      ``min_kept`` groups at the last update (a layer it would have emptied),
+      and that kept its best ``min_kept`` instead; None without groups.
   """
 
-  count: Array
+  count: Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
   keep_count: Array
   threshold: Array
   average_scores: PyTree = None
   kept_fractions: PyTree = None
+  held_sets: Array | None = None
 
 
 class SelectionStats(NamedTuple):
@@ -50,6 +55,7 @@ class SelectionStats(NamedTuple):
   step: Array
   keep_count: Array
   threshold: Array
+  held_sets: Array
 
 
 def _check_groups_args(groups: Any, eligible: Any, budget: str,
@@ -139,7 +145,10 @@ def keep_top_gradients(
   the first-order change of the loss when the group is removed (Molchanov et
   al. 2019); ``"magnitude"`` ranks groups by their RMS, and a callable's
   scores are summed over each group. The members of the groups are then the
-  prunable parameters, in place of ``eligible``.
+  prunable parameters, in place of ``eligible``. Every set keeps at least its
+  ``min_kept`` best groups (1 by default, see :class:`gsm_optax.Groups`), so a
+  budget never empties a layer of a chain; where the budget alone would have,
+  the state's ``held_sets`` says so (:func:`selection_stats`).
 
   Args:
     keep_ratio: fraction of eligible weights that receive their gradient, in
@@ -173,6 +182,9 @@ def keep_top_gradients(
       (the same with each :class:`gsm_optax.Groups`' own ``cost``) or
       :func:`gsm_optax.mac_costs` (the same with the model's
       multiply-accumulates at the widths kept).
+    allocation: with ``groups``, ``"global"`` (one ranking of all groups) or
+      ``"uniform"`` (the same fraction of every set, each ranked within
+      itself, as the layer-wise baselines of Li et al. 2017).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -197,7 +209,8 @@ def keep_top_gradients(
   _utils.check_keep_ratio(keep_ratio)
   _utils.check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
                       "a finite number >= 0 or a schedule", allow_schedule=True)
-  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("keep_top_gradients", "importance_ema"))
   averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
   score_fn = importance_lib.resolve_importance(importance)
   _check_groups_args(groups, eligible, budget, allocation)
@@ -225,15 +238,18 @@ def keep_top_gradients(
     elif averaging:
       average_scores = jax.tree_util.tree_map(
           lambda p: jnp.zeros(jnp.shape(p), importance_lib.score_dtype(p)), params)
-    kept_fractions = None
+    kept_fractions = held_sets = None
     if groups is not None and getattr(budget, "per_mac", False) and resolved is not None:
       kept_fractions = tuple(jnp.ones([], jnp.float32) for _ in resolved.groups)
+    if resolved is not None:
+      held_sets = jnp.zeros([len(resolved.groups)], bool)
     return KeepTopGradientsState(
         count=jnp.zeros([], jnp.int32),
         keep_count=jnp.zeros([], jnp.int32),
         threshold=jnp.full([], jnp.nan, float_dtype),
         average_scores=average_scores,
         kept_fractions=kept_fractions,
+        held_sets=held_sets,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -252,7 +268,7 @@ def keep_top_gradients(
     average_scores = state.average_scores
     rate = jnp.asarray(importance_ema, jnp.float32)
     ratio = _value_at(keep_ratio, state.count)
-    kept_fractions = state.kept_fractions
+    kept_fractions, held_sets = state.kept_fractions, state.held_sets
     if groups is None:
       scores = treedef.flatten_up_to(score_fn(params, updates))
       if average_scores is not None:
@@ -279,8 +295,7 @@ def keep_top_gradients(
                                            fractions=state.kept_fractions)
       if state.kept_fractions is not None:
         kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
-      k = (keep_count(ratio, resolved.num_groups) if budget == "groups"
-           else selection.num_greater)
+      k, held_sets = selection.num_kept, selection.held
       masks = grouping.expand_group_mask(resolved, selection.mask,
                                          [jnp.shape(g) for g in leaves])
     eta_p = _value_at(passive_decay, state.count)
@@ -299,6 +314,7 @@ def keep_top_gradients(
         threshold=selection.threshold.astype(state.threshold.dtype),
         average_scores=average_scores,
         kept_fractions=kept_fractions,
+        held_sets=held_sets,
     )
     return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
 
@@ -341,8 +357,8 @@ def gsm(
 
   With its defaults this is the paper's update. Two options (passed on to
   :func:`keep_top_gradients`) make the final prune free where the paper's
-  update leaves weights beyond Q that still matter (see the README's
-  recommended recipe): ``passive_weight_decay`` adds a term
+  update leaves weights beyond Q that still matter (the recommended recipe,
+  :func:`gsm_optax.recommended_gsm`, sets them): ``passive_weight_decay`` adds a term
   ``eta_p (1 - B) W`` to the update of ``Z``, so only the weights outside the
   top-Q decay harder, and ``importance_ema`` ranks by a moving average of the
   importance. A ``keep_ratio`` schedule such as
@@ -400,9 +416,13 @@ def gsm(
   """
   _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
                       "a positive float or a schedule", allow_schedule=True)
-  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "momentum"))
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                      "a finite number >= 0")
+                      "a finite number >= 0",
+                      schedule_hint=_utils.inject_hint("gsm", "weight_decay"))
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "importance_ema"))
   _check_groups_args(groups, eligible, budget, allocation)
   if groups is None:
     decayed = lambda p: eligibility.resolve_eligible(eligible, p)
@@ -430,11 +450,24 @@ def selection_stats(opt_state: Any) -> SelectionStats:
 
   Returns:
     A :class:`SelectionStats` of ``step`` (updates made), ``keep_count`` (Q at
-    the last update) and ``threshold`` (the importance of the last kept
-    weight at the last update).
+    the last update; with groups, the groups kept), ``threshold`` (the
+    importance of the last kept weight at the last update) and ``held_sets``
+    (with groups, how many sets kept their ``min_kept`` best groups only
+    because the budget alone would have emptied them; 0 without groups).
 
   Raises:
     ValueError: if the state holds no selection stage.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gsm_optax import gsm, selection_stats
+    >>> tx = optax.MultiSteps(gsm(1e-2, keep_ratio=0.25), every_k_schedule=1)
+    >>> params = {"w": jnp.arange(8.).reshape(2, 4)}
+    >>> state = tx.init(params)
+    >>> _, state = tx.update(params, state, params)
+    >>> stats = selection_stats(state)
+    >>> int(stats.step), int(stats.keep_count)
+    (1, 2)
   """
   found = [
       s
@@ -449,4 +482,7 @@ def selection_stats(opt_state: Any) -> SelectionStats:
         " the optimizer built with gsm() or keep_top_gradients()?"
     )
   s = found[0]
-  return SelectionStats(step=s.count, keep_count=s.keep_count, threshold=s.threshold)
+  held = (jnp.zeros([], jnp.int32) if s.held_sets is None
+          else jnp.sum(s.held_sets, dtype=jnp.int32))
+  return SelectionStats(step=s.count, keep_count=s.keep_count, threshold=s.threshold,
+                        held_sets=held)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fractions
+import math
+
 import numpy as np
 
 
@@ -14,6 +17,51 @@ def stable_topk_mask(flat_scores: np.ndarray, k: int) -> np.ndarray:
   mask = np.zeros(s.size, bool)
   mask[order[:k]] = True
   return mask
+
+
+def stable_order(flat_scores: np.ndarray) -> np.ndarray:
+  """Indices in descending score order, NaN last, the earlier first on ties."""
+  s = np.asarray(flat_scores, np.float64)
+  nan = np.isnan(s)
+  return np.lexsort((np.arange(s.size), -np.where(nan, 0, s), nan))
+
+
+def min_kept_selection(scores, sizes, min_kept, *, q=None, fits=None):
+  """Brute force of a group selection with a floor per set, from its definition.
+
+  Every set first keeps its ``min_kept`` best groups (stable order within the
+  set); the other groups follow in the global stable order: the first
+  ``q - (groups already kept)`` of them (budget in groups), or, for a cost
+  budget, each while ``fits(kept)`` holds, stopping at the first that does not.
+  A set is *held* when the same budget without the floor (top ``q``, or the
+  longest prefix of the global order that fits) keeps fewer than its
+  ``min_kept``. Returns (kept, held).
+  """
+  scores = np.asarray(scores, np.float64)
+  offsets = np.cumsum([0] + list(sizes))
+  kept = np.zeros(scores.size, bool)
+  for a, b, m in zip(offsets, offsets[1:], min_kept):
+    kept[a:b] = stable_topk_mask(scores[a:b], m)
+  rest = [i for i in stable_order(scores) if not kept[i]]
+  plain = np.zeros(scores.size, bool)
+  if q is not None:
+    kept[rest[:max(q - int(kept.sum()), 0)]] = True
+    plain = stable_topk_mask(scores, q)
+  else:
+    for i in rest:
+      trial = kept.copy()
+      trial[i] = True
+      if not fits(trial):
+        break
+      kept = trial
+    for i in stable_order(scores):
+      trial = plain.copy()
+      trial[i] = True
+      if not fits(trial):
+        break
+      plain = trial
+  held = np.array([plain[a:b].sum() < m for a, b, m in zip(offsets, offsets[1:], min_kept)])
+  return kept, held
 
 
 def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps, *,
@@ -61,16 +109,18 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
 
 
 def traced_keep_count(ratio: float, n: int) -> int:
-  """Q for a float32 (traced) ratio, as documented in gsm_optax.keep_count.
+  """Q for a float32 (traced) ratio, from gsm_optax.keep_count's documented contract.
 
-  floor(ratio * n) in float32, except that a product within 2**-20 (relative)
-  of an integer counts as that integer; clipped to [1, n].
+  Q = floor(r * n), r the float32 value of the ratio, except that a product short of an
+  integer by at most 2**-20 of itself counts as that integer: that is floor(r * n * (1 +
+  2**-20)), computed here exactly with fractions (no float32 arithmetic); clipped to [1, n],
+  and n for a NaN ratio.
   """
-  product = np.float32(ratio) * np.float32(n)
-  nearest = np.round(product)
-  close = abs(float(product) - float(nearest)) <= float(product) * 2.0**-20
-  k = nearest if close else np.floor(product)
-  return int(np.clip(k, 1, n))
+  r = np.float32(ratio)
+  if np.isnan(r):
+    return n
+  q = math.floor(fractions.Fraction(float(r)) * n * (1 + fractions.Fraction(1, 2**20)))
+  return int(min(max(q, 1), n))
 
 
 def group_index(shape, axis: int, size: int) -> np.ndarray:
@@ -94,12 +144,13 @@ def group_sums(values, spec):
 
 
 def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *, passive_decay=0.0,
-                             ema=0.0):
+                             ema=0.0, min_kept=None):
   """Structured GSM in float64, from the equations with groups in place of weights.
 
     T_j = |sum over the entries i of group j of g_i * W_i|
     S_j = ema * S_j + (1 - ema) * sum_i g_i * W_i, T_j = |S_j|   (ema > 0; S starts at 0)
-    B_i = 1 when the group of entry i is among the top-Q groups by T (stable order)
+    B_i = 1 when the group of entry i is kept: each set's min_kept best groups by T (1 by
+          default), then the others in the stable order of T up to Q groups in all
     d = B * g + eta * W + passive_decay * (1 - B) * W   (members of a group; others: d = g)
     Z = beta * Z + d, W = W - lr * Z
 
@@ -112,7 +163,8 @@ def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *, pass
     g = grad_fn(t, w)
     sums = group_sums([gi * wi for gi, wi in zip(g, w)], spec)
     s_avg = [ema * a + (1 - ema) * s for a, s in zip(s_avg, sums)]
-    keep = stable_topk_mask(np.abs(np.concatenate(s_avg)), q)
+    keep, _ = min_kept_selection(np.abs(np.concatenate(s_avg)), [size for size, _ in spec],
+                                 min_kept or [1] * len(spec), q=q)
     b = [None] * len(w)
     offset = 0
     for size, members in spec:

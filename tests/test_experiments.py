@@ -40,14 +40,14 @@ def test_every_method_reaches_the_budget(full_run):
   assert q == int(results["eligible_weights"] / 60.0)
   assert results["gsm"]["nonzeros"] <= q  # exactly Q unless some kept weights are exactly 0
   assert results["gsm"]["nonzeros"] >= q - 5
-  assert results["gradual"]["nonzeros"] <= q
+  assert q - 5 <= results["gradual"]["nonzeros"] <= q
   for name in ("oneshot", "gradual", "lottery_gsm", "lottery_magnitude"):
     with open(os.path.join(out, name, "result.json")) as f:
       phase = json.load(f)
     assert len(phase["history"]) == phase["epochs"]
   for name in ("oneshot", "gradual", "lottery_gsm", "lottery_magnitude"):
     report = sparsity_report(experiments.load_phase_params(out, name, tiny_config()))
-    assert report.eligible_nonzeros <= q, name
+    assert q - 5 <= report.eligible_nonzeros <= q, name  # Q, less the kept weights at exactly 0
   for key in ("accuracy_before_prune", "accuracy_after_prune"):
     assert 0.0 <= results["gsm"][key] <= 1.0
   assert results["base"]["final_test_accuracy"] > 0.5  # learning, even on 1K images

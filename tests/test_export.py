@@ -318,42 +318,48 @@ def test_prune_to_a_mac_budget_and_export_a_cnn(rng):
   _assert_same_logits(narrow, dense)
 
 
-def test_readme_structured_example_trains_prunes_and_exports(rng):
-  """The README's recipe in a Flax TrainState loop: structured GSM to a tenth of the MACs,
-  ranked per MAC, then prune and export; the narrow model's logits are the pruned model's."""
+def test_guide_structured_example_trains_prunes_and_exports(rng):
+  """The structured guide's example as written, its settings included, run in a Flax
+  TrainState loop in place of its "train with tx" line: structured GSM to a tenth of the MACs,
+  then prune and export; the narrow model's logits are the pruned model's."""
+  import pathlib
+  import re
+
   import optax
   from flax.training import train_state
 
+  guide = pathlib.Path(__file__).parent.parent.joinpath("docs", "guides", "structured.md")
+  text = guide.read_text()
+  code = re.search(r"<!-- fragment: [^>]*test_export\.py[^>]*-->\n```python\n(.*?)```", text,
+                   re.S).group(1)
+  assert "# ... train with tx ...\n" in code
+  code = code.replace("# ... train with tx ...\n", "params = train(tx, params)\n")
   model = SmallCNN()
   x = jnp.asarray(rng.normal(size=(64, 32, 32, 3)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, 64))
   variables = model.init(_key(rng), x[:1])
   stats = variables["batch_stats"]
-  layers = gsm_optax.trace_layers(model, x[:1])
-  coupling = gsm_optax.sequential_coupling(layers)
-  groups = gsm_optax.sequential_groups(coupling)
-  budget = gsm_optax.sequential_mac_costs(layers, coupling, groups, per_mac=True)
-  steps = 60
-  tx = gsm_optax.gsm(0.05, gsm_optax.cubic_keep_ratio_schedule(1 / 10, begin_step=0,
-                                                               end_step=steps // 2),
-                     momentum=0.9, passive_weight_decay=0.5, importance_ema=0.9,
-                     groups=groups, budget=budget)
-  state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
 
-  @jax.jit
-  def step(state):
-    def loss(p):
-      logits = state.apply_fn({"params": p, "batch_stats": stats}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return state.apply_gradients(grads=jax.grad(loss)(state.params))
+  def train(tx, params):
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-  for _ in range(steps):
-    state = step(state)
-  pruned = gsm_optax.prune(state.params, 1 / 10, groups=groups, budget=budget)
-  small = export_pruned(pruned, coupling, variables={"batch_stats": stats})
+    @jax.jit
+    def step(state):
+      def loss(p):
+        logits = state.apply_fn({"params": p, "batch_stats": stats}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return state.apply_gradients(grads=jax.grad(loss)(state.params))
+
+    for _ in range(40):
+      state = step(state)
+    return state.params
+
+  scope = {"model": model, "x": x, "params": variables["params"], "batch_stats": stats,
+           "train": train, "lr_schedule": 0.05, "anneal_steps": 20}
+  exec(compile(code, str(guide), "exec"), scope)
+  small, pruned, layers = scope["small"], scope["pruned"], scope["layers"]
   narrow_model = SmallCNN((small.widths["conv1"], small.widths["conv2"], small.widths["fc1"]))
-  narrow_layers = trace_layers(narrow_model, x[:1])
-  assert count_macs(narrow_layers) <= count_macs(layers) / 10
+  assert count_macs(trace_layers(narrow_model, x[:1])) <= count_macs(layers) / 10
   assert all(width >= 1 for width in small.widths.values())
   dense = model.apply({"params": pruned, "batch_stats": stats}, x[:8])
   narrow = narrow_model.apply({"params": small.params, **small.variables}, x[:8])

@@ -109,5 +109,9 @@ def test_without_apply_if_finite_a_nan_poisons_only_its_own_weight(rng):
   # The next step still selects Q finite weights; the NaN weight scores NaN, ranks last.
   grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
   _, state = jax.jit(tx.update)(grads, state, params)
-  assert int(gsm_optax.selection_stats(state).keep_count) > 0
-  assert np.isfinite(float(gsm_optax.selection_stats(state).threshold))
+  scores = np.concatenate([np.abs(np.asarray(grads[k] * params[k])).ravel() for k in ("w1", "w2")])
+  q = int(np.floor(0.725 * scores.size))  # the keep ratio schedule at the second update
+  finite = np.sort(scores[np.isfinite(scores)])[::-1]
+  stats = gsm_optax.selection_stats(state)
+  assert int(stats.keep_count) == q
+  assert float(stats.threshold) == finite[q - 1]  # the Q-th largest finite score

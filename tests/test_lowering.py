@@ -78,3 +78,33 @@ def test_parser_sees_a_weight_sized_scatter():
   sort_mlir = jax.export.export(jax.jit(jnp.sort), platforms=["cuda"])(
       jax.ShapeDtypeStruct((2**21,), jnp.float32)).mlir_module()
   assert max(scatters_and_sorts(sort_mlir)[1]) == 2**21
+
+
+def _cuda_ops(fn, *args) -> int:
+  mlir = jax.export.export(jax.jit(fn), platforms=["cuda"])(*args).mlir_module()
+  return len(re.findall(r"\bstablehlo\.[a-z_]+", mlir))
+
+
+def test_module_does_not_grow_with_the_leaves():
+  """The passes are written once over one buffer of keys: a leaf adds only its
+  keys' write into the buffer and its mask's slice (the per-leaf passes of
+  before added ~570 operations a leaf)."""
+  def ops(num_leaves):
+    scores = [jax.ShapeDtypeStruct((64, 48), jnp.float32)] * num_leaves
+    return _cuda_ops(lambda s: gsm_optax.global_topk_mask(s, 1000), scores)
+
+  assert (ops(40) - ops(10)) / 30 <= 30
+
+
+def test_temporaries_are_one_buffer_of_keys():
+  """Beyond the masks it returns, the selection of ``|g * w|`` holds one key per
+  score (4 bytes), its histograms and the padding to a multiple of 65,536."""
+  shapes = [(512, 320), (320, 640), (64, 1000), (7, 3, 3, 100)]
+  structs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  n = sum(int(np.prod(s)) for s in shapes)
+
+  def select(grads, params):
+    return gsm_optax.global_topk_mask([jnp.abs(g * w) for g, w in zip(grads, params)], n // 10)
+
+  compiled = jax.jit(select).lower(structs, structs).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes <= 4 * n + 2**20

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import gsm_optax
+from tests.reference import stable_topk_mask
 from tests.trees import mlp_params, normal_like
 
 
@@ -36,8 +37,12 @@ def test_chain_in_front_of_adam(rng, jit):
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_inject_hyperparams_changes_lr_and_ratio_without_retracing(rng, jit):
+  """Each step's updates are -lr * (B * g + eta * w) on the kernels and -lr * g on the bias
+  (momentum 0), B the top-Q of |g * w| for that step's ratio and lr (float64 reference)."""
   params = _params(rng)
-  tx = optax.inject_hyperparams(gsm_optax.gsm)(learning_rate=0.1, keep_ratio=0.1)
+  eta = 5e-4
+  tx = optax.inject_hyperparams(gsm_optax.gsm)(learning_rate=0.1, keep_ratio=0.1, momentum=0.0,
+                                               weight_decay=eta)
   state = tx.init(params)
   traces = []
 
@@ -46,14 +51,20 @@ def test_inject_hyperparams_changes_lr_and_ratio_without_retracing(rng, jit):
     return tx.update(grads, state, params)
 
   update = jax.jit(update) if jit else update
-  for lr, ratio in [(0.1, 0.1), (0.05, 0.5), (0.01, 0.2)]:
+  for lr, ratio, q in [(0.1, 0.1, 25), (0.05, 0.5, 125), (0.01, 0.2, 50)]:  # q = ratio * 250
     state.hyperparams["learning_rate"] = jnp.asarray(lr)
     state.hyperparams["keep_ratio"] = jnp.asarray(ratio)
     grads = normal_like(rng, params)
-    _, state = update(grads, state, params)
-    stats = gsm_optax.selection_stats(state)
-    assert int(stats.keep_count) == int(np.floor(np.float32(ratio) * np.float32(250)))
-    # With zero momentum history the first kept count shows in the trace.
+    updates, state = update(grads, state, params)
+    g = {k: np.asarray(v, np.float64) for k, v in grads.items()}
+    w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    scores = np.concatenate([np.abs(np.asarray(grads[k] * params[k])).ravel()
+                             for k in ("w1", "w2")])
+    kept = stable_topk_mask(scores, q)
+    b = {"w1": kept[:200].reshape(20, 10), "w2": kept[200:].reshape(10, 5)}
+    want = {"b1": -lr * g["b1"], **{k: -lr * (b[k] * g[k] + eta * w[k]) for k in ("w1", "w2")}}
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, updates), want, rtol=1e-5, atol=1e-7)
+    assert int(gsm_optax.selection_stats(state).keep_count) == q
   if jit:
     assert len(traces) == 1
 

@@ -45,6 +45,20 @@ def _cubic_q(final, begin, end):
   return q
 
 
+def _assert_follows(tx, w0, grad_jax, reference):
+  """Runs ``tx`` jitted from ``w0`` next to the reference's steps; returns its last mask."""
+  params = [jnp.asarray(x) for x in w0]
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t, (w_ref, mask_ref) in enumerate(reference):
+    updates, state = update(grad_jax(t, params), state, params)
+    params = optax.apply_updates(params, updates)
+    for got, want in zip(params, w_ref):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
+    assert int(gsm_optax.selection_stats(state).keep_count) == int(mask_ref.sum())
+  return mask_ref
+
+
 VARIANTS = {
     "passive decay": dict(passive=2e-2),
     "passive decay schedule": dict(passive=lambda t: jnp.where(t >= 10, 1.0, 0.0),
@@ -72,18 +86,39 @@ def test_options_match_float64_reference(rng, variant, nesterov):
   tx = gsm_optax.gsm(0.03, keep_ratio, momentum=beta, weight_decay=eta, nesterov=nesterov,
                      passive_weight_decay=passive, importance_ema=v.get("ema", 0.0),
                      importance=v.get("importance", "taylor"))
-  params = [jnp.asarray(x) for x in w0]
-  state = tx.init(params)
-  update = jax.jit(tx.update)
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, keep_np, beta, eta, nesterov,
                             steps, passive_decay=passive_np, ema=v.get("ema", 0.0),
                             importance=v.get("importance", "taylor"))
-  for t, (w_ref, mask_ref) in enumerate(reference):
-    updates, state = update(grad_jax(t, params), state, params)
-    params = optax.apply_updates(params, updates)
-    for got, want in zip(params, w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(mask_ref.sum())
+  _assert_follows(tx, w0, grad_jax, reference)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_recommended_gsm_is_the_recipe_of_the_float64_reference(rng, nesterov):
+  """recommended_gsm: magnitude ranking, keep ratio 1 -> Q by a cubic, passive decay 100 eta."""
+  steps, final, beta, eta, anneal = 40, 0.15, 0.9, 5e-3, 25
+  w0, grad_np, grad_jax = _problem(rng, steps)
+  tx = gsm_optax.recommended_gsm(0.03, final, anneal_steps=anneal, momentum=beta,
+                                 weight_decay=eta, nesterov=nesterov)
+  reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, _cubic_q(final, 0, anneal),
+                            beta, eta, nesterov, steps, passive_decay=lambda t: 100 * eta,
+                            importance="magnitude")
+  last_mask = _assert_follows(tx, w0, grad_jax, reference)
+  assert int(last_mask.sum()) == int(final * N)  # the anneal reached Q
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(keep_ratio=gsm_optax.cubic_keep_ratio_schedule(0.1, begin_step=0, end_step=9)),
+     TypeError, r"builds the schedule itself.*gsm\(learning_rate, keep_ratio=schedule\)"),
+    (dict(keep_ratio=1.5), ValueError, r"keep_ratio must be a float in \(0, 1\]; got"),
+    (dict(anneal_steps=0), ValueError, r"anneal_steps must be an int in \[1, .*got anneal_steps=0"),
+    (dict(anneal_steps=10.0), TypeError, r"anneal_steps must be an int"),
+    (dict(weight_decay=-1.0), ValueError, r"weight_decay must be a finite number >= 0"),
+    (dict(momentum=1.0), ValueError, r"momentum must be in \[0, 1\)"),
+])
+def test_recommended_gsm_rejects_bad_arguments_at_construction(kwargs, error, match):
+  args = dict(keep_ratio=0.1, anneal_steps=10) | kwargs
+  with pytest.raises(error, match=match):
+    gsm_optax.recommended_gsm(0.01, args.pop("keep_ratio"), **args)
 
 
 def test_passive_decay_is_the_only_change_outside_the_top_q(rng):

@@ -13,7 +13,13 @@ import pytest
 
 import gsm_optax
 from gsm_optax import GroupMember, Groups
-from tests.reference import group_index, group_sums, stable_topk_mask, structured_gsm_reference
+from tests.reference import (
+    group_index,
+    group_sums,
+    min_kept_selection,
+    stable_topk_mask,
+    structured_gsm_reference,
+)
 
 SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
           "dense": {"kernel": (8, 6), "bias": (6,)},
@@ -41,14 +47,21 @@ SPECS = {
 }
 
 
-def _reference_spec(groups):
-  return [(g.size, [(LEAF[m.path], m.axis % len(_shape(m.path))) for m in g.members])
-          for g in groups]
+# The same groups, written from their definitions as (size, [(leaf, axis), ...]): a filter is
+# the last axis of its kernel with its bias; a dense unit, the kernel's column with its bias; an
+# input of the last layer, its kernel's row.
+REFERENCE_SPECS = {
+    "outputs and inputs": [(4, [(LEAF["conv/kernel"], 3), (LEAF["conv/bias"], 0)]),
+                           (6, [(LEAF["dense/kernel"], 1), (LEAF["dense/bias"], 0)]),
+                           (6, [(LEAF["out/kernel"], 0)])],
+    "coupled by hand": [(4, [(LEAF["conv/kernel"], 3), (LEAF["conv/bias"], 0),
+                             (LEAF["dense/kernel"], 0)]),
+                        (6, [(LEAF["dense/bias"], 0), (LEAF["out/kernel"], 0)])],
+}
 
 
-def _shape(path):
-  a, b = path.split("/")
-  return SHAPES[a][b]
+def _reference_spec(name):
+  return REFERENCE_SPECS[name]
 
 
 def _params(rng):
@@ -79,8 +92,7 @@ def test_structured_gsm_matches_float64_reference(rng, spec, options):
   w0, grad_np, grad_jax = _problem(rng, steps)
   treedef = jax.tree_util.tree_structure(_params(rng))
   tree = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
-  groups = SPECS[spec](tree(w0))
-  num_groups = sum(g.size for g in groups)
+  num_groups = sum(size for size, _ in _reference_spec(spec))
   tx = gsm_optax.gsm(lr, ratio, momentum=beta, weight_decay=eta, groups=SPECS[spec],
                      passive_weight_decay=options.get("passive", 0.0),
                      importance_ema=options.get("ema", 0.0))
@@ -88,7 +100,7 @@ def test_structured_gsm_matches_float64_reference(rng, spec, options):
   state = tx.init(params)
   update = jax.jit(tx.update)
   reference = structured_gsm_reference(
-      w0, _reference_spec(groups), grad_np, lr, int(ratio * num_groups), beta, eta, steps,
+      w0, _reference_spec(spec), grad_np, lr, int(ratio * num_groups), beta, eta, steps,
       passive_decay=options.get("passive", 0.0), ema=options.get("ema", 0.0))
   for t, (w_ref, keep_ref) in enumerate(reference):
     grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
@@ -143,23 +155,15 @@ def test_budget_selection_matches_brute_force(rng):
   chex.assert_trees_all_equal(unit.mask, gsm_optax.global_topk_mask(scores, k))
 
 
-def _norm_ranking_reference(params, groups, q=None, budget=None, cost_of_prefix=None):
-  """Kept groups of a structured magnitude prune: RMS (L2 norm per weight), stable order,
-  top-q or prefix."""
+def _norm_ranking_reference(params, name, q=None, budget=None, cost_of_prefix=None):
+  """Kept groups of a structured magnitude prune: RMS (L2 norm per weight), each set's best
+  first (min_kept=1), then stable order, top-q or prefix."""
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
-  spec = _reference_spec(groups)
+  spec = _reference_spec(name)
   sizes = np.concatenate([[sum(leaves[i].size // s for i, _ in m)] * s for s, m in spec])
   norms = np.sqrt(np.concatenate(group_sums([x**2 for x in leaves], spec)) / sizes)
-  if q is not None:
-    return stable_topk_mask(norms, q), spec
-  order = np.lexsort((np.arange(norms.size), -norms))
-  kept = np.zeros(norms.size, bool)
-  for i in order:
-    trial = kept.copy()
-    trial[i] = True
-    if cost_of_prefix(trial) > budget:
-      break
-    kept = trial
+  fits = None if q is not None else (lambda kept: cost_of_prefix(kept) <= budget)
+  kept, _ = min_kept_selection(norms, [s for s, _ in spec], [1] * len(spec), q=q, fits=fits)
   return kept, spec
 
 
@@ -176,10 +180,9 @@ def _expand(kept, spec, leaves):
 @pytest.mark.parametrize("spec", sorted(SPECS))
 def test_prune_keeps_the_groups_of_largest_norm(rng, spec):
   params = _params(rng)
-  groups = SPECS[spec](params)
-  n = sum(g.size for g in groups)
+  n = sum(size for size, _ in _reference_spec(spec))
   ratio = float(rng.uniform(0.2, 0.8))
-  kept, ref_spec = _norm_ranking_reference(params, groups, q=int(ratio * n))
+  kept, ref_spec = _norm_ranking_reference(params, spec, q=int(ratio * n))
   pruned = jax.jit(lambda p: gsm_optax.prune(p, ratio, groups=SPECS[spec]))(params)
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
   for got, x, m in zip(jax.tree_util.tree_leaves(pruned), leaves, _expand(kept, ref_spec, leaves)):
@@ -189,10 +192,12 @@ def test_prune_keeps_the_groups_of_largest_norm(rng, spec):
 def test_prune_within_a_weight_budget(rng):
   params = _params(rng)
   groups = SPECS["outputs and inputs"](params)
-  per_group = np.concatenate([[sum(np.prod(_shape(m.path)) // g.size for m in g.members)] * g.size
-                              for g in groups])
+  shapes = [x.shape for x in jax.tree_util.tree_leaves(params)]
+  per_group = np.concatenate([[sum(np.prod(shapes[leaf]) // size for leaf, _ in members)] * size
+                              for size, members in _reference_spec("outputs and inputs")])
   ratio = float(rng.uniform(0.2, 0.8))
-  kept, spec = _norm_ranking_reference(params, groups, budget=ratio * per_group.sum(),
+  kept, spec = _norm_ranking_reference(params, "outputs and inputs",
+                                       budget=ratio * per_group.sum(),
                                        cost_of_prefix=lambda k: per_group[k].sum())
   mask = gsm_optax.prune_mask(params, ratio, groups=groups, budget="weights")
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
@@ -215,7 +220,7 @@ def test_prune_within_a_mac_budget(rng):
     return 400 * conv + 48 * conv * dense + 18 * dense * out
 
   ratio = float(rng.uniform(0.2, 0.8))
-  kept, spec = _norm_ranking_reference(params, groups, budget=ratio * budget.total,
+  kept, spec = _norm_ranking_reference(params, "outputs and inputs", budget=ratio * budget.total,
                                        cost_of_prefix=macs)
   mask = jax.jit(lambda p: gsm_optax.prune_mask(p, ratio, groups=groups, budget=budget))(params)
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
@@ -316,7 +321,7 @@ def test_uniform_allocation_keeps_the_same_fraction_of_every_set(rng):
     updates, state = tx.update(zero, state, params)
   pruned = optax.apply_updates(params, updates)
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
-  for g, (size, members) in zip(groups, _reference_spec(groups)):
+  for g, (size, members) in zip(groups, _reference_spec("outputs and inputs")):
     squares = group_sums([x**2 for x in leaves], [(size, members)])[0]
     want = stable_topk_mask(squares, max(int(0.5 * size), 1))
     leaf, axis = members[0]
@@ -337,7 +342,7 @@ def test_mac_budget_ranked_per_mac(rng):
            gsm_optax.MacTerm(18.0, ("dense", "out inputs"))]
   budget = gsm_optax.mac_costs(groups, terms, per_mac=True)
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
-  spec = _reference_spec(groups)
+  spec = _reference_spec("outputs and inputs")
   sizes = np.concatenate([[sum(leaves[i].size // s for i, _ in m)] * s for s, m in spec])
   rms = np.sqrt(np.concatenate(group_sums([x**2 for x in leaves], spec)) / sizes)
   unit = np.concatenate([[(400 + 48) / 4] * 4, [(48 + 18) / 6] * 6, [18 / 6] * 6])
@@ -383,7 +388,7 @@ def test_structured_gsm_with_uniform_allocation_keeps_every_layer_fraction(rng):
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
   g_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
   out_leaves = jax.tree_util.tree_leaves(out)
-  for size, members in _reference_spec(groups):
+  for size, members in _reference_spec("outputs and inputs"):
     score = np.abs(group_sums([g * w for g, w in zip(g_leaves, leaves)], [(size, members)])[0])
     want = stable_topk_mask(score, max(int(0.5 * size), 1))
     leaf, axis = members[0]

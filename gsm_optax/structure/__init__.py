@@ -7,6 +7,9 @@
   exactly: narrower parameters and a function (or an nnx module) that runs them.
 - :mod:`gsm_optax.structure.graph`: the union-find over the axes of the
   inlined jaxpr that both use.
+- :mod:`gsm_optax.structure.primitives`: the primitives understood, one rule
+  each (how it couples axes, how zeros pass through it, how it is resized) in
+  one table, ``RULES``: the list of what is supported.
 """
 
 from gsm_optax.structure.coupling import ChannelSet, Coupling, couple

@@ -22,6 +22,8 @@ References:
 from __future__ import annotations
 
 import itertools
+import sys
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +31,7 @@ import numpy as np
 
 from gsm_optax import _utils
 from gsm_optax.grouping import GroupMember, Groups, MacCost, MacTerm, mac_costs
-from gsm_optax.structure import graph
+from gsm_optax.structure import graph, primitives
 
 PyTree = Any
 
@@ -48,6 +50,10 @@ class ChannelSet(NamedTuple):
     consumers: the parameter axes that read them (kernel input axes).
     prunable: whether channels of the set may be removed.
     reason: why not, when not prunable (naming the primitive and source line).
+    can_empty: whether every channel of the set may go with the model's
+      outputs still reading its inputs: the inner width of a residual branch
+      (the block goes, the skip stays), not a layer of a chain. Only a group
+      set (one of :attr:`Coupling.groups`) can be emptied.
   """
 
   name: str
@@ -56,12 +62,27 @@ class ChannelSet(NamedTuple):
   consumers: tuple[GroupMember, ...]
   prunable: bool
   reason: str | None
+  can_empty: bool = False
 
 
 class _Leaf(NamedTuple):
   path: str  # in the variables given to couple
   group_path: str | None  # in the params that gsm() sees, or None (not a parameter)
   value: int  # the graph's value id
+
+
+class Traced(NamedTuple):
+  """What :func:`gsm_optax.narrow` reads of a :class:`Coupling`: the traced computation and
+  where the variables, inputs and outputs are in it."""
+
+  graph: graph.Graph
+  leaves: tuple[_Leaf, ...]  # the variables' leaves, in flattening order
+  variables_tree: Any  # their tree structure (None when the model took none)
+  out_tree: Any
+  input_ids: tuple[int, ...]
+  output_ids: tuple[int, ...]
+  set_names: dict[int, str]  # a channel set's root node -> its name
+  nnx: Any  # (graphdef, state) of an nnx module, or None
 
 
 class Coupling:
@@ -169,7 +190,13 @@ class Coupling:
                 if any(m.path == self._leaves[i].group_path and m.axis == axis for m in prods)}
       if all(choice.get(i) == s for i in owners):
         groups.append(Groups(self._set_of_root[s], nodes.size[s], tuple(prods)))
-    self.sets = tuple(sets)
+    group_roots = {self._set_of_root[s]: s for s in info}
+    needed = graph.reads_inputs(g, self._input_ids, self._output_ids, None)
+    emptiable = {gr.name for gr in groups
+                 if all(still or not was for still, was in zip(
+                     graph.reads_inputs(g, self._input_ids, self._output_ids,
+                                        group_roots[gr.name]), needed))}
+    self.sets = tuple(c._replace(can_empty=c.name in emptiable) for c in sets)
     self.groups = tuple(groups)
     self._group_roots = {nodes.find(s) for s, n in self._set_of_root.items()
                          if n in {gr.name for gr in groups}}
@@ -184,7 +211,7 @@ class Coupling:
     terms: dict[tuple[str, ...], float] = {}
     for index, _ in g.contractions:
       step = g.steps[index]
-      dims = graph.mac_dims(g, step)
+      dims = g.mac_dims(step)
       total = [(1.0, ())]
       for n in dims:
         total = [(a * b, sa + sb) for (a, sa), (b, sb) in itertools.product(total,
@@ -212,6 +239,14 @@ class Coupling:
 
   # -- public ---------------------------------------------------------------------------
 
+  @property
+  def traced(self) -> Traced:
+    """The traced computation, for :func:`gsm_optax.narrow`."""
+    children = self._in_tree.children()
+    return Traced(self._graph, tuple(self._leaves), children[0] if children else None,
+                  self._out_tree, tuple(self._input_ids), tuple(self._output_ids),
+                  dict(self._set_of_root), self._nnx)
+
   def mac_costs(self, *, per_mac: bool = False) -> MacCost:
     """A budget in multiply-accumulates for :attr:`groups` (see :func:`gsm_optax.mac_costs`).
 
@@ -225,6 +260,37 @@ class Coupling:
     names = {gr.name for gr in self.groups}
     terms = [t for t in self._terms if t.sets and set(t.sets) <= names]
     return mac_costs(self.groups, terms, per_mac=per_mac)
+
+  def allow_empty(self, *names: str) -> tuple[Groups, ...]:
+    """:attr:`groups`, with ``min_kept=0`` for sets that the outputs do not need.
+
+    By default every group set keeps at least one group (see
+    :class:`gsm_optax.Groups`). Pass the result as ``groups=`` to let the
+    budget remove a whole residual branch's inner width, where the skip
+    connection keeps the outputs reading the inputs.
+
+    Args:
+      *names: the sets that may be emptied; by default every set whose
+        :attr:`ChannelSet.can_empty`.
+
+    Returns:
+      The groups, with ``min_kept=0`` for those sets.
+
+    Raises:
+      ValueError: naming a set that is not a group set, or whose removal
+        would cut the model's outputs off its inputs.
+    """
+    group_names = [gr.name for gr in self.groups]
+    if not names:
+      names = tuple(c.name for c in self.sets if c.can_empty)
+    for name in names:
+      if name not in group_names:
+        raise ValueError(f"allow_empty: {name!r} is not a group set; the group sets are"
+                         f" {group_names}.")
+      if not self.set(name).can_empty:
+        raise ValueError(f"allow_empty: removing every channel of {name!r} would cut the"
+                         " model's outputs off its inputs (no other path joins them); keep it.")
+    return tuple(gr._replace(min_kept=0) if gr.name in names else gr for gr in self.groups)
 
   def set(self, name: str) -> ChannelSet:
     """The :class:`ChannelSet` called ``name``."""
@@ -341,9 +407,16 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
     nnx_parts = (graphdef, state)
     group_path = lambda path: path if path in param_paths else None
   else:
+    if _is_linen_module(model):
+      raise TypeError(
+          "couple needs the linen module's apply, not the module itself: couple(model.apply,"
+          f" variables, x), with variables = model.init(rng, x); got model={type(model).__name__}"
+          "(...).")
     if not callable(model):
       raise TypeError(f"couple needs model.apply, a function f(params, *inputs) or an nnx.Module;"
                       f" got model={model!r}.")
+    if _is_linen_module(getattr(model, "__self__", None)) and _params_alone(variables):
+      raise _params_alone_error(variables)
     fn = model
     linen = isinstance(variables, dict) and "params" in variables and any(
         isinstance(v, dict) for v in variables.values())
@@ -358,9 +431,14 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
   args = (variables, *inputs)
   flat, in_tree = jax.tree_util.tree_flatten(args)
   abstract = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in flat]
-  closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree_util.tree_unflatten(in_tree, a)),
-                                     return_shape=True)(*abstract)
-  g = graph.Graph()
+  try:
+    closed, out_shape = jax.make_jaxpr(lambda *a: fn(*jax.tree_util.tree_unflatten(in_tree, a)),
+                                       return_shape=True)(*abstract)
+  except Exception as e:  # a lambda around model.apply given the params alone
+    if type(e).__name__ == "ScopeCollectionNotFound" and _params_alone(variables):
+      raise _params_alone_error(variables) from e
+    raise
+  g = graph.Graph(primitives.RULES)
   ids = [g.new_value(a.shape, a.dtype) for a in abstract]
   n_var = len(jax.tree_util.tree_leaves(variables))
   paths = [_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)]
@@ -376,6 +454,23 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
       g.nodes.mark(n, "it is an axis of the model's outputs")
   out_tree = jax.tree_util.tree_structure(out_shape)
   return Coupling(g, leaves, in_tree, out_tree, ids[n_var:], outs, nnx_parts)
+
+
+def _params_alone(variables: Any) -> bool:
+  return isinstance(variables, Mapping) and "params" not in variables
+
+
+def _params_alone_error(variables: Mapping[Any, Any]) -> ValueError:
+  return ValueError(
+      "couple(model.apply, variables, x) needs the linen variables that model.init returns,"
+      " {'params': ...} (with 'batch_stats' if the model has them), not the params alone;"
+      " did you mean couple(model.apply, {'params': params}, x)? Got variables with keys"
+      f" {sorted(map(str, variables))}.")
+
+
+def _is_linen_module(x: Any) -> bool:
+  linen = sys.modules.get("flax.linen")  # a linen module exists only once flax.linen is imported
+  return linen is not None and isinstance(x, linen.Module)
 
 
 def _is_nnx_module(x: Any) -> bool:

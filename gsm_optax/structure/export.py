@@ -21,14 +21,17 @@ itself with its narrowed state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gsm_optax import _utils
 from gsm_optax.structure import graph
-from gsm_optax.structure.coupling import Coupling
+from gsm_optax.structure.coupling import Coupling, Traced
+from gsm_optax.structure.primitives import RULES
 
 PyTree = Any
 
@@ -64,6 +67,23 @@ class Narrow(NamedTuple):
   module: Any = None
 
 
+def _params_hint(given: Any, expected: Any) -> str:
+  """The call meant when the params were given for linen variables, or the reverse."""
+  if expected is None:
+    return ""
+  coupled = jax.tree_util.tree_unflatten(expected, [0] * expected.num_leaves)
+  if (isinstance(coupled, Mapping) and "params" in coupled
+      and jax.tree_util.tree_structure(coupled["params"]) == given):
+    return (" These are the params alone, and the model was coupled with its linen variables:"
+            " did you mean narrow(coupling, {**variables, 'params': pruned_params})?")
+  given_tree = jax.tree_util.tree_unflatten(given, [0] * given.num_leaves)
+  if (isinstance(given_tree, Mapping) and "params" in given_tree
+      and jax.tree_util.tree_structure(given_tree["params"]) == expected):
+    return (" These are linen variables, and the model was coupled with its params alone:"
+            " did you mean narrow(coupling, variables['params'])?")
+  return ""
+
+
 def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
   """Removes the channels of a structurally pruned model that do not change its outputs.
 
@@ -78,6 +98,11 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
 
   Returns:
     A :class:`Narrow`.
+
+  Warns:
+    UserWarning: naming the sets left with no channel whose removal cuts the
+      outputs off the inputs (a layer of a chain; see
+      :attr:`gsm_optax.structure.ChannelSet.can_empty`).
 
   Raises:
     ValueError: naming the set, the operation and its source line when every
@@ -99,33 +124,33 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
     >>> small.widths, small.variables["w1"].shape
     ({'w1': 2}, (3, 2))
   """
-  if coupling._nnx is not None and not isinstance(variables, dict):
+  t = coupling.traced
+  if t.nnx is not None and not isinstance(variables, dict):
     from flax import nnx
 
     variables = nnx.to_pure_dict(nnx.state(variables))
-  g, nodes = coupling._graph, coupling._graph.nodes
+  g, nodes = t.graph, t.graph.nodes
   flat, tree = jax.tree_util.tree_flatten(variables)
-  expected = coupling._in_tree.children()[0] if coupling._in_tree.children() else None
-  if len(flat) != len(coupling._leaves) or (expected is not None and tree != expected):
+  if len(flat) != len(t.leaves) or (t.variables_tree is not None and tree != t.variables_tree):
     raise ValueError(f"narrow: variables have structure {tree}, not that of the variables"
-                     f" coupled, {expected}.")
-  arrays = {leaf.value: np.asarray(x) for leaf, x in zip(coupling._leaves, flat)}
-  for leaf, x in zip(coupling._leaves, flat):
+                     f" coupled, {t.variables_tree}.{_params_hint(tree, t.variables_tree)}")
+  arrays = {leaf.value: np.asarray(x) for leaf, x in zip(t.leaves, flat)}
+  for leaf, x in zip(t.leaves, flat):
     if tuple(np.shape(x)) != g.values[leaf.value].shape:
       raise ValueError(f"narrow: {leaf.path} has shape {np.shape(x)}, not the coupled"
                        f" {g.values[leaf.value].shape}.")
-  prunable = {s: name for s, name in coupling._set_of_root.items()
+  prunable = {s: name for s, name in t.set_names.items()
               if nodes.reason.get(s) is None and coupling.set(name).prunable}
   zeros = _Zeros(g, prunable, arrays)
   zeros.run()
   removable = zeros.removable()
   # A group whose producers are all zero but whose channels stay: a constant got in.
   for gr in coupling.groups:
-    s = next(r for r, n in coupling._set_of_root.items() if n == gr.name)
+    s = next(r for r, n in t.set_names.items() if n == gr.name)
     dead = np.ones(gr.size, bool)
     for m in gr.members:
-      i = next(i for i, leaf in enumerate(coupling._leaves) if leaf.group_path == m.path)
-      a = np.moveaxis(arrays[coupling._leaves[i].value], m.axis, 0)
+      leaf = next(leaf for leaf in t.leaves if leaf.group_path == m.path)
+      a = np.moveaxis(arrays[leaf.value], m.axis, 0)
       nz = (a.reshape(a.shape[0], -1) != 0).any(axis=1).reshape(-1, gr.size, m.inner)
       dead &= ~nz.any(axis=(0, 2))
     stuck = dead & ~removable[s]
@@ -160,17 +185,23 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
 
   new_flat = [jnp.asarray(cut(leaf.value, arrays[leaf.value]), dtype=jnp.result_type(x))
               if any(not position_mask(n).all() for n in g.values[leaf.value].nodes) else x
-              for leaf, x in zip(coupling._leaves, flat)]
+              for leaf, x in zip(t.leaves, flat)]
   new_vars = jax.tree_util.tree_unflatten(tree, new_flat)
   consts = {v: cut(v, c) for v, c in g.consts.items()}
-  kept = {coupling._set_of_root[s]: np.flatnonzero(k).astype(np.int32) for s, k in keep.items()}
+  kept = {t.set_names[s]: np.flatnonzero(k).astype(np.int32) for s, k in keep.items()}
   widths = {name: int(k.size) for name, k in kept.items()}
-  runner = _Runner(coupling, sizes, consts)
+  emptied = [gr.name for gr in coupling.groups
+             if widths.get(gr.name) == 0 and not coupling.set(gr.name).can_empty]
+  if emptied:
+    _utils.warn(f"narrow: no channel of {emptied} is left, so the narrow model's outputs no"
+                " longer depend on its inputs (a layer of a chain was emptied). Prune with"
+                " groups whose min_kept is at least 1 (the default).")
+  runner = _Runner(t, sizes, consts)
   module = None
-  if coupling._nnx is not None:
+  if t.nnx is not None:
     from flax import nnx
 
-    graphdef, state = coupling._nnx
+    graphdef, state = t.nnx
     state = nnx.split(nnx.merge(graphdef, state))[1]  # a copy
     nnx.replace_by_pure_dict(state, new_vars)
     module = nnx.merge(graphdef, state)
@@ -209,7 +240,11 @@ def _resize_nnx(module: Any) -> None:
 
 
 class _Zeros:
-  """Which channel slices of every value are exactly zero, for any input (pass two)."""
+  """Which channel slices of every value are exactly zero, for any input (pass two).
+
+  Each primitive's ``zeros`` rule (:data:`gsm_optax.structure.primitives.RULES`) reads its
+  operands' with :meth:`get` and :meth:`whole_zero` and records its results' with :meth:`put`.
+  """
 
   def __init__(self, g: graph.Graph, prunable: dict[int, str],
                arrays: dict[int, np.ndarray]) -> None:
@@ -235,8 +270,11 @@ class _Zeros:
       self._classes[v] = out
     return self._classes[v]
 
+  def size(self, s: int) -> int:
+    """How many channels the set ``s`` has."""
+    return self.nodes.size[s]
+
   def _from_array(self, v: int, a: np.ndarray) -> None:
-    self.whole[v] = not np.any(a)
     z = {}
     for s, (axis, lab) in self.classes(v).items():
       moved = np.moveaxis(a, axis, 0)
@@ -245,16 +283,28 @@ class _Zeros:
       live = np.zeros(self.nodes.size[s], bool)
       np.logical_or.at(live, lab[at], nz[at])
       z[s] = ~live
-    self.z[v] = z
+    self.put(v, z, not np.any(a))
+
+  def put(self, v: int, per_set: dict[int, np.ndarray], whole: bool) -> None:
+    """Value ``v`` is zero on the channels ``per_set[s]`` of each set, and everywhere when
+    ``whole``."""
+    self.z[v] = per_set
+    self.whole[v] = whole
 
   def get(self, v: int, s: int) -> np.ndarray:
+    """Which channels of the set ``s`` value ``v`` is zero on."""
     if s in self.z.get(v, {}):
       return self.z[v][s]
-    return np.full(self.nodes.size[s], self.whole.get(v, False))
+    return np.full(self.nodes.size[s], self.whole_zero(v))
+
+  def whole_zero(self, v: int) -> bool:
+    """Whether value ``v`` is zero everywhere."""
+    return self.whole.get(v, False)
 
   def run(self) -> None:
-    for index, step in enumerate(self.g.steps):
-      self.step(index, step)
+    for step in self.g.steps:
+      if not any(o in self.z for o in step.outs):  # not a constant computed already
+        RULES[step.primitive.name].zeros(self, step)
     for index, ns in self.g.contractions:
       step = self.g.steps[index]
       lhs, rhs = step.ins[0], step.ins[1]
@@ -268,137 +318,14 @@ class _Zeros:
   def removable(self) -> dict[int, np.ndarray]:
     return {s: (r if self.seen[s] else np.zeros_like(r)) for s, r in self.removable_acc.items()}
 
-  def step(self, index: int, step: graph.Step) -> None:
-    name = step.primitive.name
-    ins = step.ins
-    for o in step.outs:
-      if o in self.z:
-        return  # a constant computed already
-    if name in graph.ELEMENTWISE:
-      self._elementwise(step, name)
-    elif name == "dot_general":
-      (lc, rc), (lb, rb) = step.params["dimension_numbers"]
-      self._contract(step, [self.g.values[ins[0]].nodes[d] for d in lb],
-                     [n for d, n in enumerate(self.g.values[ins[0]].nodes) if d not in lc + lb],
-                     [n for d, n in enumerate(self.g.values[ins[1]].nodes) if d not in rc + rb])
-    elif name == "conv_general_dilated":
-      rhs_spec = step.params["dimension_numbers"].rhs_spec
-      group = step.aux.get("group")
-      self._contract(step, [group] if group is not None else [], [],
-                     [self.g.values[ins[1]].nodes[rhs_spec[0]]])
-    elif name in ("iota", "sort", "top_k", "argmax", "argmin"):
-      for o in step.outs:
-        self.whole[o] = False
-        self.z[o] = {}
-    else:  # data movement: a slice of the output is zero when its sources are
-      data = ins[:1] if name in ("pad", "dynamic_slice", "dynamic_update_slice", "gather") else ins
-      if name == "dynamic_update_slice":
-        data = ins[:2]
-      for o in step.outs:
-        z = {}
-        for s in self.classes(o):
-          having = [v for v in data if s in self.classes(v)]
-          if having:
-            acc = np.ones(self.nodes.size[s], bool)
-            for v in having:
-              acc &= self.get(v, s)
-          elif name == "pad":
-            acc = np.full(self.nodes.size[s], self.whole.get(ins[1], False))
-          else:
-            acc = np.full(self.nodes.size[s], all(self.whole.get(v, False) for v in data))
-          z[s] = acc
-        self.z[o] = z
-        wz = all(self.whole.get(v, False) for v in data)
-        if name == "pad":
-          wz = wz and self.whole.get(ins[1], False)
-        self.whole[o] = wz
-
-  def _contract(self, step: graph.Step, batch: list[int], lfree: list[int],
-                rfree: list[int]) -> None:
-    lhs, rhs = step.ins[0], step.ins[1]
-    out = step.outs[0]
-    both = self.whole.get(lhs, False) or self.whole.get(rhs, False)
-    z = {}
-    owners = {}
-    for n in batch:
-      for s in self.nodes.leaves(n):
-        owners[self.nodes.find(s)] = "both"
-    for n in lfree:
-      for s in self.nodes.leaves(n):
-        owners.setdefault(self.nodes.find(s), "lhs")
-    for n in rfree:
-      for s in self.nodes.leaves(n):
-        owners.setdefault(self.nodes.find(s), "rhs")
-    for s in self.classes(out):
-      who = owners.get(s)
-      if who == "both":
-        acc = self.get(lhs, s) | self.get(rhs, s)
-      elif who == "lhs":
-        acc = self.get(lhs, s).copy()
-      elif who == "rhs":
-        acc = self.get(rhs, s).copy()
-      else:
-        acc = np.zeros(self.nodes.size[s], bool)
-      z[s] = acc | both
-    self.z[out] = z
-    self.whole[out] = both
-
-  def _elementwise(self, step: graph.Step, name: str) -> None:
-    ins, out = step.ins, step.outs[0]
-    operands = ins[1:] if name == "select_n" else ins
-    if name == "clamp":
-      operands = ins[1:2]
-    z = {}
-    for s in self.classes(out):
-      parts = [self.get(v, s) for v in operands]
-      if name in ("max", "min"):  # relu, relu6: max(0, c) = 0 for c <= 0, min(0, c) = 0 for c >= 0
-        parts = [p | self._bound_keeps_zero(v, name) for p, v in zip(parts, operands)]
-      if name in graph.ZERO_PRESERVING or name in graph.BINARY_ALL or name == "clamp":
-        acc = np.logical_and.reduce(parts)
-        if name == "clamp":
-          acc = acc & self._clamp_keeps_zero(ins)
-      elif name in graph.BINARY_ANY:
-        acc = np.logical_or.reduce(parts)
-      elif name in graph.BINARY_FIRST:
-        acc = parts[0].copy()
-      elif name == "integer_pow" and step.params["y"] > 0:
-        acc = parts[0].copy()
-      else:
-        acc = np.zeros(self.nodes.size[s], bool)
-      carrying = [self.get(v, s) for v in operands if s in self.classes(v)]
-      was = np.logical_or.reduce(carrying) if carrying else np.zeros_like(acc)
-      for k in np.flatnonzero(was & ~acc):
-        self.lost[s, int(k)] = (name, step.where)  # the last loss is the one that stays
-      z[s] = acc
-    self.z[out] = z
-    wholes = [self.whole.get(v, False) for v in operands]
-    if name in graph.ZERO_PRESERVING or name in graph.BINARY_ALL:
-      self.whole[out] = all(wholes)
-    elif name in graph.BINARY_ANY:
-      self.whole[out] = any(wholes)
-    elif name in graph.BINARY_FIRST or (name == "integer_pow" and step.params["y"] > 0):
-      self.whole[out] = wholes[0]
-    else:
-      self.whole[out] = False
-
-  def _bound_keeps_zero(self, v: int, name: str) -> bool:
-    c = self.g.consts.get(v)
-    if c is None:
-      return False
-    return bool(np.all(c <= 0)) if name == "max" else bool(np.all(c >= 0))
-
-  def _clamp_keeps_zero(self, ins: tuple[int, ...]) -> bool:
-    lo, hi = self.g.consts.get(ins[0]), self.g.consts.get(ins[2])
-    return lo is not None and hi is not None and bool(np.all(lo <= 0) and np.all(hi >= 0))
-
 
 class _Runner:
   """The narrow model: the coupled jaxpr re-evaluated with narrower arrays (pass three)."""
 
-  def __init__(self, coupling: Coupling, sizes: dict[int, int], consts: dict[int, np.ndarray]
+  def __init__(self, traced: Traced, sizes: dict[int, int], consts: dict[int, np.ndarray]
                ) -> None:
-    self.c = coupling
-    self.g = coupling._graph
+    self.t = traced
+    self.g = traced.graph
     self.sizes = sizes
     self.consts = consts
     self.__name__ = "narrow_apply"
@@ -416,16 +343,16 @@ class _Runner:
     total = 0.0
     dynamic: dict[int, int] = {}
     batch = 1
-    if self.c._input_ids and self.g.values[self.c._input_ids[0]].shape:
-      batch = self.g.values[self.c._input_ids[0]].shape[0]
+    if self.t.input_ids and self.g.values[self.t.input_ids[0]].shape:
+      batch = self.g.values[self.t.input_ids[0]].shape[0]
     for index, _ in self.g.contractions:
-      dims = graph.mac_dims(self.g, self.g.steps[index])
+      dims = self.g.mac_dims(self.g.steps[index])
       total += float(np.prod([self._size(n, dynamic) for n in dims])) / batch
     return total
 
   def __call__(self, variables: PyTree, *inputs: Any) -> Any:
     flat = jax.tree_util.tree_leaves((variables, *inputs))
-    ids = [leaf.value for leaf in self.c._leaves] + list(self.c._input_ids)
+    ids = [leaf.value for leaf in self.t.leaves] + list(self.t.input_ids)
     if len(flat) != len(ids):
       raise ValueError(f"the narrow model takes (variables, *inputs) with {len(ids)} arrays in"
                        f" all; got {len(flat)}.")
@@ -438,7 +365,7 @@ class _Runner:
         fixed.setdefault(nodes.find(leaf), why)
     for v, x in zip(ids, flat):
       env[v] = x
-      if v in self.c._input_ids:
+      if v in self.t.input_ids:
         traced = self.g.values[v].shape
         if len(np.shape(x)) != len(traced):
           raise ValueError(f"the narrow model's input has shape {np.shape(x)}; it was coupled"
@@ -457,7 +384,10 @@ class _Runner:
             dynamic[r] = int(s)
     for step in self.g.steps:
       args = [env[i] for i in step.ins]
-      params = self._params(step, dynamic)
+      params = dict(step.params)
+      resize = RULES[step.primitive.name].resize
+      if resize is not None:
+        resize(self.g, step, params, lambda n: self._size(n, dynamic))
       out = step.primitive.bind(*args, **params)
       outs = out if step.primitive.multiple_results else [out]
       for o, y in zip(step.outs, outs):
@@ -466,51 +396,5 @@ class _Runner:
           r = nodes.find(n)
           if nodes.struct[r] is None and r not in self.sizes:
             dynamic.setdefault(r, int(s))
-    results = [env[o] for o in self.c._output_ids]
-    return jax.tree_util.tree_unflatten(self.c._out_tree, results)
-
-  def _params(self, step: graph.Step, dynamic: dict[int, int]) -> dict[str, Any]:
-    p = dict(step.params)
-    name = step.primitive.name
-    size = lambda n: self._size(n, dynamic)
-    out_nodes = self.g.values[step.outs[0]].nodes if step.outs else ()
-    in_val = self.g.values[step.ins[0]] if step.ins else None
-    if name in ("broadcast_in_dim", "iota"):
-      p["shape"] = tuple(size(n) for n in out_nodes)
-    elif name == "reshape":
-      p["new_sizes"] = tuple(size(n) for n in out_nodes)
-    elif name == "conv_general_dilated" and step.aux.get("group") is not None:
-      p["feature_group_count"] = size(step.aux["group"])
-    elif name == "slice":
-      starts, limits = list(p["start_indices"]), list(p["limit_indices"])
-      for d, before in enumerate(step.aux["before"]):
-        full = (p["start_indices"][d] == 0 and p["limit_indices"][d] == in_val.shape[d]
-                and (p.get("strides") is None or p["strides"][d] == 1))
-        if full:
-          starts[d], limits[d] = 0, size(in_val.nodes[d])
-        elif before is not None or p["start_indices"][d] == 0:
-          a = size(before) if before is not None else 0
-          starts[d], limits[d] = a, a + size(out_nodes[d])
-      p["start_indices"], p["limit_indices"] = tuple(starts), tuple(limits)
-    elif name == "split":
-      p["sizes"] = tuple(size(self.g.values[o].nodes[p["axis"]]) for o in step.outs)
-    elif name == "pad":
-      config = []
-      for d, (lo, hi, interior) in enumerate(p["padding_config"]):
-        pads = step.aux["pads"][d]
-        if pads is not None:
-          lo = size(pads[0]) if pads[0] is not None else 0
-          hi = size(pads[1]) if pads[1] is not None else 0
-        config.append((lo, hi, interior))
-      p["padding_config"] = tuple(config)
-    elif name == "gather":
-      sizes = list(p["slice_sizes"])
-      for d in step.aux["full"]:
-        sizes[d] = size(in_val.nodes[d])
-      p["slice_sizes"] = tuple(sizes)
-    elif name == "dynamic_slice":
-      p["slice_sizes"] = tuple(size(in_val.nodes[d]) if s == in_val.shape[d] else s
-                               for d, s in enumerate(p["slice_sizes"]))
-    if "sharding" in p and name in ("broadcast_in_dim", "reshape", "iota"):
-      p["sharding"] = None
-    return p
+    results = [env[o] for o in self.t.output_ids]
+    return jax.tree_util.tree_unflatten(self.t.out_tree, results)

@@ -1,0 +1,91 @@
+"""Counting select over leaves left in place: what possibly sharded leaves run.
+
+Each leaf is only ever reduced to scalars (the keys above a threshold, the
+ties up to a position), so every leaf keeps its sharding and the devices
+exchange scalar all-reduces only: no leaf is gathered or concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gsm_optax.selection import counting
+
+Array = jax.Array
+Keys = Callable[[Array], Array]  # a leaf's scores to their keys
+
+
+def flat_index(shape: tuple[int, ...]) -> Array:
+  """Row-major flat index of every element, built from iotas (shards cleanly)."""
+  index = jnp.zeros(shape, jnp.int32)
+  stride = 1
+  for dim in range(len(shape) - 1, -1, -1):
+    index = index + lax.broadcasted_iota(jnp.int32, shape, dim) * stride
+    stride *= shape[dim]
+  return index
+
+
+def _nth_tie(leaves: list[Array], key: Keys, kth: Array, rank: Array, n: int) -> Array:
+  """Global position of the rank-th key equal to ``kth``, by counting passes
+  over positions (scalar reductions only)."""
+  starts = np.cumsum([0] + [leaf.size for leaf in leaves])
+
+  def counts(probes):  # count(key == kth and position <= p)
+    total = jnp.zeros((counting.PROBES,), jnp.int32)
+    for leaf, start in zip(leaves, starts):
+      tie = key(leaf) == kth
+      pos = flat_index(leaf.shape) + int(start)
+      total = total + jnp.stack([jnp.sum(tie & (pos <= probes[b]), dtype=jnp.int32)
+                                 for b in range(counting.PROBES)])
+    return total
+
+  def more(state):
+    lo, hi = state
+    return lo < hi
+
+  def one_pass(state):  # the answer is in [lo, hi]
+    lo, hi = state
+    step = (hi - lo) // (counting.PROBES + 1)
+    probes = jnp.minimum(lo + jnp.maximum(step * jnp.arange(1, counting.PROBES + 1),
+                                          jnp.arange(counting.PROBES)), hi - 1)
+    enough = counts(probes) >= rank
+    return jnp.max(jnp.where(enough, lo, probes + 1)), jnp.min(jnp.where(enough, probes, hi))
+
+  return lax.while_loop(more, one_pass, (jnp.int32(0), jnp.int32(n - 1)))[1]
+
+
+def find_kth(leaves: list[Array], key: Keys, k: Array, n: int, key_dtype) -> tuple[Array, ...]:
+  """The k-th largest key over all leaves (``1 <= k <= n``), the number of keys
+  above it, the global position of the last tie kept (``INT32_MAX`` when every
+  tie is kept) and the counting passes made."""
+  leaves = [leaf for leaf in leaves if leaf.size]  # empty leaves hold no position
+
+  def count_above(thresholds):
+    total = jnp.zeros((counting.PROBES,), jnp.int32)
+    for leaf in leaves:
+      keys = key(leaf)
+      total = total + jnp.stack([jnp.sum(keys > thresholds[b], dtype=jnp.int32)
+                                 for b in range(counting.PROBES)])
+    return total
+
+  b = counting.bracket_kth(count_above, k, n, key_dtype, None, 0)
+  rank = k - b.above_hi
+  last = lax.cond(rank == b.at_least_lo - b.above_hi, lambda: jnp.int32(counting.INT32_MAX),
+                  lambda: _nth_tie(leaves, key, b.lo, rank, n))
+  return b.lo, b.above_hi, last, b.passes
+
+
+def masks(leaves: list[Array], key: Keys, kth: Array, last: Array) -> list[Array]:
+  """Each leaf's keys above ``kth``, and its ties up to global position ``last``."""
+  out, start = [], 0
+  for leaf in leaves:
+    keys = key(leaf)
+    cutoff = jnp.clip(last - start, -1, leaf.size).astype(jnp.int32)
+    out.append((keys > kth) | ((keys == kth) & (flat_index(leaf.shape) <= cutoff)))
+    start += leaf.size
+  return out
