@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+import gsm_optax
 from gsm_optax.experiments import runner, sweep
 
 
@@ -31,8 +32,6 @@ def test_sweep_schedule_keeps_the_authors_total_decay():
   """4x fewer GSM epochs and a 4x weight decay: the decay summed over the steps up to the first
   drop (sum lr * eta) is the authors', and a passive weight's envelope
   (gsm_optax.decay_shrink_factor) falls at least as far."""
-  import gsm_optax
-
   ours = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
   paper = runner.paper_config("lenet300", 60.0)
   spe = 234
@@ -174,6 +173,10 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
   assert checked >= least
 
 
+def _shifted(schedule, begin):
+  return lambda t: schedule(t + begin)
+
+
 def test_deep_cells_run_on_their_own_schedule():
   """ResNet-20 and the ViT: their schedules (an hour a phase on one core), the recipe scaled to
   them, one-shot pruning + fine-tuning as a method, and no 'full' schedule."""
@@ -195,6 +198,15 @@ def test_deep_cells_run_on_their_own_schedule():
       assert phase.epochs * steps_per_epoch * per_step / 60 <= 75
     with pytest.raises(ValueError, match="schedule"):
       sweep.sweep_config("fashion_mnist", model, 10.0, 0, "recommended", schedule="full")
+    # A weight that leaves the top-Q as the anneal ends shrinks below the runner's warning
+    # threshold (1e-3) in the epochs left (the exact recurrence, and its envelope).
+    gsm, begin = rec.gsm, rec.anneal_epochs * steps_per_epoch
+    after = _shifted(gsm.schedule(steps_per_epoch), begin)
+    late = dict(momentum=gsm.momentum, weight_decay=gsm.weight_decay + rec.passive_decay)
+    rest = gsm.epochs * steps_per_epoch - begin
+    exact = gsm_optax.simulate_decay_shrink(after, rest, **late)
+    envelope = gsm_optax.decay_shrink_factor(after, rest, **late)
+    assert abs(exact) < 1e-3 and envelope < 1e-3, (model, exact, envelope)
 
 
 def test_summary_reads_oneshot_results(tmp_path):
