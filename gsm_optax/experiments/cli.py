@@ -254,7 +254,8 @@ accuracies and where the files are. Running again with the same --out resumes.
 
 How long, on a 2-core x86 CPU: ResNet-20 ~5 min an epoch, the ViT ~4 min; each phase <= ~75 min
 on one idle core. All methods are six phases (base, GSM, one-shot, gradual, two lottery tickets);
---methods gsm runs the first two. --fast: 2,048 images, 2 base + 3 GSM epochs."""
+--methods gsm runs the first two. --fast is a smoke test (ResNet-20 and the ViT: 2,048 images,
+2 base + 3 GSM epochs)."""
 
 
 def _parser() -> argparse.ArgumentParser:
