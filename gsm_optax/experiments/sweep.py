@@ -443,18 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.archive:
     print(f"copied {len(archive(args.out, args.archive))} results to {args.archive}")
     return 0
-  if args.summary:
-    table = summarize(args.out, args.methods)
-    if len(table.splitlines()) == 2:  # the header alone
-      print(_nothing_to_summarize(args))
-      return 1
-    print(table)
-    if args.write:
-      write_table(args.write, table)
-    return 0
-  cells = [GRID[i] for i in args.cells] if args.cells else list(GRID)
-  run_sweep(plan(cells, args.seeds, args.methods, args.schedule), args.out, args.cores)
-  print(summarize(args.out, args.methods))
+  if not args.summary:
+    cells = [GRID[i] for i in args.cells] if args.cells else list(GRID)
+    run_sweep(plan(cells, args.seeds, args.methods, args.schedule), args.out, args.cores)
+  table = summarize(args.out, args.methods)
+  if len(table.splitlines()) == 2:  # the header alone
+    print(_nothing_to_summarize(args))
+    return 1
+  print(table)
+  if args.summary and args.write:
+    write_table(args.write, table)
   return 0
 
 
