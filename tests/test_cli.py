@@ -212,3 +212,20 @@ def test_training_plot_shows_every_epoch_in_plain_words():
   assert "top-Q" not in distance_axes.get_ylabel()
   assert "final prune would remove" in " ".join(distance_axes.get_ylabel().split())
   plt.close(fig)
+
+
+def test_closing_summary_of_a_structured_run_lists_what_ran():
+  """A structured run keeps groups, not Q weights, and runs GSM and gradual pruning only."""
+  rng = np.random.default_rng()
+  base, before, after, gradual = rng.uniform(0.5, 1.0, 4)
+  results = {"config": {"model": "lenet5", "dataset": "mnist", "compression": 4.0, "seed": 1,
+                        "structured": True, "budget": "macs"},
+             "target_nonzeros": 1, "eligible_weights": 4,
+             "base": {"final_test_accuracy": base},
+             "gsm": {"accuracy_before_prune": before, "accuracy_after_prune": after},
+             "gradual": {"final_test_accuracy": gradual}}
+  lines = cli.closing_summary(results, ["out/results.json"]).splitlines()
+  assert "structured, by macs" in lines[0] and "prunable weights" not in lines[0]
+  assert [line.rsplit(None, 1)[-1] for line in lines[1:5]] == [
+      f"{100 * a:.2f}%" for a in (base, before, after, gradual)]
+  assert lines[5:] == ["files:", "  out/results.json"]

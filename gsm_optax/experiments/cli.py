@@ -176,9 +176,13 @@ def closing_summary(results: dict, files: Sequence[str]) -> str:
   """The result in a few lines: test accuracy of the base, of GSM before and after the final
   prune and of each baseline that ran, then where the files are."""
   config = results["config"]
+  if config["structured"]:
+    kept = f"structured, by {config['budget']}"
+  else:
+    kept = (f"keeping {results['target_nonzeros']:,} of {results['eligible_weights']:,} prunable"
+            " weights")
   lines = [f"result: {config['model']} on {config['dataset']}, {config['compression']:g}x"
-           f" (keeping {results['target_nonzeros']:,} of {results['eligible_weights']:,} prunable"
-           f" weights), seed {config['seed']}; test accuracy:"]
+           f" ({kept}), seed {config['seed']}; test accuracy:"]
   rows = [("dense base", results["base"]["final_test_accuracy"])]
   if "gsm" in results:
     rows += [("GSM, before the final prune", results["gsm"]["accuracy_before_prune"]),

@@ -79,15 +79,19 @@ def plot_training(results: dict[str, Any], path: str) -> str:
   return path
 
 
-def _training_figure(plt, results: dict[str, Any]):
+def _training_figure(plt: Any, results: dict[str, Any]) -> Any:
+  """The figure :func:`plot_training` writes."""
   history = results["gsm"]["history"]
   epochs = [row["epoch"] for row in history]
-  kept = results["target_nonzeros"]
+  if results.get("config", {}).get("structured"):
+    target = "its kept groups"  # Q counts groups, not weights
+  else:
+    target = f"its {results['target_nonzeros']:,} largest weights"
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
   accuracy = [100 * r["test_accuracy"] for r in history]
   pruned = [100 * r["pruned_test_accuracy"] for r in history]
   ax1.plot(epochs, accuracy, label="GSM model")
-  ax1.plot(epochs, pruned, label=f"GSM model if pruned now to its {kept:,} largest weights")
+  ax1.plot(epochs, pruned, label=f"GSM model if pruned now to {target}")
   values = accuracy + pruned
   base = results.get("base", {}).get("final_test_accuracy")
   if base is not None:
