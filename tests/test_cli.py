@@ -1,7 +1,10 @@
 """The command line: the digits job in a short setting, and the mnist job's arguments."""
 
 import json
+import os
+import re
 
+import numpy as np
 import pytest
 
 from gsm_optax.experiments import cli
@@ -99,3 +102,130 @@ def test_mnist_structured_flags():
       cli._mnist_config(cli._parser().parse_args(["mnist", *flags]))
   with pytest.raises(SystemExit, match="methods"):
     cli.main(["mnist", "--structured", "--methods", "gsm", "lottery"])
+
+
+def _help(argv, capsys):
+  """The text ``gsm-optax ARGV --help`` prints."""
+  with pytest.raises(SystemExit) as exit_:
+    cli.main([*argv, "--help"])
+  assert exit_.value.code == 0
+  return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["digits"], ["mnist"], ["train"], ["sweep"]])
+def test_help_is_plain_text_and_says_how_long(command, capsys):
+  text = _help(command, capsys)
+  for markup in ("``", ":func:", ":mod:", ":data:", ":class:", "`"):
+    assert markup not in text, (command, markup)
+  if command:  # every command's description gives its running time
+    description = text.split("options:")[0]
+    assert re.search(r"~\d+(\.\d+)?(-\d+(\.\d+)?)? ?(s|min)\b", description), description
+
+
+def test_sweep_help_explains_every_method_and_lists_every_cell(capsys):
+  from gsm_optax.experiments import sweep
+
+  text = _help(["sweep"], capsys)
+  explained = dict(re.findall(r"^  (\w+) +(\S.*)$", text, flags=re.M))
+  assert set(sweep.METHODS) <= set(explained), set(sweep.METHODS) - set(explained)
+  models = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
+            "vit": "ViT"}
+  datasets = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+  listed = re.findall(r"^ +(\d+): (.+)$", text, flags=re.M)
+  assert listed == [(str(i), f"{models[m]} {c:g}x {datasets[d]}")
+                    for i, (d, m, c) in enumerate(sweep.GRID)]
+
+
+@pytest.mark.parametrize("command", ["mnist", "train"])
+def test_model_help_says_what_each_model_prunes(command, capsys):
+  from gsm_optax.experiments.models import MODELS, PRUNABLE
+
+  text = " ".join(_help([command], capsys).split())  # unwrapped
+  for name in MODELS:
+    assert f"{name} prunes {PRUNABLE[name]}" in text, name
+  assert "_fast with --fast" in text and "_structured with --structured" in text
+
+
+def test_sweep_takes_cells_by_name_or_index(tmp_path, capsys):
+  from gsm_optax.experiments import sweep
+
+  assert sweep.main(["--summary", "--out", str(tmp_path), "--cells", "lenet-5  125X mnist",
+                     "3"]) == 1
+  assert "--cells 6 3" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    sweep.main(["--summary", "--out", str(tmp_path), "--cells", str(len(sweep.GRID))])
+  assert "no cell" in capsys.readouterr().err
+
+
+def test_mnist_prints_where_it_writes_and_ends_on_the_result(tmp_path, capsys):
+  """A tiny run: the output directory first; last, every accuracy of results.json and the
+  files, each of which exists."""
+  out = str(tmp_path / "run")
+  cli.main(["mnist", "--fast", "--train-subset", "1024", "--base-epochs", "1",
+            "--base-boundaries", "--base-warmup-epochs", "0", "--gsm-epochs", "1",
+            "--gsm-boundaries", "--gsm-warmup-epochs", "0", "--out", out, "--quiet"])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0] == f"writing to {out}"
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)
+  expected = [results["base"]["final_test_accuracy"], results["gsm"]["accuracy_before_prune"],
+              results["gsm"]["accuracy_after_prune"], results["oneshot"]["final_test_accuracy"],
+              results["gradual"]["final_test_accuracy"],
+              results["lottery"]["gsm"]["final_test_accuracy"],
+              results["lottery"]["magnitude"]["final_test_accuracy"]]
+  files = lines.index("files:")
+  summary = lines[files - len(expected):files]
+  names = ["dense base", "GSM, before", "GSM, after", "one-shot", "gradual", "lottery ticket from"
+           " GSM's", "lottery ticket from the magnitude"]
+  for line, name, accuracy in zip(summary, names, expected):
+    assert line.strip().startswith(name), (line, name)
+    assert line.endswith(f"{100 * accuracy:.2f}%"), (line, accuracy)
+  paths = [line.strip() for line in lines[files + 1:]]
+  assert paths[0] == os.path.join(out, "results.json") and len(paths) == 3
+  assert all(os.path.exists(path) for path in paths)
+
+
+def test_default_out_names_fast_and_structured():
+  args = cli._parser().parse_args(["mnist", "--fast", "--structured", "--seed", "2"])
+  config = cli._mnist_config(args)
+  assert cli.output_dir(config, args.fast) == os.path.join(
+      "runs", "mnist_lenet300_60x_seed2_structured_fast")
+
+
+def test_training_plot_shows_every_epoch_in_plain_words():
+  from gsm_optax.experiments import plotting
+
+  rng = np.random.default_rng()
+  epochs = 8
+  pruned = np.sort(rng.uniform(0.05, 0.9, epochs))  # low in the first epochs
+  history = [{"epoch": e + 1, "test_accuracy": rng.uniform(0.9, 0.99),
+              "pruned_test_accuracy": p, "outside_fraction": rng.uniform(1e-6, 0.5)}
+             for e, p in enumerate(pruned)]
+  results = {"gsm": {"history": history}, "target_nonzeros": 4436,
+             "base": {"final_test_accuracy": rng.uniform(0.95, 0.99)}}
+  plt = plotting._pyplot()
+  fig = plotting._training_figure(plt, results)
+  accuracy_axes, distance_axes = fig.axes
+  low, high = accuracy_axes.get_ylim()
+  values = [100 * r[k] for r in history for k in ("test_accuracy", "pruned_test_accuracy")]
+  assert low <= min(values) and high >= max(values)
+  assert "top-Q" not in distance_axes.get_ylabel()
+  assert "final prune would remove" in " ".join(distance_axes.get_ylabel().split())
+  plt.close(fig)
+
+
+def test_closing_summary_of_a_structured_run_lists_what_ran():
+  """A structured run keeps groups, not Q weights, and runs GSM and gradual pruning only."""
+  rng = np.random.default_rng()
+  base, before, after, gradual = rng.uniform(0.5, 1.0, 4)
+  results = {"config": {"model": "lenet5", "dataset": "mnist", "compression": 4.0, "seed": 1,
+                        "structured": True, "budget": "macs"},
+             "target_nonzeros": 1, "eligible_weights": 4,
+             "base": {"final_test_accuracy": base},
+             "gsm": {"accuracy_before_prune": before, "accuracy_after_prune": after},
+             "gradual": {"final_test_accuracy": gradual}}
+  lines = cli.closing_summary(results, ["out/results.json"]).splitlines()
+  assert "structured, by macs" in lines[0] and "prunable weights" not in lines[0]
+  assert [line.rsplit(None, 1)[-1] for line in lines[1:5]] == [
+      f"{100 * a:.2f}%" for a in (base, before, after, gradual)]
+  assert lines[5:] == ["files:", "  out/results.json"]

@@ -221,3 +221,21 @@ def test_summary_reads_oneshot_results(tmp_path):
   table = sweep.summarize(runs, ["recommended", "gradual", "oneshot"])
   row = [line for line in table.splitlines() if "ResNet-20 10x Fashion-MNIST" in line]
   assert len(row) == 1 and "| 87.00 |" in row[0] and "| 90.00 |" in row[0]
+
+
+def test_summary_without_runs_says_how_to_make_them(tmp_path, capsys):
+  results = tmp_path / "RESULTS.md"
+  results.write_text(f"{sweep.BEGIN}\nold table\n{sweep.END}\n")
+  out = str(tmp_path / "empty")
+  assert sweep.main(["--summary", "--out", out, "--write", str(results)]) == 1
+  text = capsys.readouterr().out
+  assert f"no finished runs in {out}" in text and "| cell |" not in text
+  assert f"gsm-optax sweep --out {out} --methods paper recommended gradual --seeds 0 1" in text
+  assert "old table" in results.read_text()  # nothing written over the published table
+  # Runs of other methods only: say which there are.
+  _write_result(out, "mnist_lenet300_10x_seed0", "gradual", 0.9, 0.9, 0.95)
+  assert sweep.main(["--summary", "--out", out, "--methods", "paper", "gradual"]) == 1
+  text = capsys.readouterr().out
+  assert "finished: gradual" in text and "| cell |" not in text
+  assert sweep.main(["--summary", "--out", out, "--methods", "gradual"]) == 0
+  assert "| LeNet-300-100 10x MNIST | 1 |" in capsys.readouterr().out

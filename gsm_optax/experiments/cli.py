@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 
@@ -163,6 +164,43 @@ def _mnist_config(args: argparse.Namespace):
   return dataclasses.replace(config, **changes)
 
 
+def output_dir(config, fast: bool = False) -> str:
+  """The default ``--out`` of ``mnist`` and ``train``: ``runs/<dataset>_<model>_<c>x_seed<s>``,
+  then ``_structured`` for a structured run and ``_fast`` for ``--fast``."""
+  return os.path.join(
+      "runs", f"{config.dataset}_{config.model}_{config.compression:g}x_seed{config.seed}"
+      + ("_structured" if config.structured else "") + ("_fast" if fast else ""))
+
+
+def closing_summary(results: dict, files: Sequence[str]) -> str:
+  """The result in a few lines: test accuracy of the base, of GSM before and after the final
+  prune and of each baseline that ran, then where the files are."""
+  config = results["config"]
+  if config["structured"]:
+    kept = f"structured, by {config['budget']}"
+  else:
+    kept = (f"keeping {results['target_nonzeros']:,} of {results['eligible_weights']:,} prunable"
+            " weights")
+  lines = [f"result: {config['model']} on {config['dataset']}, {config['compression']:g}x"
+           f" ({kept}), seed {config['seed']}; test accuracy:"]
+  rows = [("dense base", results["base"]["final_test_accuracy"])]
+  if "gsm" in results:
+    rows += [("GSM, before the final prune", results["gsm"]["accuracy_before_prune"]),
+             ("GSM, after the final prune", results["gsm"]["accuracy_after_prune"])]
+  if "oneshot" in results:
+    rows.append(("one-shot prune + fine-tune", results["oneshot"]["final_test_accuracy"]))
+  if "gradual" in results:
+    rows.append(("gradual magnitude pruning", results["gradual"]["final_test_accuracy"]))
+  for kind, ticket in results.get("lottery", {}).items():
+    mask = "GSM's mask" if kind == "gsm" else "the magnitude mask"
+    rows.append((f"lottery ticket from {mask}", ticket["final_test_accuracy"]))
+  width = max(len(name) for name, _ in rows)
+  lines += [f"  {name:<{width}}  {100 * acc:6.2f}%" for name, acc in rows]
+  lines.append("files:")
+  lines += [f"  {path}" for path in files]
+  return "\n".join(lines)
+
+
 def run_mnist(args: argparse.Namespace) -> dict:
   """Base training, GSM and the baselines, the final prune, JSON and plots."""
   from gsm_optax.experiments import runner as experiments
@@ -171,77 +209,127 @@ def run_mnist(args: argparse.Namespace) -> dict:
     config = _mnist_config(args)
   except ValueError as e:
     raise SystemExit(f"gsm-optax {args.command}: {e}") from e
-  out = args.out or os.path.join(
-      "runs", f"{config.dataset}_{config.model}_{config.compression:g}x_seed{config.seed}"
-      + ("_structured" if config.structured else "") + ("_fast" if args.fast else ""))
+  out = args.out or output_dir(config, args.fast)
+  print(f"writing to {out}", flush=True)
   results = experiments.run(config, out, quiet=args.quiet)
+  files = [os.path.join(out, "results.json")]
   if not args.no_plots and "gsm" in results:
     try:
       from gsm_optax.experiments import plotting
 
-      for path in plotting.write_plots(results, out):
-        print(f"wrote {path}")
+      files += plotting.write_plots(results, out)
     except ImportError as e:
       print(f"no plots: {e}")
-  print(f"wrote {os.path.join(out, 'results.json')}")
+  print("\n" + closing_summary(results, files), flush=True)
   return results
+
+
+DESCRIPTION = """\
+Runnable experiments of Global Sparse Momentum SGD (Ding et al. 2019): a small digits example,
+the paper's MNIST experiments, any model of the registry on MNIST or Fashion-MNIST, and the
+recipe sweep. gsm-optax COMMAND --help says what each runs and how long it takes."""
+
+DIGITS = """\
+Prunes an MLP on scikit-learn's 8x8 digits (needs scikit-learn): dense training, then GSM to
+1/--compression of the weights, the final prune, and the test accuracy of each, beside a
+magnitude prune of the dense model. Takes ~30 s on a 2-core x86 CPU (the defaults: 30 dense +
+60 GSM epochs)."""
+
+MNIST = """\
+The paper's MNIST experiments (Ding et al. 2019, Table 1): dense base training of LeNet-300-100 or
+LeNet-5, then from the same base model: GSM and its final prune, one-shot magnitude pruning +
+fine-tuning, gradual magnitude pruning, and lottery tickets from GSM's mask and from the
+magnitude mask. It ends with a summary of the test accuracies and where the files are. Running
+again with the same --out resumes.
+
+How long, on a 2-core x86 CPU: --fast (make demo: 20,000 images, 4 base + 10 GSM epochs) takes
+~2.5-3.5 min. The defaults are the authors' schedules (DingXiaoH/GSM-SGD), 200 base + 280 GSM
+epochs: LeNet-300-100's base + GSM took 17-22 min on one core (docs/RESULTS.md); LeNet-5 takes
+~36 s an epoch (about 5 hours for base + GSM). One-shot and gradual pruning each add a phase as
+long as GSM's, each lottery ticket one as long as the base's (--methods chooses)."""
+
+TRAIN = """\
+Any model of the registry on MNIST or Fashion-MNIST: dense base training, then from the same base
+model: GSM and its final prune, one-shot magnitude pruning + fine-tuning, gradual magnitude
+pruning, and lottery tickets. The LeNets train on the authors' schedules (as in gsm-optax mnist);
+ResNet-20 and the ViT on schedules of their own, of about an hour a phase on one CPU core
+(ResNet-20: 13 base + 12 GSM epochs; the ViT: 18 + 16). It ends with a summary of the test
+accuracies and where the files are. Running again with the same --out resumes.
+
+How long, on a 2-core x86 CPU: ResNet-20 ~5 min an epoch, the ViT ~4 min; each phase <= ~75 min
+on one idle core. All methods are six phases (base, GSM, one-shot, gradual, two lottery tickets);
+--methods gsm runs the first two. --fast is a smoke test (ResNet-20 and the ViT: 2,048 images,
+2 base + 3 GSM epochs)."""
 
 
 def _parser() -> argparse.ArgumentParser:
   from gsm_optax.experiments.runner import RECIPES
 
-  parser = argparse.ArgumentParser(prog="gsm-optax", description=__doc__)
+  raw = argparse.RawDescriptionHelpFormatter
+  parser = argparse.ArgumentParser(prog="gsm-optax", description=DESCRIPTION, formatter_class=raw)
   sub = parser.add_subparsers(dest="command", required=True)
-  d = sub.add_parser("digits", help="prune an MLP on scikit-learn's 8x8 digits (seconds)")
+  d = sub.add_parser("digits", help="prune an MLP on scikit-learn's 8x8 digits (~30 s)",
+                     description=DIGITS, formatter_class=raw)
   d.add_argument("--compression", type=float, default=10.0,
                  help="eligible weights per kept weight (default 10)")
-  d.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-  d.add_argument("--base-epochs", type=int, default=30)
-  d.add_argument("--gsm-epochs", type=int, default=60)
-  d.add_argument("--batch-size", type=int, default=32)
-  d.add_argument("--base-lr", type=float, default=0.05)
-  d.add_argument("--gsm-lr", type=float, default=0.01)
-  d.add_argument("--momentum", type=float, default=0.99)
-  d.add_argument("--weight-decay", type=float, default=5e-3)
-  d.add_argument("--seed", type=int, default=0)
+  d.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+                 help="hidden layer widths (default 256 256)")
+  d.add_argument("--base-epochs", type=int, default=30, help="dense epochs (default 30)")
+  d.add_argument("--gsm-epochs", type=int, default=60, help="GSM epochs (default 60)")
+  d.add_argument("--batch-size", type=int, default=32, help="default 32")
+  d.add_argument("--base-lr", type=float, default=0.05, help="dense learning rate (default 0.05)")
+  d.add_argument("--gsm-lr", type=float, default=0.01,
+                 help="GSM learning rate (default 0.01; 10x lower for the last quarter)")
+  d.add_argument("--momentum", type=float, default=0.99, help="GSM momentum (default 0.99)")
+  d.add_argument("--weight-decay", type=float, default=5e-3,
+                 help="GSM weight decay (default 0.005)")
+  d.add_argument("--seed", type=int, default=0, help="default 0")
   d.add_argument("--json", help="write the results to this JSON file")
-  d.add_argument("--quiet", action="store_true")
+  d.add_argument("--quiet", action="store_true", help="print nothing")
   d.set_defaults(func=run_digits)
 
-  from gsm_optax.experiments.models import PRUNABLE
-
-  models_help = "; ".join(f"{k}: prunes {v}" for k, v in PRUNABLE.items())
-  for command, model, compression, text in (
-      ("mnist", "lenet300", 60.0, "the paper's MNIST experiments: GSM, lottery tickets and"
-       " baselines"),
-      ("train", "resnet20", 10.0, "any model of the registry (the LeNets, ResNet-20, a ViT) on"
-       " MNIST or Fashion-MNIST: GSM, lottery tickets and baselines")):
-    m = sub.add_parser(
-        command, help=text,
-        description="Dense base training, then from the same base model: GSM and the final"
-        " prune, one-shot magnitude pruning + fine-tuning, gradual magnitude pruning and lottery"
-        " tickets. Defaults are the authors' schedules for the LeNets (200 + 280 epochs) and for"
-        " ResNet-20 and the ViT a schedule of about an hour a phase on one CPU core; --fast runs"
-        " the whole pipeline in a minute or two. Running again with the same --out resumes.")
-    _experiment_arguments(m, model, compression, models_help, RECIPES)
+  for command, model, compression, text, description in (
+      ("mnist", "lenet300", 60.0, "the paper's MNIST experiments (--fast: ~3 min)", MNIST),
+      ("train", "resnet20", 10.0, "any model (LeNets, ResNet-20, a ViT) on MNIST or Fashion-MNIST"
+       " (hours)", TRAIN)):
+    m = sub.add_parser(command, help=text, description=description, epilog=_models_epilog(),
+                       formatter_class=raw)
+    _experiment_arguments(m, model, compression, RECIPES)
   sub.add_parser("sweep", add_help=False,
                  help="the recipe sweep over datasets, models and ratios (gsm-optax sweep -h)")
   return parser
 
 
+def _models_epilog() -> str:
+  """The models of ``--model``, each with what it prunes, wrapped for the terminal."""
+  from gsm_optax.experiments.models import PRUNABLE
+
+  width = max(map(len, PRUNABLE))
+  models = "\n".join(textwrap.fill(f"  {name:<{width}}  prunes {what}", 100,
+                                   subsequent_indent=" " * (width + 4))
+                      for name, what in PRUNABLE.items())
+  return f"models (--model):\n{models}"
+
+
 def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: float,
-                          models_help: str, recipes) -> None:
-  """The options of ``mnist`` and ``train``: one experiment of :mod:`runner`."""
+                          recipes) -> None:
+  """The options of the mnist and train commands: one experiment of the runner."""
   from gsm_optax.experiments.models import MODELS
 
-  m.add_argument("--model", choices=sorted(MODELS), default=model, help=models_help)
+  m.add_argument("--model", choices=sorted(MODELS), default=model,
+                 help=f"default {model}; the list below says what each prunes")
   m.add_argument("--compression", type=float, default=compression,
-                 help=f"prunable weights per kept weight (default {compression:g})")
+                 help=f"prunable weights per kept weight (default {compression:g}): the prune"
+                 " keeps the Q = prunable / compression largest, the top-Q")
   m.add_argument("--dataset", choices=["mnist", "fashion_mnist"],
                  help="default: mnist for the LeNets, fashion_mnist for the deep networks")
-  m.add_argument("--fast", action="store_true", help="short schedules for smoke tests and demos")
+  m.add_argument("--fast", action="store_true",
+                 help="short schedules on a subset of the images, for smoke tests and demos")
   m.add_argument("--methods", nargs="+", choices=["gsm", "lottery", "oneshot", "gradual"],
-                 help="what to run after the base model (default: all)")
+                 help="what to run after the base model (default: all): gsm (GSM and its final"
+                 " prune), oneshot (one magnitude prune of the base model, then fine-tuning),"
+                 " gradual (gradual magnitude pruning), lottery (the kept weights of GSM's and"
+                 " of the magnitude mask retrained from their initial values; runs gsm too)")
   m.add_argument("--seed", type=int)
   m.add_argument("--batch-size", type=int)
   m.add_argument("--train-subset", type=int, help="use only the first N training images")
@@ -256,7 +344,7 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
   m.add_argument("--recipe", choices=sorted(recipes),
                  help="the GSM update: 'recommended' (default: keep ratio annealed from dense to"
                  " Q up to the first learning-rate drop, ranking by magnitude, an extra decay of"
-                 " 100x the weight decay outside the top-Q; chosen by `gsm-optax sweep`),"
+                 " 100x the weight decay outside the top-Q; chosen by the recipe sweep),"
                  " 'fixed' (the first recipe, fitted to LeNet-300-100 60x MNIST; the default with"
                  " --structured) or 'paper' (the authors' update, unchanged); the flags below"
                  " override any")
@@ -285,9 +373,12 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
                  help="with --structured, GSM ranks all groups together (global) or keeps the same"
                  " fraction of every layer (uniform, as the structured gradual baseline does)")
   m.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
-  m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>)")
-  m.add_argument("--no-plots", action="store_true")
-  m.add_argument("--quiet", action="store_true")
+  m.add_argument("--out", help="output directory (default runs/<dataset>_<model>_<c>x_seed<s>,"
+                 " then _structured with --structured and _fast with --fast: make demo writes"
+                 " runs/mnist_lenet300_60x_seed0_fast); the run prints it first")
+  m.add_argument("--no-plots", action="store_true", help="no PNG plots")
+  m.add_argument("--quiet", action="store_true",
+                 help="no progress output (the closing summary still prints)")
   m.set_defaults(func=run_mnist)
 
 

@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -83,8 +84,34 @@ METHODS: dict[str, Any] = {
 }
 
 
+# Each method in one line, for `gsm-optax sweep --help` (every key of METHODS has one).
+METHOD_HELP: dict[str, str] = {
+    "paper": "the authors' GSM update, unchanged (Ding et al. 2019)",
+    "fixed": "the first recipe, fitted to LeNet-300-100 60x MNIST: keep ratio annealed over 100/160"
+             " of the epochs before the first drop, 10x passive decay",
+    "recommended": "the default recipe: keep ratio annealed up to the first drop, ranked by"
+                   " magnitude, 100x passive decay",
+    "gradual": "baseline: gradual magnitude pruning with GSM's optimizer and schedule",
+    "oneshot": "baseline: one magnitude prune of the base model, then fine-tuning",
+    "late": "candidate: as fixed, the passive decay only once the anneal has ended",
+    "ema": "candidate: as late, ranked by a moving average of the scores (rate 0.99)",
+    "ema999": "candidate: as late, ranked by a moving average of the scores (rate 0.999)",
+    "passive10": "candidate: as recommended with 10x passive decay (the default before it)",
+    "magnitude_short": "candidate: as fixed, ranked by magnitude",
+}
+
 SCHEDULES = ("short", "full")
 BASELINES = ("gradual", "oneshot")  # methods that are not GSM recipes
+
+_NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
+          "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+
+def cell_name(cell: tuple[str, str, float]) -> str:
+  """A cell of :data:`GRID` in words: ``("mnist", "lenet5", 125.0)`` -> ``"LeNet-5 125x MNIST"``."""
+  dataset, model, compression = cell
+  return f"{_NAMES[model]} {compression:g}x {_NAMES[dataset]}"
+
 
 def sweep_config(dataset: str, model: str, compression: float, seed: int,
                  method: str, schedule: str = "short") -> runner.ExperimentConfig:
@@ -273,8 +300,6 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended") ->
   Each cell is summarised over the seeds that every listed method has finished, so that the
   differences are taken between runs from the same base models.
   """
-  names = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
-           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
   head = ("| cell | seeds | dense | " + " | ".join(methods)
           + f" | {default}: prune cost | {default} - paper | {default} - gradual |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -289,7 +314,7 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended") ->
     cost = (f"{np.mean([r['before'] - r['after'] for r in row[default]]):.2f}"
             if default in row else "-")
     dense = _mean_sd([r["base"] for r in row[methods[0]]])
-    lines.append(f"| {names[m]} {c:g}x {names[d]} | {len(seeds)} | {dense} | "
+    lines.append(f"| {cell_name((d, m, c))} | {len(seeds)} | {dense} | "
                  + " | ".join(_mean_sd(list(after[k])) for k in methods)
                  + f" | {cost} | " + " | ".join(gaps) + " |")
   return "\n".join(lines)
@@ -327,20 +352,85 @@ def write_table(path: str, table: str) -> None:
     f.write(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
+DESCRIPTION = """\
+The recipe sweep: GSM recipes against the paper's update and the baselines, over a grid of cells
+(dataset, model, compression) and seeds. In every cell each method starts from the same dense
+base model of its seed, so that the methods differ only in how they prune. Jobs run as separate
+processes, one pinned to each core given; a job resumes where it stopped, and a finished job is
+never run again.
+
+  gsm-optax sweep --out runs/sweep --cores 0 1     run (or resume) the grid
+  gsm-optax sweep --out runs/sweep --summary       print the table of finished runs
+
+The default schedule (short) is the authors' (Ding et al. 2019, DingXiaoH/GSM-SGD) shortened 4x:
+50 base epochs, 70 GSM epochs with the learning rate dropping at 40, 50 and 60, and the weight
+decay raised 4x so that it removes as much as theirs. --schedule full runs their 200 + 280 epochs.
+ResNet-20 and the ViT have one schedule of their own.
+
+How long, on a 2-core x86 CPU (docs/RESULTS.md): a LeNet-300-100 job ~3 min a method on one idle
+core (3-11 min beside other work); a LeNet-5 job 30-45 min (~36 s an epoch); a ResNet-20 or ViT
+job up to ~75 min (~5 and ~4 min an epoch). Each base model (one per dataset, model and seed) is
+one more job of about the same length."""
+
+
+def _epilog() -> str:
+  width = max(map(len, METHODS))
+  methods = "\n".join(textwrap.fill(f"  {name:<{width}}  {METHOD_HELP[name]}", 100,
+                                    subsequent_indent=" " * (width + 4)) for name in METHODS)
+  cells = "\n".join(f"  {i:>2}: {cell_name(cell)}" for i, cell in enumerate(GRID))
+  return ("methods (--methods). Passive decay: an extra weight decay of the weights outside the Q"
+          " that GSM keeps,\nas a multiple of the weight decay.\n"
+          f"{methods}\n\ncells (--cells, by index or by name):\n{cells}")
+
+
+def _cell(text: str) -> int:
+  """A cell of :data:`GRID` from the command line: its index or its name, as the help lists."""
+  if text.isdigit() and int(text) < len(GRID):
+    return int(text)
+  names = [" ".join(cell_name(cell).lower().split()) for cell in GRID]
+  name = " ".join(text.lower().split())
+  if name in names:
+    return names.index(name)
+  raise argparse.ArgumentTypeError(
+      f"no cell {text!r}: give an index 0-{len(GRID) - 1} or a name such as"
+      f" {cell_name(GRID[6])!r} (gsm-optax sweep --help lists them)")
+
+
+def _nothing_to_summarize(args: argparse.Namespace) -> str:
+  """What to say when ``--summary`` finds no seed that every listed method has finished."""
+  found = collect(args.out)
+  run = (f"gsm-optax sweep --out {args.out} --methods {' '.join(args.methods)}"
+         f" --seeds {' '.join(map(str, args.seeds))}")
+  if args.cells:
+    run += " --cells " + " ".join(map(str, args.cells))
+  if args.schedule != "short":
+    run += f" --schedule {args.schedule}"
+  if not found:
+    return f"no finished runs in {args.out}. To make them:\n  {run}"
+  have = sorted({method for runs in found.values() for method in runs})
+  return (f"no cell in {args.out} has a seed that every one of --methods"
+          f" {' '.join(args.methods)} has finished (finished: {', '.join(have)}). Summarize"
+          f" those with --methods, or finish the others:\n  {run}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="gsm-optax sweep", description=__doc__,
+  parser = argparse.ArgumentParser(prog="gsm-optax sweep", description=DESCRIPTION,
+                                   epilog=_epilog(),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", default=os.path.join("runs", "sweep"))
+  parser.add_argument("--out", default=os.path.join("runs", "sweep"),
+                      help="where the runs go (default runs/sweep)")
   parser.add_argument("--cores", type=int, nargs="+", default=[0, 1],
-                      help="one job runs pinned to each of these cores at a time")
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-  parser.add_argument("--methods", nargs="+", choices=sorted(METHODS),
-                      default=["paper", "recommended", "gradual"])
-  parser.add_argument("--cells", nargs="+", type=int,
-                      help="indices into GRID (default: all, in order)")
+                      help="one job runs pinned to each of these cores at a time (default 0 1)")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default 0 1")
+  parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                      default=["paper", "recommended", "gradual"],
+                      help="among those listed below (default paper recommended gradual)")
+  parser.add_argument("--cells", nargs="+", type=_cell, metavar="CELL",
+                      help="indices or names of the cells listed below (default: all, in order)")
   parser.add_argument("--schedule", choices=SCHEDULES, default="short",
-                      help="'short': the authors' schedule shortened 4x (default); 'full': theirs")
-  parser.add_argument("--summary", action="store_true", help="print the table and exit")
+                      help="short: the authors' schedule shortened 4x (default); full: theirs")
+  parser.add_argument("--summary", action="store_true",
+                      help="print the table of the finished runs and exit")
   parser.add_argument("--write", metavar="FILE",
                       help="with --summary, also put the table into FILE (docs/RESULTS.md)")
   parser.add_argument("--archive", metavar="DEST",
@@ -353,15 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.archive:
     print(f"copied {len(archive(args.out, args.archive))} results to {args.archive}")
     return 0
-  if args.summary:
-    table = summarize(args.out, args.methods)
-    print(table)
-    if args.write:
-      write_table(args.write, table)
-    return 0
-  cells = [GRID[i] for i in args.cells] if args.cells else list(GRID)
-  run_sweep(plan(cells, args.seeds, args.methods, args.schedule), args.out, args.cores)
-  print(summarize(args.out, args.methods))
+  if not args.summary:
+    cells = [GRID[i] for i in args.cells] if args.cells else list(GRID)
+    run_sweep(plan(cells, args.seeds, args.methods, args.schedule), args.out, args.cores)
+  table = summarize(args.out, args.methods)
+  if len(table.splitlines()) == 2:  # the header alone
+    print(_nothing_to_summarize(args))
+    return 1
+  print(table)
+  if args.summary and args.write:
+    write_table(args.write, table)
   return 0
 
 
