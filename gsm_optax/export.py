@@ -209,6 +209,14 @@ def _layer(module: Any, own: dict[str, Any], in_shape: tuple[int, ...],
                macs)
 
 
+def _kernel_path(layer: Layer) -> str:
+  """The path of a dense or conv layer's kernel, which such a layer must name."""
+  if layer.kernel is None:
+    raise ValueError(f"sequential_coupling: layer {layer.name!r} has kind {layer.kind!r} and"
+                     " kernel=None; a dense or conv layer needs the path of its kernel.")
+  return layer.kernel
+
+
 def _kernel_ndim(layer: Layer) -> int:
   """The rank of a dense (2) or conv kernel (spatial axes of the input, plus in and out)."""
   return 2 if layer.kind == "dense" else len(layer.input_shape) + 1
@@ -279,7 +287,7 @@ def sequential_coupling(layers: Sequence[Layer]) -> tuple[Channels, ...]:
           f" {list(layer.shares)} (a residual addition): the model is not a plain chain."
           " Use gsm_optax.couple and gsm_optax.narrow, which follow the jaxpr.")
     width = layer.input_shape[-1]
-    consumer = GroupMember(layer.kernel, _kernel_ndim(layer) - 2)
+    consumer = GroupMember(_kernel_path(layer), _kernel_ndim(layer) - 2)
     if prev is None:
       out.append(Channels(f"{layer.name} inputs", width, (), (consumer,)))
     else:
@@ -292,7 +300,7 @@ def sequential_coupling(layers: Sequence[Layer]) -> tuple[Channels, ...]:
             f" kernel layer called before it, {prev.name!r}, outputs {size} channels: the model"
             " is not a plain chain (a residual or concatenated skip connection, a branch?)."
             " Pass the Channels by hand.")
-      producers = [GroupMember(prev.kernel, _kernel_ndim(prev) - 1)]
+      producers = [GroupMember(_kernel_path(prev), _kernel_ndim(prev) - 1)]
       if prev.bias is not None:
         producers.append(GroupMember(prev.bias, 0))
       for norm in norms:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from gsm_optax import _utils, eligibility, grouping
 from gsm_optax.importance import magnitude
-from gsm_optax.selection import global_topk_selection, keep_count
+from gsm_optax.selection import Selection, global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
@@ -105,6 +105,7 @@ def prune_readiness(
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
   grouping.check_budget(budget)
   leaves, treedef = jax.tree_util.tree_flatten(params)
+  selection: Selection | grouping.GroupSelection
   if groups is None:
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)

@@ -323,7 +323,8 @@ def global_budget_selection(
   else:
     cost = jnp.concatenate([
         jnp.broadcast_to(jnp.asarray(c, float_dtype), leaf.shape).reshape(-1)
-        for c, leaf in zip(treedef.flatten_up_to(costs), leaves)])
+        # jaxlib ships no stub for PyTreeDef, so mypy cannot see its methods.
+        for c, leaf in zip(treedef.flatten_up_to(costs), leaves)])  # type: ignore[attr-defined]
     prefix_cost = jnp.cumsum(cost[order])
   fits = prefix_cost <= jnp.asarray(budget, float_dtype)
   kept_sorted = jnp.cumsum(~fits) == 0  # the prefix before the first entry that does not fit

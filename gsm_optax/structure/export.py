@@ -359,7 +359,7 @@ class _Runner:
     env: dict[int, Any] = dict(self.consts)
     dynamic: dict[int, int] = {}
     nodes = self.g.nodes
-    fixed = {}
+    fixed: dict[int, str] = {}
     for n, why in self.g.reduced:
       for leaf in nodes.leaves(n):
         fixed.setdefault(nodes.find(leaf), why)
@@ -373,12 +373,12 @@ class _Runner:
         for d, (n, s) in enumerate(zip(self.g.values[v].nodes, np.shape(x))):
           r = nodes.find(n)
           if s != traced[d]:
-            why = next((fixed[leaf] for leaf in map(nodes.find, nodes.leaves(n))
-                        if leaf in fixed), None)
-            if why is not None:
+            reducer = next((fixed[leaf] for leaf in map(nodes.find, nodes.leaves(n))
+                            if leaf in fixed), None)
+            if reducer is not None:
               raise ValueError(
                   f"the narrow model's input has shape {np.shape(x)}, but axis {d} was coupled"
-                  f" with size {traced[d]} and {why} reduces over it (a mean divides by that"
+                  f" with size {traced[d]} and {reducer} reduces over it (a mean divides by that"
                   " size): call it with that size, or couple the model at this shape.")
           if nodes.struct[r] is None:
             dynamic[r] = int(s)
