@@ -48,6 +48,12 @@ class GroupMember(NamedTuple):
       belongs to group ``(i // inner) mod size``. 1 by default; a kernel whose
       output axis is ``heads * head_dim`` (split into heads after the layer)
       has the heads as groups with ``inner=head_dim``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import output_groups
+    >>> output_groups({"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}})[0].members
+    (GroupMember(path='fc/kernel', axis=1, inner=1), GroupMember(path='fc/bias', axis=0, inner=1))
   """
 
   path: str
@@ -73,6 +79,12 @@ class Groups(NamedTuple):
       budget remove the whole set: ask for it only where the outputs do not
       need the set (the inner width of a residual branch, whose skip stays;
       :meth:`gsm_optax.structure.Coupling.allow_empty` says which sets).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import output_groups
+    >>> output_groups({"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}})[0].size
+    3
   """
 
   name: str
@@ -90,6 +102,12 @@ class MacTerm(NamedTuple):
     sets: the names of the :class:`Groups` whose kept fraction scales them:
       a layer between two pruned sets (the filters of one convolution and of
       the next) costs ``macs * f_in * f_out``.
+
+  Example:
+    >>> import gsm_optax
+    >>> g = [gsm_optax.Groups("h", 4, (gsm_optax.GroupMember("fc2/kernel", 0),))]
+    >>> gsm_optax.mac_costs(g, [gsm_optax.MacTerm(8 * 4, ("h",))]).terms
+    (MacTerm(macs=32.0, sets=('h',)),)
   """
 
   macs: float
@@ -154,6 +172,12 @@ class MacCost(NamedTuple):
     sizes: their sizes.
     terms: one :class:`MacTerm` per layer.
     per_mac: whether groups are ranked by score per MAC.
+
+  Example:
+    >>> import gsm_optax
+    >>> g = [gsm_optax.Groups("h", 4, (gsm_optax.GroupMember("fc2/kernel", 0),))]
+    >>> gsm_optax.mac_costs(g, [gsm_optax.MacTerm(8 * 4, ("h",))])
+    MacCost(names=('h',), sizes=(4,), terms=(MacTerm(macs=32.0, sets=('h',)),), per_mac=False)
   """
 
   names: tuple[str, ...]
@@ -259,6 +283,13 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
 
   Returns:
     A tuple of :class:`Groups`, one per selected kernel.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import input_groups
+    >>> params = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+    >>> [(g.name, g.size, g.members) for g in input_groups(params)]
+    [('fc inputs', 4, (GroupMember(path='fc/kernel', axis=0, inner=1),))]
   """
   selected = set(_selected_kernels(params, where))
   out = []

@@ -37,6 +37,12 @@ class PruneReadiness(NamedTuple):
       ``min_kept`` best groups only because the budget alone would have left
       them fewer (a layer it would have emptied; see
       :class:`gsm_optax.Groups`); 0 without groups.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import prune_readiness
+    >>> int(prune_readiness({"w": jnp.array([[4., 3.], [0.5, 0.01]])}, 0.5).num_carrying)
+    1
   """
 
   removed_l2_fraction: Array

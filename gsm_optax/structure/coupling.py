@@ -54,6 +54,14 @@ class ChannelSet(NamedTuple):
       outputs still reading its inputs: the inner width of a residual branch
       (the block goes, the skip stays), not a layer of a chain. Only a group
       set (one of :attr:`Coupling.groups`) can be emptied.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gsm_optax
+    >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> [(s.name, s.size, s.prunable) for s in gsm_optax.couple(mlp, params, jnp.ones((1, 3))).sets]
+    [('w1', 4, True), ('w1 inputs', 3, False), ('w2', 2, False)]
   """
 
   name: str
@@ -96,6 +104,14 @@ class Coupling:
       ``gsm(..., groups=coupling.groups)`` and ``prune(..., groups=...)``).
     macs: the model's multiply-accumulates per example (per entry of the first
       input's leading axis) at full width.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gsm_optax
+    >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> gsm_optax.couple(mlp, params, jnp.ones((1, 3))).macs  # 3 * 4 + 4 * 2
+    20.0
   """
 
   def __init__(self, graph_: graph.Graph, leaves: list[_Leaf], in_tree: Any, out_tree: Any,

@@ -57,6 +57,15 @@ class Narrow(NamedTuple):
     macs: the narrow model's multiply-accumulates per example.
     module: for an nnx module, the module with its state narrowed (its own
       ``__call__`` runs the narrow model); None otherwise.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gsm_optax
+    >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> coupling = gsm_optax.couple(mlp, params, jnp.ones((1, 3)))
+    >>> gsm_optax.narrow(coupling, gsm_optax.prune(params, 0.5, groups=coupling.groups)).widths
+    {'w1': 2}
   """
 
   variables: PyTree
