@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import sys
+import types
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -152,7 +153,8 @@ def member_axis(owner: str, path: str, axis: int, size: int,
 def warn(message: str) -> None:
   """``warnings.warn`` pointing at the user's line: the first frame outside this package."""
   package = os.path.dirname(os.path.abspath(__file__))
-  frame, level = sys._getframe(1), 2
+  frame: types.FrameType | None = sys._getframe(1)
+  level = 2
   while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
     frame, level = frame.f_back, level + 1
   warnings.warn(message, UserWarning, stacklevel=level)

@@ -53,6 +53,13 @@ class Layer(NamedTuple):
     shares: the other kernel layers whose outputs share this layer's output
       channels (a residual addition), as :func:`gsm_optax.couple` reads them from
       the model's jaxpr; :func:`sequential_coupling` refuses such a model.
+
+  Example:
+    >>> from flax import linen as nn
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax.export import trace_layers
+    >>> trace_layers(nn.Sequential([nn.Dense(2)]), jnp.zeros((1, 4)))[0].kind
+    'dense'
   """
 
   name: str
@@ -79,6 +86,14 @@ class Channels(NamedTuple):
       axes. A member's axis may be a multiple of ``size`` long; index ``i``
       then belongs to channel ``i % size`` (a dense layer after flattening an
       NHWC map).
+
+  Example:
+    >>> from flax import linen as nn
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax.export import sequential_coupling, trace_layers
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> [c.size for c in sequential_coupling(trace_layers(model, jnp.zeros((1, 4))))]
+    [4, 8]
   """
 
   name: str
@@ -99,6 +114,15 @@ class Exported(NamedTuple):
       exported model must gather these features before the layer.
     kept: per :class:`Channels` set, the kept channels in the original numbering.
     variables: the sliced ``variables`` (``{"batch_stats": ...}``), or None.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import GroupMember
+    >>> from gsm_optax.export import Channels, export_pruned
+    >>> params = {"a": {"kernel": jnp.array([[1., 0.]])}, "b": {"kernel": jnp.ones((2, 1))}}
+    >>> coupling = [Channels("a", 2, (GroupMember("a/kernel", 1),), (GroupMember("b/kernel", 0),))]
+    >>> export_pruned(params, coupling).params["b"]["kernel"].shape
+    (1, 1)
   """
 
   params: PyTree
@@ -209,6 +233,14 @@ def _layer(module: Any, own: dict[str, Any], in_shape: tuple[int, ...],
                macs)
 
 
+def _kernel_path(layer: Layer) -> str:
+  """The path of a dense or conv layer's kernel, which such a layer must name."""
+  if layer.kernel is None:
+    raise ValueError(f"sequential_coupling: layer {layer.name!r} has kind {layer.kind!r} and"
+                     " kernel=None; a dense or conv layer needs the path of its kernel.")
+  return layer.kernel
+
+
 def _kernel_ndim(layer: Layer) -> int:
   """The rank of a dense (2) or conv kernel (spatial axes of the input, plus in and out)."""
   return 2 if layer.kind == "dense" else len(layer.input_shape) + 1
@@ -279,7 +311,7 @@ def sequential_coupling(layers: Sequence[Layer]) -> tuple[Channels, ...]:
           f" {list(layer.shares)} (a residual addition): the model is not a plain chain."
           " Use gsm_optax.couple and gsm_optax.narrow, which follow the jaxpr.")
     width = layer.input_shape[-1]
-    consumer = GroupMember(layer.kernel, _kernel_ndim(layer) - 2)
+    consumer = GroupMember(_kernel_path(layer), _kernel_ndim(layer) - 2)
     if prev is None:
       out.append(Channels(f"{layer.name} inputs", width, (), (consumer,)))
     else:
@@ -292,7 +324,7 @@ def sequential_coupling(layers: Sequence[Layer]) -> tuple[Channels, ...]:
             f" kernel layer called before it, {prev.name!r}, outputs {size} channels: the model"
             " is not a plain chain (a residual or concatenated skip connection, a branch?)."
             " Pass the Channels by hand.")
-      producers = [GroupMember(prev.kernel, _kernel_ndim(prev) - 1)]
+      producers = [GroupMember(_kernel_path(prev), _kernel_ndim(prev) - 1)]
       if prev.bias is not None:
         producers.append(GroupMember(prev.bias, 0))
       for norm in norms:
@@ -528,6 +560,18 @@ def sequential_mac_costs(layers: Sequence[Layer], coupling: Sequence[Channels],
 
   Returns:
     A :class:`gsm_optax.MacCost` (see :func:`gsm_optax.mac_costs`).
+
+  Example:
+    >>> from flax import linen as nn
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax.export import (sequential_coupling, sequential_groups,
+    ...                               sequential_mac_costs, trace_layers)
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(2)])
+    >>> layers = trace_layers(model, jnp.zeros((1, 4)))
+    >>> coupling = sequential_coupling(layers)
+    >>> budget = sequential_mac_costs(layers, coupling, sequential_groups(coupling))
+    >>> budget.names, budget.total  # 4 * 8 + 8 * 2, both scaled by the hidden units kept
+    (('layers_0',), 48.0)
   """
   names = {g.name for g in groups}
   terms = []

@@ -48,6 +48,12 @@ class GroupMember(NamedTuple):
       belongs to group ``(i // inner) mod size``. 1 by default; a kernel whose
       output axis is ``heads * head_dim`` (split into heads after the layer)
       has the heads as groups with ``inner=head_dim``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import output_groups
+    >>> output_groups({"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}})[0].members
+    (GroupMember(path='fc/kernel', axis=1, inner=1), GroupMember(path='fc/bias', axis=0, inner=1))
   """
 
   path: str
@@ -73,6 +79,12 @@ class Groups(NamedTuple):
       budget remove the whole set: ask for it only where the outputs do not
       need the set (the inner width of a residual branch, whose skip stays;
       :meth:`gsm_optax.structure.Coupling.allow_empty` says which sets).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import output_groups
+    >>> output_groups({"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}})[0].size
+    3
   """
 
   name: str
@@ -90,6 +102,12 @@ class MacTerm(NamedTuple):
     sets: the names of the :class:`Groups` whose kept fraction scales them:
       a layer between two pruned sets (the filters of one convolution and of
       the next) costs ``macs * f_in * f_out``.
+
+  Example:
+    >>> import gsm_optax
+    >>> g = [gsm_optax.Groups("h", 4, (gsm_optax.GroupMember("fc2/kernel", 0),))]
+    >>> gsm_optax.mac_costs(g, [gsm_optax.MacTerm(8 * 4, ("h",))]).terms
+    (MacTerm(macs=32.0, sets=('h',)),)
   """
 
   macs: float
@@ -154,6 +172,12 @@ class MacCost(NamedTuple):
     sizes: their sizes.
     terms: one :class:`MacTerm` per layer.
     per_mac: whether groups are ranked by score per MAC.
+
+  Example:
+    >>> import gsm_optax
+    >>> g = [gsm_optax.Groups("h", 4, (gsm_optax.GroupMember("fc2/kernel", 0),))]
+    >>> gsm_optax.mac_costs(g, [gsm_optax.MacTerm(8 * 4, ("h",))])
+    MacCost(names=('h',), sizes=(4,), terms=(MacTerm(macs=32.0, sets=('h',)),), per_mac=False)
   """
 
   names: tuple[str, ...]
@@ -259,6 +283,13 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
 
   Returns:
     A tuple of :class:`Groups`, one per selected kernel.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import input_groups
+    >>> params = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+    >>> [(g.name, g.size, g.members) for g in input_groups(params)]
+    [('fc inputs', 4, (GroupMember(path='fc/kernel', axis=0, inner=1),))]
   """
   selected = set(_selected_kernels(params, where))
   out = []
@@ -275,7 +306,7 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
 
 
 class _Placement(NamedTuple):
-  index: int  # which Groups
+  group: int  # which Groups, an index into ResolvedGroups.groups
   axis: int
   size: int
   inner: int = 1
@@ -301,7 +332,7 @@ class ResolvedGroups(NamedTuple):
     counts = [0] * len(self.groups)
     for leaf, p in zip(params_leaves, self.placements):
       if p is not None:
-        counts[p.index] += int(np.prod(jnp.shape(leaf))) // p.size
+        counts[p.group] += int(np.prod(jnp.shape(leaf))) // p.size
     return counts
 
 
@@ -322,19 +353,18 @@ def resolve_groups(groups: GroupSpec, params: PyTree) -> ResolvedGroups:
       ``params``, its axis does not exist or its length is not a multiple of
       the group count, a leaf is a member twice, or there are no groups.
   """
+  given: Groups | Sequence[Groups]
   if isinstance(groups, str):
     builders = {"outputs": output_groups, "inputs": input_groups}
     if groups not in builders:
       raise ValueError(f"groups must be 'outputs', 'inputs', a sequence of gsm_optax.Groups or a"
                        f" callable params -> Groups; got groups={groups!r}.")
-    spec = builders[groups](params)
+    given = builders[groups](params)
   elif callable(groups):
-    spec = groups(params)
+    given = groups(params)
   else:
-    spec = groups
-  if isinstance(spec, Groups):
-    spec = (spec,)
-  spec = tuple(spec)
+    given = groups
+  spec = (given,) if isinstance(given, Groups) else tuple(given)
   if not spec or not all(isinstance(g, Groups) for g in spec):
     raise ValueError(f"groups must give a non-empty sequence of gsm_optax.Groups; got {spec!r}.")
   with_path = jax.tree_util.tree_leaves_with_path(params)
@@ -355,8 +385,9 @@ def resolve_groups(groups: GroupSpec, params: PyTree) -> ResolvedGroups:
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
         raise TypeError(f"groups[{g.name!r}]: {m.path} has dtype {jnp.result_type(leaf)}; only"
                         " floating point parameters can be pruned.")
-      if placements[i] is not None:
-        other = spec[placements[i].index].name
+      placed = placements[i]
+      if placed is not None:
+        other = spec[placed.group].name
         raise ValueError(f"{m.path} is a member of both groups[{other!r}] and groups[{g.name!r}];"
                          " a leaf can belong to one set of groups only.")
       placements[i] = _Placement(gi, axis, g.size, inner)
@@ -374,15 +405,19 @@ def group_scores(resolved: ResolvedGroups, scores: list[Array | None]) -> list[A
   Returns:
     One float array of shape ``[size]`` per :class:`Groups`.
   """
-  dtypes = [s.dtype for s, p in zip(scores, resolved.placements) if p is not None]
-  dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
-  totals = [jnp.zeros((g.size,), dtype) for g in resolved.groups]
+  placed: list[tuple[Array, _Placement]] = []
   for s, p in zip(scores, resolved.placements):
-    if p is None:
-      continue
+    if p is not None:
+      if s is None:
+        raise ValueError(f"group_scores: a member of groups[{resolved.groups[p.group].name!r}]"
+                         " has no score (None).")
+      placed.append((s, p))
+  dtype = jnp.float64 if jnp.float64 in [s.dtype for s, _ in placed] else jnp.float32
+  totals = [jnp.zeros((g.size,), dtype) for g in resolved.groups]
+  for s, p in placed:
     s = jnp.moveaxis(s.astype(dtype), p.axis, 0)
     per_index = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
-    totals[p.index] = totals[p.index] + per_index.reshape(-1, p.size, p.inner).sum(axis=(0, 2))
+    totals[p.group] = totals[p.group] + per_index.reshape(-1, p.size, p.inner).sum(axis=(0, 2))
   return totals
 
 
@@ -401,7 +436,7 @@ def expand_group_mask(resolved: ResolvedGroups, group_masks: list[Array],
     if p is None:
       out.append(None)
       continue
-    along = jnp.tile(jnp.repeat(group_masks[p.index], p.inner),
+    along = jnp.tile(jnp.repeat(group_masks[p.group], p.inner),
                      shape[p.axis] // (p.size * p.inner))
     view = [1] * len(shape)
     view[p.axis] = shape[p.axis]
@@ -418,7 +453,7 @@ def group_costs(resolved: ResolvedGroups, budget: Budget, leaves: list[Any]) -> 
     missing = [g.name for g in resolved.groups if g.cost is None]
     if missing:
       raise ValueError(f"budget='cost' needs every Groups' cost; {missing} have cost=None.")
-    return [float(g.cost) for g in resolved.groups]
+    return [float(g.cost) for g in resolved.groups if g.cost is not None]
   if isinstance(budget, MacCost):
     names = tuple(g.name for g in resolved.groups)
     if tuple(sorted(budget.names)) != tuple(sorted(names)):
@@ -472,6 +507,8 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
     scores = _per_mac_scores(resolved, scores, budget, fractions)
   reserved = [_best_in_set(s, g.min_kept) for s, g in zip(scores, resolved.groups)]
   first = [jnp.where(r, jnp.asarray(jnp.inf, s.dtype), s) for r, s in zip(reserved, scores)]
+  prefix_cost: Callable[[list[Array]], Any]
+  cost: Callable[[list[Array]], Any] | list[float]
   if budget == "groups":
     k = keep_count(keep_ratio, resolved.num_groups)
     prefix_cost, allowed = (lambda counts: sum(counts)), jnp.asarray(k, jnp.float32)
@@ -527,12 +564,12 @@ def _held_sets(resolved: ResolvedGroups, scores: list[Array], prefix_cost: Any,
   nan = jnp.isnan(flat)
   position = jnp.arange(flat.size)
   offsets = np.cumsum([0] + sizes)
-  last = []  # the global position of each needing set's min_kept-th best group
+  ends = []  # the global position of each needing set's min_kept-th best group
   for i in needing:
     s = scores[i]
     order = jnp.lexsort((-jnp.where(jnp.isnan(s), 0, s), jnp.isnan(s)))
-    last.append(offsets[i] + order[resolved.groups[i].min_kept - 1])
-  last = jnp.stack(last)
+    ends.append(offsets[i] + order[resolved.groups[i].min_kept - 1])
+  last = jnp.stack(ends)
   s_r, nan_r, pos_r = flat[last][:, None], nan[last][:, None], last[:, None]
   ahead = ((~nan & nan_r) | (flat > s_r)
            | (((flat == s_r) | (nan & nan_r)) & (position <= pos_r)))  # [needing, all]
@@ -543,7 +580,7 @@ def _held_sets(resolved: ResolvedGroups, scores: list[Array], prefix_cost: Any,
 
 def _group_selection(scores: list[Array], mask: list[Array], held: Array) -> GroupSelection:
   dtype = jnp.result_type(*scores)
-  kept = sum(jnp.sum(m, dtype=jnp.int32) for m in mask)
+  kept = jnp.asarray(sum(jnp.sum(m, dtype=jnp.int32) for m in mask))
   lowest = jnp.min(jnp.stack([jnp.min(jnp.where(m, s.astype(dtype), jnp.inf), initial=jnp.inf)
                               for m, s in zip(mask, scores)]))
   threshold = jnp.where(kept > 0, lowest, jnp.asarray(jnp.nan, dtype))
@@ -553,9 +590,8 @@ def _group_selection(scores: list[Array], mask: list[Array], held: Array) -> Gro
 def _per_mac_scores(resolved: ResolvedGroups, scores: list[Array], budget: MacCost,
                     fractions: Sequence[Array] | None) -> list[Array]:
   """Score per MAC at the kept ``fractions`` (full width when None)."""
-  if fractions is None:
-    fractions = [1.0] * len(resolved.groups)
-  by_name = {g.name: f for g, f in zip(resolved.groups, fractions)}
+  widths = [1.0] * len(resolved.groups) if fractions is None else fractions
+  by_name = {g.name: f for g, f in zip(resolved.groups, widths)}
   unit = dict(zip(budget.names, budget.unit_costs(by_name)))
   return [s / jnp.maximum(jnp.asarray(unit[g.name], s.dtype), 1e-30)
           for g, s in zip(resolved.groups, scores)]
@@ -577,7 +613,7 @@ def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
   orders the groups of one set as their L2 norms do.
   """
   sizes = resolved.weights_per_group(leaves)
-  squares = [None if p is None else jnp.square(magnitude(leaf, None)) / sizes[p.index]
+  squares = [None if p is None else jnp.square(magnitude(leaf, None)) / sizes[p.group]
              for leaf, p in zip(leaves, resolved.placements)]
   return [jnp.sqrt(s) for s in group_scores(resolved, squares)]
 
@@ -629,7 +665,7 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
               for w, g, p in zip(param_leaves, grad_leaves, resolved.placements)]
   elif importance == "magnitude":
     sizes = resolved.weights_per_group(param_leaves)
-    values = [None if p is None else jnp.square(magnitude(w, None)) / sizes[p.index]
+    values = [None if p is None else jnp.square(magnitude(w, None)) / sizes[p.group]
               for w, p in zip(param_leaves, resolved.placements)]
   else:
     values = treedef.flatten_up_to(resolve_importance(importance)(params, grads))

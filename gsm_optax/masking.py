@@ -39,6 +39,13 @@ class HoldMaskState(NamedTuple):
     mask: the mask, with the structure of the params: a bool array for every
       masked leaf and ``optax.MaskedNode()`` for every leaf that is not masked.
     inner_state: the state of the wrapped optimizer.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gsm_optax import hold_mask, prune_mask
+    >>> params = {"w": jnp.array([[1., -3.]])}
+    >>> hold_mask(optax.sgd(0.1), prune_mask(params, 0.5)).init(params).mask
+    {'w': Array([[False,  True]], dtype=bool)}
   """
 
   mask: PyTree
@@ -54,6 +61,14 @@ class GradualPruningState(NamedTuple):
       (True = kept) for every eligible leaf and ``optax.MaskedNode()`` for every
       other leaf. It is a valid ``mask`` for :func:`hold_mask`.
     inner_state: the state of the wrapped optimizer.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from gsm_optax import gradual_magnitude_pruning
+    >>> tx = gradual_magnitude_pruning(optax.sgd(0.1), 0.5, begin_step=0, end_step=10,
+    ...                                update_every=5)
+    >>> tx.init({"w": jnp.ones((2, 2))}).count
+    Array(0, dtype=int32)
   """
 
   count: Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from gsm_optax import _utils, eligibility, grouping
 from gsm_optax.importance import magnitude
-from gsm_optax.selection import global_topk_selection, keep_count
+from gsm_optax.selection import Selection, global_topk_selection, keep_count
 
 Array = jax.Array
 PyTree = Any
@@ -37,6 +37,12 @@ class PruneReadiness(NamedTuple):
       ``min_kept`` best groups only because the budget alone would have left
       them fewer (a layer it would have emptied; see
       :class:`gsm_optax.Groups`); 0 without groups.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import prune_readiness
+    >>> int(prune_readiness({"w": jnp.array([[4., 3.], [0.5, 0.01]])}, 0.5).num_carrying)
+    1
   """
 
   removed_l2_fraction: Array
@@ -105,6 +111,7 @@ def prune_readiness(
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
   grouping.check_budget(budget)
   leaves, treedef = jax.tree_util.tree_flatten(params)
+  selection: Selection | grouping.GroupSelection
   if groups is None:
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)

@@ -15,7 +15,14 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class LeafSparsity:
-  """One parameter leaf of a :class:`SparsityReport`."""
+  """One parameter leaf of a :class:`SparsityReport`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import sparsity_report
+    >>> sparsity_report({"w": jnp.array([[0., 1.], [0., 0.]])}).leaves[0].nonzeros
+    1
+  """
 
   path: str
   shape: tuple[int, ...]
@@ -36,6 +43,12 @@ class SparsityReport:
 
   Attributes:
     leaves: one :class:`LeafSparsity` per parameter leaf, in flattening order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import sparsity_report
+    >>> sparsity_report({"w": jnp.array([[0., 1.], [0., 0.]])}).nonzeros
+    1
   """
 
   leaves: tuple[LeafSparsity, ...]

@@ -113,6 +113,12 @@ def to_dense(params: PyTree) -> PyTree:
 
   Returns:
     The same pytree with only dense arrays, ready for ``model.apply``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import to_dense, to_sparse
+    >>> to_dense(to_sparse({"w": jnp.array([0., 3.])}))["w"]
+    Array([0., 3.], dtype=float32)
   """
   return jax.tree_util.tree_map(
       lambda x: _bcoo_to_dense(x) if _is_bcoo(x) else x, params, is_leaf=_is_bcoo
@@ -247,6 +253,14 @@ def load_sparse(path: str | os.PathLike) -> PyTree:
 
   Raises:
     ValueError: when the file is not a ``save_sparse`` file.
+
+  Example:
+    >>> import os, tempfile, jax.numpy as jnp
+    >>> from gsm_optax import load_sparse, save_sparse
+    >>> path = os.path.join(tempfile.mkdtemp(), "pruned.npz")
+    >>> save_sparse(path, {"w": jnp.array([[0., 2.], [0., 0.]])})
+    >>> load_sparse(path)["w"].nse  # a BCOO holding the one non-zero
+    1
   """
   with np.load(path, allow_pickle=False) as data:
     if "format" not in data.files or str(data["format"]) != _FORMAT:

@@ -39,6 +39,12 @@ class KeepTopGradientsState(NamedTuple):
       each set that the budget alone would have left with fewer than its
       ``min_kept`` groups at the last update (a layer it would have emptied),
       and that kept its best ``min_kept`` instead; None without groups.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import keep_top_gradients
+    >>> keep_top_gradients(0.5).init({"w": jnp.ones((2, 2))}).count
+    Array(0, dtype=int32)
   """
 
   count: Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
@@ -50,7 +56,14 @@ class KeepTopGradientsState(NamedTuple):
 
 
 class SelectionStats(NamedTuple):
-  """What a training loop logs about the selection; see :func:`selection_stats`."""
+  """What a training loop logs about the selection; see :func:`selection_stats`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import gsm, selection_stats
+    >>> selection_stats(gsm(0.1, 0.5).init({"w": jnp.ones((2, 2))})).step
+    Array(0, dtype=int32)
+  """
 
   step: Array
   keep_count: Array

@@ -38,6 +38,29 @@ def test_every_public_name_has_a_docstring_with_a_summary():
   assert missing == []
 
 
+# Public names whose docstring may go without an example of its own, each with the reason.
+# Empty: every function shows a call, and every result type the call it comes from.
+WITHOUT_EXAMPLE: dict[str, str] = {}
+
+
+def test_every_public_name_has_an_example_that_the_suite_runs():
+  """Each name of ``gsm_optax.__all__`` has doctest examples in its own docstring, defined in a
+  module that test_docstring_examples_run tests (doctest runs an object where it is defined)."""
+  parser = doctest.DocTestParser()
+  missing, untested = [], []
+  for name in gsm_optax.__all__:
+    obj = getattr(gsm_optax, name)
+    if name in WITHOUT_EXAMPLE:
+      assert WITHOUT_EXAMPLE[name].strip(), f"{name}: an exception must say why"
+      continue
+    if not parser.get_examples(obj.__doc__ or ""):
+      missing.append(name)
+    elif obj.__module__ not in MODULES:
+      untested.append(f"{name} ({obj.__module__})")
+  assert missing == [], f"public names without a docstring example: {missing}"
+  assert untested == [], f"examples that test_docstring_examples_run never runs: {untested}"
+
+
 @pytest.mark.parametrize("path", MARKDOWN)
 def test_markdown_python_blocks_run_or_say_why_not(path, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)  # files the examples write stay out of the tree

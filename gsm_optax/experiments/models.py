@@ -313,7 +313,8 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-def structured_groups(model: str, params, *, per_mac: bool = False) -> tuple[tuple, object]:
+def structured_groups(model: str, params: Any, *, per_mac: bool = False,
+                      ) -> tuple[tuple[gsm_optax.Groups, ...], gsm_optax.MacCost]:
   """The groups structured GSM ranks in the paper's models, and a budget in their MACs.
 
   LeNet-300-100: the input features of its three dense layers (the pixels, then the hidden

@@ -50,6 +50,7 @@ from gsm_optax.experiments import datasets, models, structured
 from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
 
 PyTree = Any
+Array = jax.Array
 # A model's variables: {"params": ..., "batch_stats": ...} (only "params" for the LeNets).
 Variables = dict[str, PyTree]
 METHODS = ("gsm", "lottery", "oneshot", "gradual")
@@ -299,7 +300,7 @@ def fast_config(
   :func:`gsm_optax.decay_shrink_factor`); it uses 1.2e-2 instead, enough (with the
   recommended recipe's extra passive decay) for them to shrink below 1e-3 of their size.
   """
-  defaults = dict(
+  defaults: dict[str, Any] = dict(
       train_subset=20_000,
       base=PhaseConfig(3e-2, 4, (3,), momentum=0.9, warmup_epochs=1),
       gsm=PhaseConfig(1e-2, 10, (7,), momentum=0.99, nesterov=True, weight_decay=1.2e-2,
@@ -364,7 +365,7 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
   if config.anneal_epochs:
     keep_ratio = gsm_optax.cubic_keep_ratio_schedule(
         config.keep_ratio, begin_step=0, end_step=config.anneal_epochs * steps_per_epoch)
-  passive_decay = config.passive_decay
+  passive_decay: float | Callable[[Array], Array] = config.passive_decay
   if config.passive_decay_begin_epoch and passive_decay:
     begin = config.passive_decay_begin_epoch * steps_per_epoch
     passive_decay = lambda count: jnp.where(count >= begin, config.passive_decay, 0.0)
@@ -442,7 +443,9 @@ class Runner:
     self.eligible = models.eligible(config.model)
     self.train_epoch = make_train_epoch(config.batch_size)
     self.key = jax.random.PRNGKey(config.seed)
-    self.groups, self.budget, self.allocation = None, "groups", "global"
+    self.groups: tuple[gsm_optax.Groups, ...] | None = None
+    self.budget: str | gsm_optax.MacCost = "groups"
+    self.allocation = "global"
     if config.structured:
       self.groups, macs = models.structured_groups(
           config.model, self.init_variables()["params"], per_mac=config.per_mac)
@@ -496,6 +499,9 @@ class Runner:
 
   def kept_groups(self, params: PyTree) -> dict[str, int]:
     """How many groups of each set have a non-zero entry (structured runs)."""
+    if self.groups is None:
+      raise ValueError("kept_groups counts the groups of a structured run; this run has"
+                       " structured=False.")
     leaves = jax.tree_util.tree_leaves(params)
     resolved = gsm_optax.grouping.resolve_groups(self.groups, params)
     alive = gsm_optax.grouping.nonzero_groups(resolved, leaves)
@@ -681,7 +687,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     # The envelope of a weight outside the top-Q: weight decay from the start, the passive
     # decay added from its first epoch (under-damped, it oscillates as it falls).
     begin = config.passive_decay_begin_epoch * spe
-    decay = gsm_phase.weight_decay
+    decay: float | Callable[[Array], Array] = gsm_phase.weight_decay
     if config.passive_decay:
       decay = lambda t: jnp.where(t >= begin, gsm_phase.weight_decay + config.passive_decay,
                                   gsm_phase.weight_decay)

@@ -94,7 +94,7 @@ def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax
   apply_narrow = jax.jit(lambda p, x: narrow.apply({"params": p}, x))
   diff = float(np.max(np.abs(np.asarray(apply_dense(params, x_test[:1000]))
                              - np.asarray(apply_narrow(exported.params, x_test[:1000])))))
-  report = {
+  report: dict[str, Any] = {
       "kept_widths": kept_widths(model, exported),
       "layer_widths": dict(exported.widths),
       "macs_dense": export.count_macs(layers),

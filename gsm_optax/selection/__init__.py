@@ -39,6 +39,12 @@ class Selection(NamedTuple):
     threshold: the k-th largest score (float32, or float64 when any score leaf
       is float64); NaN when ``k`` is 0.
     num_greater: how many scores are strictly above ``threshold`` (int32).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import global_topk_selection
+    >>> global_topk_selection([jnp.array([3., 1., 2.])], 2).threshold
+    Array(2., dtype=float32)
   """
 
   mask: PyTree
@@ -63,6 +69,14 @@ def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
 
   Returns:
     The keep count.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import keep_count
+    >>> keep_count(0.1, 25)  # floor(2.5)
+    2
+    >>> keep_count(jnp.asarray(0.1), 30)  # an array: a traced count
+    Array(3, dtype=int32)
   """
   if _utils.is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
     return int(math.floor(float(keep_ratio) * num_eligible))
@@ -229,6 +243,15 @@ def global_topk_selection(scores: PyTree, k: int | Array) -> Selection:
 
   Returns:
     A :class:`Selection`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gsm_optax import global_topk_selection
+    >>> s = global_topk_selection({"a": jnp.array([3., 1.]), "b": jnp.array([2.])}, 2)
+    >>> s.mask
+    {'a': Array([ True, False], dtype=bool), 'b': Array([ True], dtype=bool)}
+    >>> float(s.threshold), int(s.num_greater)
+    (2.0, 1)
   """
   return _select(scores, k)[0]
 
@@ -323,7 +346,8 @@ def global_budget_selection(
   else:
     cost = jnp.concatenate([
         jnp.broadcast_to(jnp.asarray(c, float_dtype), leaf.shape).reshape(-1)
-        for c, leaf in zip(treedef.flatten_up_to(costs), leaves)])
+        # jaxlib ships no stub for PyTreeDef, so mypy cannot see its methods.
+        for c, leaf in zip(treedef.flatten_up_to(costs), leaves)])  # type: ignore[attr-defined]
     prefix_cost = jnp.cumsum(cost[order])
   fits = prefix_cost <= jnp.asarray(budget, float_dtype)
   kept_sorted = jnp.cumsum(~fits) == 0  # the prefix before the first entry that does not fit

@@ -125,13 +125,14 @@ def _block_sums(keys: Array, term: Callable[[Array, int], Array]) -> Array:
   small integers whose sums stay below 2**24, so every sum is exact.
   """
   q, r = divmod(keys.size, ROWS)
-  parts = []
+  parts: list[Array] = []
   if q:
     rows = keys[:ROWS * q].reshape(ROWS, q)
-    parts.append(sum(term(rows[i], i) for i in range(ROWS)))
+    parts.append(sum((term(rows[i], i) for i in range(1, ROWS)), term(rows[0], 0)))
   if r:
     tail = keys[ROWS * q:]
-    parts.append(sum(term(tail[i], i) for i in range(r)).reshape(1).astype(jnp.float32))
+    tail_sum = sum((term(tail[i], i) for i in range(1, r)), term(tail[0], 0))
+    parts.append(tail_sum.reshape(1).astype(jnp.float32))
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 

@@ -54,6 +54,14 @@ class ChannelSet(NamedTuple):
       outputs still reading its inputs: the inner width of a residual branch
       (the block goes, the skip stays), not a layer of a chain. Only a group
       set (one of :attr:`Coupling.groups`) can be emptied.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gsm_optax
+    >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> [(s.name, s.size, s.prunable) for s in gsm_optax.couple(mlp, params, jnp.ones((1, 3))).sets]
+    [('w1', 4, True), ('w1 inputs', 3, False), ('w2', 2, False)]
   """
 
   name: str
@@ -96,6 +104,14 @@ class Coupling:
       ``gsm(..., groups=coupling.groups)`` and ``prune(..., groups=...)``).
     macs: the model's multiply-accumulates per example (per entry of the first
       input's leading axis) at full width.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gsm_optax
+    >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> gsm_optax.couple(mlp, params, jnp.ones((1, 3))).macs  # 3 * 4 + 4 * 2
+    20.0
   """
 
   def __init__(self, graph_: graph.Graph, leaves: list[_Leaf], in_tree: Any, out_tree: Any,
@@ -127,8 +143,8 @@ class Coupling:
     contracted = {nodes.find(leaf) for _, ns in g.contractions for n in ns
                   for leaf in nodes.leaves(n)}
     members: dict[int, list[tuple[int, int, int | None]]] = {}  # set -> (leaf idx, axis, inner)
-    for i, leaf in enumerate(self._leaves):
-      val = g.values[leaf.value]
+    for i, tracked in enumerate(self._leaves):
+      val = g.values[tracked.value]
       for axis, n in enumerate(val.nodes):
         for s, inner in _positions(nodes, n):
           members.setdefault(s, []).append((i, axis, inner))
@@ -152,10 +168,10 @@ class Coupling:
         reason = "no contraction reads it (an unused or output-only axis)"
       prods, cons, expressible = [], [], True
       for i, axis, inner in members[s]:
-        leaf = self._leaves[i]
-        p = leaf.value
+        tracked = self._leaves[i]
+        p = tracked.value
         role_c = (p, s) in consumed and (p, s) not in produced
-        path = leaf.group_path
+        path = tracked.group_path
         if role_c:
           if inner is not None and path is not None:
             cons.append(GroupMember(path, axis, inner))
@@ -171,13 +187,14 @@ class Coupling:
       names.add(name)
       self._set_of_root[s] = name
       prunable = reason is None
-      if not prunable and "window axis" in reason:
+      if reason is not None and "window axis" in reason:
         continue  # a convolution's kernel window: never a channel
       sets.append(ChannelSet(name, size, tuple(prods), tuple(cons), prunable, reason))
       info[s] = (prods, expressible)
       if prunable and expressible and prods:
         for i, axis, inner in members[s]:
-          if any(m.path == self._leaves[i].group_path and m.axis == axis for m in prods):
+          if inner is not None and any(m.path == self._leaves[i].group_path and m.axis == axis
+                                       for m in prods):
             candidates.setdefault(i, []).append((s, axis, -inner))
     # A leaf belongs to one group set: a kernel [d, heads, head_dim] joins its heads (the
     # lowest axis, the outermost factor). A set that loses a producer is no group.
@@ -212,7 +229,7 @@ class Coupling:
     for index, _ in g.contractions:
       step = g.steps[index]
       dims = g.mac_dims(step)
-      total = [(1.0, ())]
+      total: list[tuple[float, tuple[str, ...]]] = [(1.0, ())]
       for n in dims:
         total = [(a * b, sa + sb) for (a, sa), (b, sb) in itertools.product(total,
                                                                             self._monomials(n))]
@@ -227,12 +244,13 @@ class Coupling:
     s = nodes.struct[r]
     if s is None:
       name = self._set_of_root.get(r)
-      in_group = name is not None and r in self._group_roots
-      return [(float(nodes.size[r]), (name,) if in_group else ())]
+      if name is not None and r in self._group_roots:
+        return [(float(nodes.size[r]), (name,))]
+      return [(float(nodes.size[r]), ())]
     parts = [self._monomials(c) for c in s[1]]
     if s[0] == graph.SUM:
       return [m for p in parts for m in p]
-    out = [(1.0, ())]
+    out: list[tuple[float, tuple[str, ...]]] = [(1.0, ())]
     for p in parts:
       out = [(a * b, sa + sb) for (a, sa), (b, sb) in itertools.product(out, p)]
     return out

@@ -57,6 +57,15 @@ class Narrow(NamedTuple):
     macs: the narrow model's multiply-accumulates per example.
     module: for an nnx module, the module with its state narrowed (its own
       ``__call__`` runs the narrow model); None otherwise.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import gsm_optax
+    >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+    >>> coupling = gsm_optax.couple(mlp, params, jnp.ones((1, 3)))
+    >>> gsm_optax.narrow(coupling, gsm_optax.prune(params, 0.5, groups=coupling.groups)).widths
+    {'w1': 2}
   """
 
   variables: PyTree
@@ -359,7 +368,7 @@ class _Runner:
     env: dict[int, Any] = dict(self.consts)
     dynamic: dict[int, int] = {}
     nodes = self.g.nodes
-    fixed = {}
+    fixed: dict[int, str] = {}
     for n, why in self.g.reduced:
       for leaf in nodes.leaves(n):
         fixed.setdefault(nodes.find(leaf), why)
@@ -373,12 +382,12 @@ class _Runner:
         for d, (n, s) in enumerate(zip(self.g.values[v].nodes, np.shape(x))):
           r = nodes.find(n)
           if s != traced[d]:
-            why = next((fixed[leaf] for leaf in map(nodes.find, nodes.leaves(n))
-                        if leaf in fixed), None)
-            if why is not None:
+            reducer = next((fixed[leaf] for leaf in map(nodes.find, nodes.leaves(n))
+                            if leaf in fixed), None)
+            if reducer is not None:
               raise ValueError(
                   f"the narrow model's input has shape {np.shape(x)}, but axis {d} was coupled"
-                  f" with size {traced[d]} and {why} reduces over it (a mean divides by that"
+                  f" with size {traced[d]} and {reducer} reduces over it (a mean divides by that"
                   " size): call it with that size, or couple the model at this shape.")
           if nodes.struct[r] is None:
             dynamic[r] = int(s)

@@ -111,7 +111,8 @@ class Nodes:
     do not divide)."""
     atoms = self.atoms(i, kind)
     if kind == PROD:
-      out_rev, inner = [], 1
+      out_rev: list[int] = []
+      inner = 1
       for a in reversed(atoms):
         outer = inner * self.size[a]
         inside = sorted(c for c in cuts if inner < c < outer)

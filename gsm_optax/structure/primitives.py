@@ -139,11 +139,11 @@ def _contraction_zeros(batch: Callable[[Graph, Step], list[int]],
           owners.setdefault(g.nodes.find(s), who)
     per_set = {}
     for s in z.classes(out):
-      who = owners.get(s)
-      if who == "both":
+      owner = owners.get(s)
+      if owner == "both":
         acc = z.get(lhs, s) | z.get(rhs, s)
-      elif who in ("lhs", "rhs"):
-        acc = z.get(lhs if who == "lhs" else rhs, s).copy()
+      elif owner in ("lhs", "rhs"):
+        acc = z.get(lhs if owner == "lhs" else rhs, s).copy()
       else:
         acc = np.zeros(z.size(s), bool)
       per_set[s] = acc | both
@@ -247,7 +247,7 @@ def _reshape(g: Graph, val: Value, shape: tuple[int, ...], why: str) -> list[int
   n = g.nodes
   ins = [(d, s) for d, s in enumerate(val.shape) if s != 1]
   outs = [(d, s) for d, s in enumerate(shape) if s != 1]
-  result = [None] * len(shape)
+  result: list[int | None] = [None] * len(shape)
   i = j = 0
   while i < len(ins) or j < len(outs):
     gi, gj = [ins[i]], [outs[j]]
@@ -465,7 +465,7 @@ def _couple_slice(g: Graph, step: Step, index: int) -> Coupled:
   out = g.values[step.outs[0]]
   why = _why(step)
   strides = p.get("strides") or (1,) * len(val.shape)
-  ranges = []
+  ranges: list[int | None] = []
   for d, (a, b, s) in enumerate(zip(p["start_indices"], p["limit_indices"], strides)):
     size = val.shape[d]
     if a == 0 and b == size and s == 1:
@@ -532,7 +532,7 @@ def _couple_pad(g: Graph, step: Step, index: int) -> Coupled:
   val = g.values[step.ins[0]]
   out = g.values[step.outs[0]]
   why = _why(step)
-  pads = []
+  pads: list[tuple[int | None, int | None] | None] = []
   for d, (lo, hi, interior) in enumerate(step.params["padding_config"]):
     if (lo, hi, interior) == (0, 0, 0):
       g.same(val.nodes[d], out.nodes[d], why)
