@@ -126,7 +126,7 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
                        " epochs do not fit one CPU core; got schedule='full'.")
     config = runner.deep_config(model, compression, dataset, seed=seed, methods=methods)
   else:
-    phases = {}
+    phases: dict[str, Any] = {}
     if schedule == "short":
       phases = dict(
           base=runner.PhaseConfig(3e-2, 50, (10, 20, 30, 40), momentum=0.9, warmup_epochs=2),
