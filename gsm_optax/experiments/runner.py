@@ -598,17 +598,18 @@ def _join(params: PyTree, model_state: dict[str, PyTree]) -> Variables:
   return {"params": params, **model_state}
 
 
+def _write_msgpack(path: str, tree: PyTree) -> None:
+  with open(path + ".tmp", "wb") as f:
+    f.write(flax.serialization.to_bytes(tree))
+  os.replace(path + ".tmp", path)
+
+
 def _write_variables(directory: str, variables: Variables) -> None:
   """``params.msgpack``, and ``model_state.msgpack`` for the other collections if any."""
   params, model_state = _split(variables)
-  files = {"params.msgpack": params, "model_state.msgpack": model_state}
-  for name, tree in files.items():
-    if name == "model_state.msgpack" and not model_state:
-      continue
-    path = os.path.join(directory, name)
-    with open(path + ".tmp", "wb") as f:
-      f.write(flax.serialization.to_bytes(tree))
-    os.replace(path + ".tmp", path)
+  _write_msgpack(os.path.join(directory, "params.msgpack"), params)
+  if model_state:
+    _write_msgpack(os.path.join(directory, "model_state.msgpack"), model_state)
 
 
 def _read_variables(directory: str, like: Variables) -> Variables:
