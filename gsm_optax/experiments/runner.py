@@ -685,24 +685,21 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     gsm_phase = config.gsm
     lr = gsm_phase.schedule(spe)
     steps = gsm_phase.epochs * spe
-    # The envelope of a weight outside the top-Q: weight decay from the start, the passive
-    # decay added from its first epoch (under-damped, it oscillates as it falls).
-    begin = config.passive_decay_begin_epoch * spe
+    # The envelope of the last weight to leave the top-Q (as the anneal ends): weight decay,
+    # with the passive decay added from its first epoch (under-damped, it oscillates as it falls).
+    anneal_end, begin = config.anneal_epochs * spe, config.passive_decay_begin_epoch * spe
     decay: float | Callable[[Array], Array] = gsm_phase.weight_decay
     if config.passive_decay:
-      decay = lambda t: jnp.where(t >= begin, gsm_phase.weight_decay + config.passive_decay,
+      decay = lambda t: jnp.where(t + anneal_end >= begin,
+                                  gsm_phase.weight_decay + config.passive_decay,
                                   gsm_phase.weight_decay)
-    def envelope(start: int) -> float:  # of a weight that leaves the top-Q at step `start`
-      return gsm_optax.decay_shrink_factor(
-          lambda t: lr(t + start), steps - start, momentum=gsm_phase.momentum,
-          weight_decay=decay if not callable(decay) else (lambda t: decay(t + start)),
-          nesterov=gsm_phase.nesterov)
-
-    anneal_end = config.anneal_epochs * spe
-    shrink = envelope(anneal_end)
+    shrink = gsm_optax.decay_shrink_factor(
+        lambda t: lr(t + anneal_end), steps - anneal_end, momentum=gsm_phase.momentum,
+        weight_decay=decay, nesterov=gsm_phase.nesterov)
     results["predicted_shrink_factor"] = shrink
-    say(f"gsm: a weight that leaves the top-Q {'at the end of the anneal' if anneal_end else ''}"
-        f" falls to {shrink:.3g} of its size by the end (the envelope of its decay)")
+    when = "at the end of the anneal" if anneal_end else "at the start"
+    say(f"gsm: a weight that leaves the top-Q {when} falls to {shrink:.3g} of its size by the"
+        " end (the envelope of its decay)")
     warning = gsm_optax.shrink_warning(shrink)
     if warning:
       say("WARNING: " + warning)
