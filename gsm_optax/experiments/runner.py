@@ -228,7 +228,7 @@ def deep_config(model: str = "resnet20", compression: float = 10.0,
   """A deep network's schedules (:data:`DEEP_PHASES`): every phase fits 75 min on one core."""
   if model not in DEEP_PHASES:
     raise ValueError(f"model must be one of {sorted(DEEP_PHASES)}; got model={model!r}.")
-  settings = dict(DEEP_PHASES[model], checkpoint_every=2, last_k=3) | overrides
+  settings = dict(DEEP_PHASES[model], checkpoint_every=1, last_k=3) | overrides
   return ExperimentConfig(model=model, compression=compression, dataset=dataset, **settings)
 
 
