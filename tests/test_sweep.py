@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -239,3 +240,83 @@ def test_summary_without_runs_says_how_to_make_them(tmp_path, capsys):
   assert "finished: gradual" in text and "| cell |" not in text
   assert sweep.main(["--summary", "--out", out, "--methods", "gradual"]) == 0
   assert "| LeNet-300-100 10x MNIST | 1 |" in capsys.readouterr().out
+
+
+def test_tickets_wait_for_the_runs_whose_masks_they_take():
+  tickets = sweep.Job("mnist", "lenet5", 125.0, 3, "tickets")
+  needs = {(j.method, j.compression, j.seed) for j in tickets.needs()}
+  assert needs == {("base", 1.0, 3)} | {(m, 125.0, 3) for m in sweep.TICKET_SOURCES}
+  assert sweep.Job("mnist", "lenet5", 125.0, 3, "paper").needs() == [
+      sweep.Job("mnist", "lenet5", 1.0, 3, "base")]
+  config = sweep.sweep_config("mnist", "lenet5", 125.0, 3, "tickets")
+  paper = sweep.sweep_config("mnist", "lenet5", 125.0, 3, "paper")
+  assert config.methods == ("lottery",) and config.base == paper.base
+
+
+def test_sweep_stops_when_a_ticket_source_is_not_in_it(tmp_path, capsys):
+  out = str(tmp_path)
+  base = sweep.Job("mnist", "lenet300", 1.0, 0, "base")
+  os.makedirs(os.path.join(base.directory(out), "base"))
+  open(os.path.join(base.directory(out), "base", "result.json"), "w").close()
+  sweep.run_sweep([sweep.Job("mnist", "lenet300", 60.0, 0, "tickets")], out, cores=[0])
+  said = capsys.readouterr().out
+  assert "tickets not started" in said and "recommended" in said and "paper" in said
+
+
+def _tiny(config_fn):
+  """The sweep's configs shrunk to seconds: 256 images, 1 base epoch, 2 GSM epochs; the tickets
+  retrained at a learning rate of 1e-30, below every weight's float32 resolution, so that each
+  must end exactly where it started."""
+  def tiny(dataset, model, compression, seed, method, schedule="short"):
+    config = config_fn(dataset, model, compression, seed, method, schedule)
+    return dataclasses.replace(
+        config, train_subset=256, batch_size=64, checkpoint_every=1, last_k=1,
+        base=runner.PhaseConfig(1e-30 if method == "tickets" else 3e-2, 1, (), momentum=0.9),
+        gsm=runner.PhaseConfig(1e-2, 2, (1,), momentum=0.9, weight_decay=1e-2),
+        anneal_epochs=min(config.anneal_epochs, 1), passive_decay_begin_epoch=0)
+  return tiny
+
+
+def test_tickets_start_from_the_initial_weights_under_each_runs_final_mask(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(sweep, "sweep_config", _tiny(sweep.sweep_config))
+  monkeypatch.setattr(sweep, "TICKET_SOURCES", ("recommended",))  # each source runs alike
+  out, seed = str(tmp_path), int(np.random.default_rng().integers(1000))
+  cell = ("mnist", "lenet300", 60.0)
+  for method in ("base", *sweep.TICKET_SOURCES, "tickets"):
+    sweep.run_job(sweep.Job(*cell, seed, method), out)
+  config = sweep.sweep_config(*cell, seed, "tickets")
+  directory = sweep.Job(*cell, seed, "tickets").directory(out)
+  r = runner.Runner(config, directory, quiet=True)
+  init = jax.tree_util.tree_leaves(r.init_variables()["params"])
+  eligible = jax.tree_util.tree_leaves(r.eligible(r.init_variables()["params"]))
+  q = int(config.keep_ratio * sum(w.size for w, e in zip(init, eligible) if e))
+
+  def top_q(params):  # the brute-force global magnitude mask (ties: first in tree order)
+    flat = np.concatenate([np.abs(np.asarray(w, np.float64)).ravel()
+                           for w, e in zip(params, eligible) if e])
+    keep = np.zeros(flat.size, bool)
+    keep[np.argsort(-flat, kind="stable")[:q]] = True
+    return keep
+
+  sources = {"magnitude": ("base", runner.load_phase_params(
+      directory, "base", config))}
+  for source in sweep.TICKET_SOURCES:
+    source_dir = sweep.Job(*cell, seed, source).directory(out)
+    sources[source] = ("gsm", runner.load_phase_params(source_dir, "gsm", config))
+  with open(os.path.join(directory, "results.json")) as f:
+    result = json.load(f)
+  assert set(result["lottery"]) == set(sources)
+  for source, (_, params) in sources.items():
+    mask = top_q(jax.tree_util.tree_leaves(params))
+    ticket = jax.tree_util.tree_leaves(
+        runner.load_phase_params(directory, f"lottery_{source}", config))
+    trained = np.concatenate([np.asarray(w).ravel() for w, e in zip(ticket, eligible) if e])
+    assert np.all(trained[~mask] == 0) and np.count_nonzero(trained[mask]) == q
+    start = np.concatenate([np.asarray(w).ravel() for w, e in zip(init, eligible) if e])
+    np.testing.assert_array_equal(trained[mask], start[mask])  # the initial weights
+  # The GSM run's mask differs from the magnitude one: each ticket took its own run's mask.
+  masks = [top_q(jax.tree_util.tree_leaves(p)) for _, p in sources.values()]
+  assert not np.array_equal(masks[0], masks[1])
+  table = sweep.tickets_table(out)
+  assert f"| LeNet-300-100 60x MNIST | {seed} |" in table

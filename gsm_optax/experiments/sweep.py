@@ -35,8 +35,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import gsm_optax
 from gsm_optax.experiments import runner
 
 # (dataset, model, compression), in the order they run.
@@ -69,6 +72,7 @@ METHODS: dict[str, Any] = {
     "recommended": "recommended",
     "gradual": "gradual",
     "oneshot": "oneshot",
+    "tickets": "tickets",
     # Candidates measured while choosing the default (docs/RESULTS.md says which lost and why);
     "late": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
              "passive_from_anneal_end": True},
@@ -93,6 +97,9 @@ METHOD_HELP: dict[str, str] = {
                    " magnitude, 100x passive decay",
     "gradual": "baseline: gradual magnitude pruning with GSM's optimizer and schedule",
     "oneshot": "baseline: one magnitude prune of the base model, then fine-tuning",
+    "tickets": "lottery tickets (the paper's Table 4): the initial weights retrained under the"
+               " final mask of each of TICKET_SOURCES' finished runs in the cell and under a"
+               " magnitude prune of the base model",
     "late": "candidate: as fixed, the passive decay only once the anneal has ended",
     "ema": "candidate: as late, ranked by a moving average of the scores (rate 0.99)",
     "ema999": "candidate: as late, ranked by a moving average of the scores (rate 0.999)",
@@ -102,6 +109,9 @@ METHOD_HELP: dict[str, str] = {
 
 SCHEDULES = ("short", "full")
 BASELINES = ("gradual", "oneshot")  # methods that are not GSM recipes
+# A "tickets" job retrains the initial weights under the final mask of these methods' runs of
+# its cell and seed (which must have finished first), and under the magnitude mask of the base.
+TICKET_SOURCES = ("recommended", "paper")
 
 _NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -119,7 +129,7 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
   own), then the method."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule must be one of {SCHEDULES}; got schedule={schedule!r}.")
-  methods = (method,) if method in BASELINES else ("gsm",)
+  methods = (method,) if method in BASELINES else ("lottery",) if method == "tickets" else ("gsm",)
   if model in runner.DEEP_PHASES:
     if schedule == "full":
       raise ValueError(f"{model} has one schedule (runner.DEEP_PHASES): the authors' 1,100"
@@ -135,7 +145,7 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
     config = runner.ExperimentConfig(
         model=model, compression=compression, dataset=dataset, seed=seed, **phases,
         methods=methods, checkpoint_every=10, last_k=5)
-  if method not in BASELINES:
+  if method not in BASELINES and method != "tickets":
     config = runner.with_recipe(config, METHODS[method])
   return config
 
@@ -175,6 +185,15 @@ class Job:
     marker = "base/result.json" if self.method == "base" else "results.json"
     return os.path.exists(os.path.join(self.directory(out), marker))
 
+  def needs(self) -> list[Job]:
+    """The jobs that must have finished before this one starts."""
+    if self.method == "base":
+      return []
+    base = Job(self.dataset, self.model, 1.0, self.seed, "base", self.schedule)
+    if self.method != "tickets":
+      return [base]
+    return [base] + [dataclasses.replace(self, method=m) for m in TICKET_SOURCES]
+
   def running_elsewhere(self, out: str) -> bool:
     """Whether a live process (of another sweep, say) is running this job now."""
     try:
@@ -203,6 +222,10 @@ def run_job(job: Job, out: str) -> None:
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "running.pid"), "w") as f:
     f.write(str(os.getpid()))
+  if job.method == "tickets":
+    _link_base(job, out, directory)
+    run_tickets(job, out)
+    return
   if job.method == "base":
     # Only the base phase, which every method's config shares (the paper's is one of them).
     config = sweep_config(job.dataset, job.model, job.compression, job.seed, "paper",
@@ -211,13 +234,52 @@ def run_job(job: Job, out: str) -> None:
     r.phase("base", r.init_variables(),
             runner.momentum_sgd(config.base, r.steps_per_epoch, r.eligible), config.base.epochs)
     return
+  _link_base(job, out, directory)
+  config = sweep_config(job.dataset, job.model, job.compression, job.seed, job.method,
+                        job.schedule)
+  runner.run(config, directory, quiet=True)
+
+
+def _link_base(job: Job, out: str, directory: str) -> None:
+  """Lets the job's runner find its seed's base model as its own ``base`` phase."""
   link = os.path.join(directory, "base")
   if not os.path.exists(link):
     target = os.path.join(_base_dir(out, job.dataset, job.model, job.seed), "base")
     os.symlink(os.path.relpath(target, directory), link)
-  config = sweep_config(job.dataset, job.model, job.compression, job.seed, job.method,
+
+
+def run_tickets(job: Job, out: str) -> dict[str, Any]:
+  """Lottery tickets (Ding et al. 2019, Table 4; Frankle & Carbin 2019) of one cell and seed.
+
+  Each ticket is the model's initial weights under a mask of Q weights, retrained with the base
+  phase's schedule, the pruned weights held at zero (``gsm_optax.hold_mask``): the masks are the
+  final prune of each of :data:`TICKET_SOURCES`' GSM runs and a global magnitude prune of the
+  base model. Every ticket is a resumable phase; ``results.json`` holds ``{"lottery": {source:
+  result}}`` beside the base's result.
+  """
+  directory = job.directory(out)
+  config = sweep_config(job.dataset, job.model, job.compression, job.seed, "tickets",
                         job.schedule)
-  runner.run(config, directory, quiet=True)
+  r = runner.Runner(config, directory, quiet=True)
+  init = r.init_variables()
+  spe, keep = r.steps_per_epoch, config.keep_ratio
+  tx = runner.momentum_sgd(config.base, spe, r.eligible)
+  base_vars, base = r.phase("base", init, tx, config.base.epochs)
+  masks = {"magnitude": r.prune_mask(base_vars["params"], keep)}
+  for source in TICKET_SOURCES:
+    source_dir = job_dir(out, job.dataset, job.model, job.compression, job.seed, source)
+    masks[source] = r.prune_mask(runner.load_phase_params(source_dir, "gsm", config), keep)
+  results: dict[str, Any] = {"config": config.to_dict(), "base": base, "lottery": {},
+                             "sources": {s: "gsm" for s in TICKET_SOURCES}}
+  for source, mask in masks.items():
+    start = dict(init, params=jax.tree_util.tree_map(
+        lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), init["params"], mask))
+    _, ticket = r.phase(f"lottery_{source}", start, gsm_optax.hold_mask(tx, mask),
+                        config.base.epochs)
+    results["lottery"][source] = ticket | {"last_k": config.last_k}
+  with open(os.path.join(directory, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  return results
 
 
 def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
@@ -237,8 +299,7 @@ def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
     for core in cores:
       if core in running:
         continue
-      ready = [j for j in pending if j.method == "base" or Job(
-          j.dataset, j.model, 1.0, j.seed, "base", j.schedule).done(out)]
+      ready = [j for j in pending if all(n.done(out) for n in j.needs())]
       if not ready:
         break
       job = ready[0]
@@ -249,6 +310,12 @@ def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
       proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
       running[core] = (proc, job, log)
       print(f"{time.strftime('%H:%M:%S')} core {core}: {_label(job)} started", flush=True)
+    if pending and not running:  # nothing can start now, and nothing running will change that
+      for job in pending:
+        missing = ", ".join(_label(n) for n in job.needs() if not n.done(out))
+        print(f"{_label(job)} not started: it needs {missing}, which this sweep did not finish"
+              " (add its method to --methods, or rerun once it has finished)", flush=True)
+      return
     time.sleep(2)
 
 
@@ -273,7 +340,7 @@ def collect(out: str) -> dict[tuple[str, str, float], dict[str, dict[int, dict[s
       seed = int(name[len(prefix):])
       for method in METHODS:
         path = os.path.join(out, name, method, "results.json")
-        if not os.path.exists(path):
+        if method == "tickets" or not os.path.exists(path):
           continue
         with open(path) as f:
           r = json.load(f)
@@ -317,6 +384,28 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended") ->
     lines.append(f"| {cell_name((d, m, c))} | {len(seeds)} | {dense} | "
                  + " | ".join(_mean_sd(list(after[k])) for k in methods)
                  + f" | {cost} | " + " | ".join(gaps) + " |")
+  return "\n".join(lines)
+
+
+def tickets_table(out: str) -> str:
+  """A markdown table of the finished ``tickets`` jobs: each ticket's test accuracy (the last
+  epoch's, %) by the run whose mask it took, one row per cell and seed."""
+  sources = ("magnitude",) + TICKET_SOURCES
+  head = "| cell | seed | dense | " + " | ".join(f"ticket from {s}" for s in sources) + " |"
+  lines = [head, "|" + "---|" * (len(sources) + 3)]
+  names = os.listdir(out) if os.path.isdir(out) else []
+  for d, m, c in GRID:
+    prefix = _cell_prefix(d, m, c)
+    for name in sorted(n for n in names if n.startswith(prefix)):
+      path = os.path.join(out, name, "tickets", "results.json")
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        r = json.load(f)
+      accuracies = [f"{100 * r['lottery'][s]['final_test_accuracy']:.2f}" for s in sources]
+      lines.append(f"| {cell_name((d, m, c))} | {name[len(prefix):]} |"
+                   f" {100 * r['base']['final_test_accuracy']:.2f} | " + " | ".join(accuracies)
+                   + " |")
   return "\n".join(lines)
 
 
@@ -446,8 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.summary:
     cells = [GRID[i] for i in args.cells] if args.cells else list(GRID)
     run_sweep(plan(cells, args.seeds, args.methods, args.schedule), args.out, args.cores)
-  table = summarize(args.out, args.methods)
-  if len(table.splitlines()) == 2:  # the header alone
+  tickets = "tickets" in args.methods
+  methods = [m for m in args.methods if m != "tickets"]
+  table = summarize(args.out, methods) if methods else ""
+  if tickets:
+    found = tickets_table(args.out)
+    if len(found.splitlines()) > 2:
+      table = f"{table}\n\n{found}" if methods else found
+  if len(table.splitlines()) <= 2:  # the header alone
     print(_nothing_to_summarize(args))
     return 1
   print(table)
