@@ -79,7 +79,10 @@ def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
     Array(3, dtype=int32)
   """
   if _utils.is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
-    return int(math.floor(float(keep_ratio) * num_eligible))
+    product = float(keep_ratio) * num_eligible
+    if math.isnan(product):
+      return num_eligible
+    return math.floor(min(max(product, 1), num_eligible))
   product = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(num_eligible)
   nearest = jnp.round(product)
   k = jnp.where(jnp.abs(product - nearest) <= product * 2.0**-20, nearest, jnp.floor(product))
