@@ -6,6 +6,8 @@ Per model's parameter shapes, the optimizer update of plain momentum SGD
 
   compile s   wall time of ``jax.jit(update).lower(...).compile()`` on this
               machine's backend (a fresh function each time: no cache)
+  cpu s       the process's CPU time for the same (every thread): what a
+              busy machine inflates less
   cuda ops    ``stablehlo.`` operations in the update's module exported for
               ``cuda`` with ``jax.export`` (no GPU needed)
   temp MiB    XLA's ``memory_analysis().temp_size_in_bytes`` of a whole jitted
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 
@@ -56,9 +59,9 @@ def measure(make_tx, structs) -> dict:
   def update(grads, state, params):
     return tx.update(grads, state, params)
 
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   jax.jit(update).lower(structs, state, structs).compile()
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
   mlir = jax.export.export(jax.jit(update), platforms=["cuda"])(
       structs, state, structs).mlir_module()
 
@@ -67,7 +70,7 @@ def measure(make_tx, structs) -> dict:
     return optax.apply_updates(params, updates), state
 
   compiled = jax.jit(step, donate_argnums=(0, 1)).lower(structs, state, structs).compile()
-  return dict(compile_s=seconds, cuda_ops=count_ops(mlir),
+  return dict(compile_s=seconds, compile_cpu_s=cpu_seconds, cuda_ops=count_ops(mlir),
               temp_bytes=compiled.memory_analysis().temp_size_in_bytes)
 
 
@@ -78,9 +81,12 @@ def main():
   parser.add_argument("--json", help="also write the rows to this JSON file")
   args = parser.parse_args()
 
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   print_header(f"{'model':>13} {'leaves':>6} {'compile s':>9} {'gsm s':>7} {'gsm-plain':>9}"
+               f" {'cpu s':>6} {'gsm cpu s':>9} {'gsm-plain':>9}"
                f" {'cuda ops':>8} {'gsm ops':>8} {'ops ratio':>9}"
-               f" {'temp MiB':>8} {'gsm MiB':>8} {'extra/elig':>10}", f", keep {KEEP}")
+               f" {'temp MiB':>8} {'gsm MiB':>8} {'extra/elig':>10}",
+               f", keep {KEEP}, load average {load}")
   rows = []
   for name in args.models:
     shapes = MODELS[name]()
@@ -94,6 +100,8 @@ def main():
                      plain=plain, gsm=gsm))
     print(f"{name:>13} {len(shapes):>6} {plain['compile_s']:>9.2f} {gsm['compile_s']:>7.2f}"
           f" {gsm['compile_s'] - plain['compile_s']:>+9.2f}"
+          f" {plain['compile_cpu_s']:>6.2f} {gsm['compile_cpu_s']:>9.2f}"
+          f" {gsm['compile_cpu_s'] - plain['compile_cpu_s']:>+9.2f}"
           f" {plain['cuda_ops']:>8,} {gsm['cuda_ops']:>8,}"
           f" {gsm['cuda_ops'] / plain['cuda_ops']:>8.1f}x"
           f" {plain['temp_bytes'] / 2**20:>8.1f} {gsm['temp_bytes'] / 2**20:>8.1f}"

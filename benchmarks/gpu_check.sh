@@ -4,7 +4,8 @@
 # optimizer on the GPU, times the two exact selections side by side (the radix
 # select from scatter-add histograms that every backend ran before, and the
 # counting selection that accelerators run now), then prints the step-time table
-# and what gsm costs before the first step (compile time, module size, temporaries).
+# and what gsm costs before the first step (compile time, module size, temporaries)
+# and in a whole training step.
 #
 #   bash benchmarks/gpu_check.sh            # uses python3, installs what is missing
 #   OUT=/some/dir bash benchmarks/gpu_check.sh   # also keeps the logs and JSON there
@@ -41,3 +42,8 @@ PYTHONPATH=. "$PY" -m benchmarks.step_time --repeats 20 --json "$OUT/step_time_g
 # Compile time on the GPU, cuda StableHLO size and temporaries of the update, plain and gsm.
 PYTHONPATH=. "$PY" -m benchmarks.compile_cost --json "$OUT/compile_cost_gpu.json" \
   2>&1 | tee "$OUT/compile_cost_gpu.txt"
+
+# What a user sees: the whole training step (forward, backward, update), its compile
+# time, module size, temporaries and step time, plain and gsm (the issue's 512-wide model).
+PYTHONPATH=. "$PY" -m benchmarks.train_step --width 512 --repeats 20 \
+  --json "$OUT/train_step_gpu.json" 2>&1 | tee "$OUT/train_step_gpu.txt"

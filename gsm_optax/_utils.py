@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 PyTree = Any
 
@@ -158,3 +160,21 @@ def warn(message: str) -> None:
   while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
     frame, level = frame.f_back, level + 1
   warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def int_operands(values: list[int], predicate: jax.Array) -> tuple[jax.Array, ...]:
+  """``values`` as int32 scalars that XLA reads as operands, not constants.
+
+  XLA:CPU compiles one kernel per distinct fused computation, and a constant
+  folded into a kernel makes it distinct: a leaf's position written into its
+  kernels as a constant gives every leaf kernels of its own, so the compile
+  time grows with the number of leaves. Returned by both branches of a
+  ``lax.cond`` on a runtime ``predicate``, the values are operands, and the
+  kernels of all the leaves of one shape are one computation, compiled once.
+  """
+  # Made inside each branch: constants made outside would be the cond's operands,
+  # and XLA would see through it.
+  def branch():
+    return tuple(jnp.int32(v) for v in values)
+
+  return lax.cond(predicate, branch, branch)

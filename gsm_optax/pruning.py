@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -12,6 +13,12 @@ from gsm_optax.importance import magnitude
 from gsm_optax.selection import global_topk_mask, keep_count
 
 PyTree = Any
+
+
+def _keeps_none(keep_ratio: Any, n: int) -> bool:
+  """Whether a concrete ``keep_ratio`` keeps ``floor(keep_ratio * n) = 0`` of
+  ``n`` (``keep_count`` clips that to 1; pruning to one weight is refused)."""
+  return _utils.is_concrete_number(keep_ratio) and math.floor(float(keep_ratio) * n) < 1
 
 
 def prune_mask(
@@ -58,8 +65,7 @@ def prune_mask(
       raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     resolved = grouping.resolve_groups(groups, params)
-    k = keep_count(keep_ratio, resolved.num_groups)
-    if budget == "groups" and isinstance(k, int) and k < 1:
+    if budget == "groups" and _keeps_none(keep_ratio, resolved.num_groups):
       raise ValueError(f"keep_ratio={keep_ratio!r} keeps none of the {resolved.num_groups}"
                        " groups.")
     selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
@@ -71,7 +77,7 @@ def prune_mask(
     raise ValueError(f"budget={budget!r} needs groups.")
   flags, num_eligible = eligibility.eligible_leaves(eligible, params)
   k = keep_count(keep_ratio, num_eligible)
-  if isinstance(k, int) and k < 1:
+  if _keeps_none(keep_ratio, num_eligible):
     raise ValueError(
         f"keep_ratio={keep_ratio!r} keeps none of the {num_eligible} eligible weights."
     )

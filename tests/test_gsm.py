@@ -121,6 +121,19 @@ def test_traced_keep_count_forgives_float32_rounding():
   assert gsm_optax.keep_count(0.1, 700) == 70
 
 
+def test_python_keep_count_is_clipped_like_the_traced_one(rng):
+  # The documented rule for a Python float: floor(ratio * n) clipped to [1, n]; NaN keeps n.
+  n = int(rng.integers(1, 5000))
+  ratios = [0.0, -0.5, 1e-9, 1.0, 1.7, float("inf"), float("nan")] + list(rng.uniform(0, 1, 20))
+  for ratio in ratios:
+    want = n if np.isnan(ratio) else int(np.clip(np.floor(np.float64(ratio) * n), 1, n))
+    assert gsm_optax.keep_count(ratio, n) == want, ratio
+  # Where float32 rounding plays no part, both paths give the same count.
+  for ratio in [0.0, -0.5, 1.7, float("nan")]:
+    assert int(jax.jit(gsm_optax.keep_count, static_argnums=1)(jnp.float32(ratio), n)) == (
+        gsm_optax.keep_count(ratio, n))
+
+
 def test_magnitude_and_custom_importance(rng):
   w = jnp.asarray(rng.standard_normal((10, 10)), jnp.float32)
   g = jnp.asarray(rng.standard_normal((10, 10)), jnp.float32)

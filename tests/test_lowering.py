@@ -108,3 +108,23 @@ def test_temporaries_are_one_buffer_of_keys():
 
   compiled = jax.jit(select).lower(structs, structs).compile()
   assert compiled.memory_analysis().temp_size_in_bytes <= 4 * n + 2**20
+
+
+def _distinct_cpu_kernels(num_leaves: int) -> int:
+  """Distinct fused computations in the CPU executable of a gsm update on
+  ``num_leaves`` leaves of one shape (names and metadata aside)."""
+  params = [jax.ShapeDtypeStruct((64, 48), jnp.float32)] * num_leaves
+  tx = gsm_optax.gsm(0.1, 0.1, momentum=0.9)
+  state = jax.eval_shape(tx.init, params)
+  text = jax.jit(tx.update).lower(params, state, params).compile().as_text()
+  bodies = re.findall(r"^%fused\S* .*?\{\n(.*?)\n\}", text, re.M | re.S)
+  assert bodies  # the parser sees the fused computations
+  return len({re.sub(r"%[\w.-]+", "%x", re.sub(r"metadata=\{.*?\}", "", body))
+              for body in bodies})
+
+
+def test_leaves_of_one_shape_share_their_cpu_kernels():
+  """XLA:CPU compiles one kernel per distinct fused computation: a leaf's
+  position written in as a constant would make every leaf's kernels distinct,
+  and the compile time grow with the leaves (docs/PERFORMANCE.md)."""
+  assert _distinct_cpu_kernels(12) == _distinct_cpu_kernels(3)

@@ -79,7 +79,10 @@ def keep_count(keep_ratio: float | Array, num_eligible: int) -> int | Array:
     Array(3, dtype=int32)
   """
   if _utils.is_concrete_number(keep_ratio) and not isinstance(keep_ratio, jax.Array):
-    return int(math.floor(float(keep_ratio) * num_eligible))
+    product = float(keep_ratio) * num_eligible
+    if math.isnan(product):
+      return num_eligible
+    return math.floor(min(max(product, 1), num_eligible))
   product = jnp.asarray(keep_ratio, jnp.float32) * jnp.float32(num_eligible)
   nearest = jnp.round(product)
   k = jnp.where(jnp.abs(product - nearest) <= product * 2.0**-20, nearest, jnp.floor(product))
@@ -158,16 +161,16 @@ class _Found(NamedTuple):
   passes: Array  # counting passes made (0 for the radix select)
 
 
-def _flat_keys(leaves: list[Array], order: _Order, n: int) -> Array:
+def _flat_keys(leaves: list[Array], order: _Order, n: int, starts: tuple[Array, ...]) -> Array:
   """Every leaf's keys, in order, in one buffer padded with zero keys (NaN's,
   the lowest; the padding comes last, so it loses every tie) to a multiple of
-  ``radix.CHUNK``. Each leaf's keys are written in place into the buffer, so
-  that XLA computes them there rather than leaf by leaf before a copy."""
+  ``radix.CHUNK``. Each leaf's keys are written in place into the buffer at
+  its start (an operand: see ``_utils.int_operands``), so that XLA computes
+  them there rather than leaf by leaf before a copy."""
   keys = jnp.zeros((-(-n // radix.CHUNK) * radix.CHUNK,), order.key_dtype)
-  start = 0
-  for leaf in leaves:
-    keys = lax.dynamic_update_slice_in_dim(keys, order.key(leaf).reshape(-1), start, 0)
-    start += leaf.size
+  for leaf, start in zip(leaves, starts):
+    keys = lax.dynamic_update_slice_in_dim(keys, order.key(leaf).reshape(-1), start, 0,
+                                           allow_negative_indices=False)
   return keys
 
 
@@ -212,19 +215,23 @@ def _select(scores: PyTree, k: int | Array,
 
   order = _Order(float_dtype, key_dtype)
   selected = k > 0
+  offsets = [int(start) for start in np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])]
   if _leaves_may_be_sharded():
     found = _Found(*sharded.find_kth(leaves, order.key, jnp.maximum(k, 1), n, key_dtype))
-    masks = sharded.masks(leaves, order.key, found.kth, found.last)
+    starts = _utils.int_operands(offsets, found.last == radix.INT32_MAX)
+    leaf_keys = [order.key(leaf) for leaf in leaves]
   else:
-    keys = _flat_keys(leaves, order, n)
+    # Any runtime value will do for the cond that makes the starts operands.
+    first = next(leaf for leaf in leaves if leaf.size).reshape(-1)[0]
+    starts = _utils.int_operands(offsets, jnp.isnan(first))
+    keys = _flat_keys(leaves, order, n, starts)
     found = _find_kth_flat(keys, jnp.maximum(k, 1), method)
-    keys = keys[:n]
-    # Ties are kept up to and including position `last`.
-    flat = (keys > found.kth) | ((keys == found.kth) & (lax.iota(jnp.int32, n) <= found.last))
-    starts = np.cumsum([0] + [leaf.size for leaf in leaves])
-    masks = [flat[start:start + leaf.size].reshape(leaf.shape)
-             for leaf, start in zip(leaves, starts)]
-  masks = [mask & selected for mask in masks]
+    leaf_keys = [lax.dynamic_slice_in_dim(keys, start, leaf.size, allow_negative_indices=False)
+                 for leaf, start in zip(leaves, starts)]
+  # With k = 0 no key reaches the largest key value (+inf's is below it): nothing is kept.
+  kth = jnp.where(selected, found.kth, jnp.asarray(np.iinfo(key_dtype).max, key_dtype))
+  masks = [mask.reshape(leaf.shape)
+           for mask, leaf in zip(sharded.masks(leaf_keys, starts, kth, found.last), leaves)]
   threshold = jnp.where(selected, order.value(found.kth), nan)
   num_greater = jnp.where(selected, found.above, 0)
   return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, num_greater), found

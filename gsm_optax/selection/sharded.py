@@ -22,9 +22,11 @@ Keys = Callable[[Array], Array]  # a leaf's scores to their keys
 
 def flat_index(shape: tuple[int, ...]) -> Array:
   """Row-major flat index of every element, built from iotas (shards cleanly)."""
-  index = jnp.zeros(shape, jnp.int32)
-  stride = 1
-  for dim in range(len(shape) - 1, -1, -1):
+  if not shape:
+    return jnp.zeros((), jnp.int32)
+  index = lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+  stride = shape[-1]
+  for dim in range(len(shape) - 2, -1, -1):
     index = index + lax.broadcasted_iota(jnp.int32, shape, dim) * stride
     stride *= shape[dim]
   return index
@@ -80,12 +82,14 @@ def find_kth(leaves: list[Array], key: Keys, k: Array, n: int, key_dtype) -> tup
   return b.lo, b.above_hi, last, b.passes
 
 
-def masks(leaves: list[Array], key: Keys, kth: Array, last: Array) -> list[Array]:
-  """Each leaf's keys above ``kth``, and its ties up to global position ``last``."""
-  out, start = [], 0
-  for leaf in leaves:
-    keys = key(leaf)
-    cutoff = jnp.clip(last - start, -1, leaf.size).astype(jnp.int32)
-    out.append((keys > kth) | ((keys == kth) & (flat_index(leaf.shape) <= cutoff)))
-    start += leaf.size
+def masks(leaf_keys: list[Array], starts: tuple[Array, ...], kth: Array,
+          last: Array) -> list[Array]:
+  """Each leaf's keys above ``kth``, and its ties up to global position ``last``,
+  given each leaf's keys and first position. ``last`` is ``INT32_MAX`` when
+  every tie is kept: ``last - start`` is then above every position of a leaf,
+  since all of them are below ``2**31 - 1``."""
+  out = []
+  for keys, start in zip(leaf_keys, starts):
+    kth_each = jnp.broadcast_to(kth, keys.shape)  # once for both comparisons
+    out.append((keys > kth_each) | ((keys == kth_each) & (flat_index(keys.shape) <= last - start)))
   return out
