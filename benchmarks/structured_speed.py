@@ -1,7 +1,7 @@
 """Inference speed of a structurally pruned model exported narrow, against the dense one.
 
 Loads the pruned parameters a structured run left on disk (``gsm-optax mnist --structured``),
-exports them with ``gsm_optax.export_pruned``, and times the dense model (with its pruned
+exports them with ``gsm_optax.narrow``, and times the dense model (with its pruned
 units held at zero) and the exported narrow model side by side in this process, jitted, on
 MNIST test images: each repeat times both in turn, and the medians are compared. Prints the
 widths, MACs and a table of seconds per batch and speed-ups.
@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 import gsm_optax
-from gsm_optax import export
 from gsm_optax.experiments import datasets, models
 from gsm_optax.experiments.runner import ExperimentConfig, load_phase_params
 from gsm_optax.experiments.structured import kept_widths, time_side_by_side
@@ -45,21 +44,19 @@ def main(argv=None) -> None:
     params = gsm_optax.prune(params, 1 / config["compression"], groups=groups, budget=budget)
   x = np.asarray(datasets.normalize(datasets.load_mnist().test_images))
   dense = models.MODELS[model_name]()
-  exported = export.export_pruned(
-      params, export.sequential_coupling(export.trace_layers(dense, x[:1])))
-  narrow = models.exported_model(model_name, exported)
+  coupling = models.couple_model(model_name, params)
+  small = gsm_optax.narrow(coupling, {"params": params})
   apply_dense = jax.jit(lambda p, x: dense.apply({"params": p}, x))
-  apply_narrow = jax.jit(lambda p, x: narrow.apply({"params": p}, x))
-  macs_dense = export.count_macs(export.trace_layers(dense, x[:1]))
-  macs_narrow = export.count_macs(export.trace_layers(narrow, x[:1]))
-  print(f"{model_name} {args.phase}: widths {kept_widths(model_name, exported)},"
-        f" MACs {macs_dense:,} -> {macs_narrow:,} ({macs_dense / macs_narrow:.1f}x fewer);"
+  apply_narrow = jax.jit(lambda p, x: small.apply({"params": p}, x))
+  macs_dense, macs_narrow = coupling.macs, small.macs
+  print(f"{model_name} {args.phase}: widths {kept_widths(model_name, small)},"
+        f" MACs {macs_dense:,.0f} -> {macs_narrow:,.0f} ({macs_dense / macs_narrow:.1f}x fewer);"
         f" {jax.devices()[0].platform}, jitted, median of {args.repeats}")
   print(f"{'batch':>6}  {'dense ms':>9}  {'exported ms':>11}  {'speed-up':>8}")
   for batch in args.batch_sizes:
     xb = x[:batch]
     t = time_side_by_side({"dense": apply_dense, "narrow": apply_narrow},
-                          {"dense": (params, xb), "narrow": (exported.params, xb)},
+                          {"dense": (params, xb), "narrow": (small.variables["params"], xb)},
                           repeats=args.repeats)
     print(f"{batch:>6}  {1e3 * t['dense']:>9.3f}  {1e3 * t['narrow']:>11.3f}"
           f"  {t['dense'] / t['narrow']:>7.2f}x")

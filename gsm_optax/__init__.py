@@ -1,17 +1,6 @@
 """gsm-optax: Global Sparse Momentum SGD as composable optax transformations."""
 
 from gsm_optax.eligibility import default_eligible
-from gsm_optax.export import (
-    Channels,
-    Exported,
-    Layer,
-    count_macs,
-    export_pruned,
-    sequential_coupling,
-    sequential_groups,
-    sequential_mac_costs,
-    trace_layers,
-)
 from gsm_optax.grouping import (
     GroupMember,
     Groups,
@@ -59,16 +48,12 @@ from gsm_optax.transform import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Channels",
     "ChannelSet",
-    "count_macs",
     "couple",
     "Coupling",
     "cubic_keep_ratio_schedule",
     "decay_shrink_factor",
     "default_eligible",
-    "export_pruned",
-    "Exported",
     "global_budget_selection",
     "global_topk_mask",
     "global_topk_selection",
@@ -83,7 +68,6 @@ __all__ = [
     "keep_count",
     "keep_top_gradients",
     "KeepTopGradientsState",
-    "Layer",
     "LeafSparsity",
     "load_sparse",
     "mac_costs",
@@ -102,9 +86,6 @@ __all__ = [
     "Selection",
     "selection_stats",
     "SelectionStats",
-    "sequential_coupling",
-    "sequential_groups",
-    "sequential_mac_costs",
     "shrink_warning",
     "simulate_decay_shrink",
     "sparsity_report",
@@ -112,6 +93,5 @@ __all__ = [
     "taylor",
     "to_dense",
     "to_sparse",
-    "trace_layers",
     "warmup_piecewise_schedule",
 ]

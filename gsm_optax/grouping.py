@@ -235,9 +235,10 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
   ``[out]`` beside the kernel) joins the group, so that a pruned unit's output
   is exactly zero. A normalisation after the layer cannot be found from the
   parameters alone (``jax.tree_util`` orders dict keys by name, not by call):
-  :func:`gsm_optax.sequential_groups` couples it from the call order of a traced
-  Flax model (:func:`gsm_optax.trace_layers`). Do not
-  select a model's last layer: its outputs are the logits.
+  :func:`gsm_optax.couple` reads it from the model's computation, and gives these
+  groups with their norms as ``Coupling.groups``. Without tracing the model, these
+  groups serve a model that :func:`gsm_optax.couple` cannot follow (a loop such as
+  ``lax.scan``). Do not select a model's last layer: its outputs are the logits.
 
   Args:
     params: the parameters (a dict, Flax ``params`` or an ``nnx.State``).
@@ -264,7 +265,7 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
     members = [GroupMember(path, jnp.ndim(kernel) - 1)]
     parent, _, key = path.rpartition("/")
     bias = f"{parent}/bias" if parent else "bias"
-    if key != "bias" and jnp.shape(leaves.get(bias, ())) == (width,):
+    if key != "bias" and bias in leaves and jnp.shape(leaves[bias]) == (width,):
       members.append(GroupMember(bias, 0))
     out.append(Groups(name=parent or path, size=width, members=tuple(members)))
   return tuple(out)
@@ -275,7 +276,11 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
 
   The groups of a kernel ``[..., in, out]`` are its ``in`` inputs, on its
   second-to-last axis: the input pixels of a first dense layer, or the units of
-  the layer before, whose output is unused once their row is pruned.
+  the layer before, whose output is unused once their row is pruned. A dense
+  layer's single input features (pixels, positions of a flattened feature map)
+  are no channels of :func:`gsm_optax.couple`, whose groups are whole channels:
+  ``Coupling.mac_costs(groups)`` budgets these groups in MACs, and
+  :func:`gsm_optax.narrow` gathers the features a pruned layer still reads.
 
   Args:
     params: the parameters.

@@ -107,7 +107,7 @@ def prune(
 
   With ``groups`` whole groups are kept or zeroed (every member entry,
   biases included), ranked by their RMS (L2 norm per weight): after
-  structured GSM the result is ready for :func:`gsm_optax.export_pruned`.
+  structured GSM the result is ready for :func:`gsm_optax.narrow`.
 
   Args:
     params: the parameters.

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import gsm_optax
 
 __all__ = ["MODELS", "PRUNABLE", "LeNet300100", "LeNet5", "ResNet20", "ViT", "count_params",
-           "eligible", "exported_model"]
+           "couple_model", "eligible", "structured_groups"]
 
 _xavier = nn.initializers.xavier_uniform()
 
@@ -37,22 +37,16 @@ class LeNet300100(nn.Module):
 
   Attributes:
     num_classes: the width of the last layer.
-    hidden: the widths of the hidden layers ``fc1``, ``fc2``, ... (an exported,
-      narrower model has fewer).
-    inputs: the pixel indices of the flattened image fed to ``fc1``, or None for all
-      (:attr:`gsm_optax.export.Exported.input_indices`).
+    hidden: the widths of the hidden layers ``fc1``, ``fc2``, ...
   """
 
   num_classes: int = 10
   hidden: tuple[int, ...] = (300, 100)
-  inputs: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # no dropout, no normalisation
     x = x.reshape(x.shape[0], -1)
-    if self.inputs is not None:
-      x = jnp.take(x, jnp.asarray(self.inputs, jnp.int32), axis=1)
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, kernel_init=_xavier, name=f"fc{i + 1}")(x))
     last = f"fc{len(self.hidden) + 1}"
@@ -68,13 +62,10 @@ class LeNet5(nn.Module):
   Attributes:
     num_classes: the width of the last layer.
     features: the widths of ``conv1``, ``conv2`` and ``fc1``.
-    fc1_inputs: the indices of the flattened ``conv2`` features (NHWC order) fed to
-      ``fc1``, or None for all (:attr:`gsm_optax.export.Exported.input_indices`).
   """
 
   num_classes: int = 10
   features: tuple[int, int, int] = (20, 50, 500)
-  fc1_inputs: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -86,8 +77,6 @@ class LeNet5(nn.Module):
     x = _Conv5x5(self.features[1], name="conv2")(x)
     x = _max_pool_2x2(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
-    if self.fc1_inputs is not None:
-      x = jnp.take(x, jnp.asarray(self.fc1_inputs, jnp.int32), axis=1)
     x = nn.relu(nn.Dense(self.features[2], kernel_init=_xavier, name="fc1")(x))
     return nn.Dense(self.num_classes, kernel_init=_xavier, name="fc2")(x)
 
@@ -278,36 +267,6 @@ def eligible(model: str) -> Callable[[Any], Any]:
   return _vit_eligible if model == "vit" else gsm_optax.default_eligible
 
 
-def exported_model(name: str, exported) -> nn.Module:
-  """The narrower model that runs the parameters of a :func:`gsm_optax.export.export_pruned`.
-
-  Args:
-    name: ``"lenet300"`` or ``"lenet5"``.
-    exported: the :class:`gsm_optax.export.Exported` of that model's pruned parameters.
-
-  Returns:
-    The model with the exported widths, gathering the kept inputs of its first dense layer;
-    apply it to ``{"params": exported.params}``.
-
-  Raises:
-    ValueError: naming the model when it is not one of :data:`MODELS`, or when a layer other
-      than ``fc1`` must gather its inputs (these models cannot).
-  """
-  if name not in MODELS:
-    raise ValueError(f"no exported model for name={name!r}; choose one of {sorted(MODELS)}.")
-  gathers = sorted(k for k, v in exported.input_indices.items() if v is not None and k != "fc1")
-  if gathers:
-    raise ValueError(f"{name} can gather the inputs of fc1 only; exported.input_indices has"
-                     f" kept inputs for {gathers} too.")
-  inputs = exported.input_indices.get("fc1")
-  inputs = None if inputs is None else tuple(int(i) for i in inputs)
-  w = exported.widths
-  if name == "lenet300":
-    return LeNet300100(num_classes=w["fc3"], hidden=(w["fc1"], w["fc2"]), inputs=inputs)
-  return LeNet5(num_classes=w["fc2"], features=(w["conv1"], w["conv2"], w["fc1"]),
-                fc1_inputs=inputs)
-
-
 def count_params(params) -> int:
   """Total number of scalars in a parameter pytree."""
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
@@ -320,30 +279,37 @@ def structured_groups(model: str, params: Any, *, per_mac: bool = False,
   LeNet-300-100: the input features of its three dense layers (the pixels, then the hidden
   units of each layer, which are unused once their row is pruned). LeNet-5: the filters of its
   two convolutions (with their biases) and the input features of its two dense layers, as in
-  the widths reported by Wen et al. (SSL) and Neklyudov et al. (SBP).
+  the widths reported by Wen et al. (SSL) and Neklyudov et al. (SBP). A dense layer's input
+  features are :func:`gsm_optax.input_groups`: single pixels and single positions of conv2's
+  flattened map are no channels of :func:`gsm_optax.couple`, which groups whole channels.
 
   Returns:
-    The groups, and :func:`gsm_optax.mac_costs` of them: the multiply-accumulates per image
-    of every layer, scaled by the fractions of its input and output units kept (groups
-    ranked by score per MAC with ``per_mac``).
+    The groups, and ``Coupling.mac_costs`` of them, read from the model by
+    :func:`gsm_optax.couple`: the multiply-accumulates per image of every layer, scaled by
+    the fractions of its input and output units kept (groups ranked by score per MAC with
+    ``per_mac``).
   """
-  from gsm_optax import MacTerm, input_groups, mac_costs, output_groups
-
-  def named(names):
-    return lambda p: {k: {kk: k in names and kk == "kernel" for kk in v} for k, v in p.items()}
-
+  if model not in ("lenet300", "lenet5"):
+    raise ValueError(f"no structured groups for model={model!r}; choose 'lenet300' or"
+                     " 'lenet5'.")
+  coupling = couple_model(model, params)
   if model == "lenet300":
-    spec = input_groups(params)
-    terms = [MacTerm(784 * 300, ("fc1 inputs", "fc2 inputs")),
-             MacTerm(300 * 100, ("fc2 inputs", "fc3 inputs")),
-             MacTerm(100 * 10, ("fc3 inputs",))]
-  elif model == "lenet5":
-    spec = (output_groups(params, where=named(("conv1", "conv2")))
-            + input_groups(params, where=named(("fc1", "fc2"))))
-    terms = [MacTerm(24 * 24 * 25 * 1 * 20, ("conv1",)),  # 28 - 4 = 24
-             MacTerm(8 * 8 * 25 * 20 * 50, ("conv1", "conv2")),  # pooled 12 - 4 = 8
-             MacTerm(800 * 500, ("fc1 inputs", "fc2 inputs")),
-             MacTerm(500 * 10, ("fc2 inputs",))]
+    groups = gsm_optax.input_groups(params)
   else:
-    raise ValueError(f"no structured groups for model={model!r}; choose one of {sorted(MODELS)}.")
-  return spec, mac_costs(spec, terms, per_mac=per_mac)
+    def dense(p):
+      return {k: {kk: k in ("fc1", "fc2") and kk == "kernel" for kk in v} for k, v in p.items()}
+
+    filters = tuple(g for g in coupling.groups if g.name in ("conv1", "conv2"))
+    groups = filters + gsm_optax.input_groups(params, where=dense)
+  return groups, coupling.mac_costs(groups, per_mac=per_mac)
+
+
+def couple_model(model: str, params: Any) -> gsm_optax.Coupling:
+  """:func:`gsm_optax.couple` of a LeNet (a model of :data:`MODELS` without batch statistics).
+
+  Coupled on two 28x28x1 images: with a batch of one, the batch axis could not be told from
+  the channels of size 1, and the narrow model would take a batch of one only.
+  """
+  dense = MODELS[model]()
+  return gsm_optax.couple(lambda v, x: dense.apply(v, x), {"params": params},
+                          jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))

@@ -1,9 +1,9 @@
 """Structured runs' report: the exported narrower model, its MACs, accuracy and speed.
 
 The pruned parameters of a structured run are exported with the library's
-:func:`gsm_optax.export.export_pruned` (coupling traced from the Flax model), the
-narrow model is rebuilt with :func:`models.exported_model`, and both models are
-timed side by side in this process, jitted, at a few batch sizes.
+:func:`gsm_optax.narrow` (the coupling read from the model by :func:`gsm_optax.couple`),
+whose ``apply`` runs the narrow model, and both models are timed side by side in this
+process, jitted, at a few batch sizes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gsm_optax import export
+import gsm_optax
 from gsm_optax.experiments import models
 from gsm_optax.experiments.training import accuracy
 
@@ -23,15 +23,19 @@ PyTree = Any
 __all__ = ["kept_widths", "structured_report", "time_side_by_side"]
 
 
-def kept_widths(model: str, exported: export.Exported) -> dict[str, int]:
+def kept_widths(model: str, small: gsm_optax.Narrow) -> dict[str, int]:
   """The widths in the notation of the papers' tables.
 
   LeNet-300-100: input pixels, hidden units of fc1 and of fc2. LeNet-5: filters of conv1
   and conv2, input features of fc1 (the flattened conv2 maps it reads) and of fc2 (the units
   of fc1), as reported by Wen et al. (SSL) and Neklyudov et al. (SBP).
+
+  Args:
+    model: ``"lenet300"`` or ``"lenet5"``.
+    small: :func:`gsm_optax.narrow` of that model's pruned parameters.
   """
-  w = exported.widths
-  fc1_in = exported.input_indices.get("fc1")
+  w = small.widths
+  fc1_in = small.input_indices.get("fc1/kernel")
   if model == "lenet300":
     pixels = 784 if fc1_in is None else len(fc1_in)
     return {"input pixels": pixels, "fc1": w["fc1"], "fc2": w["fc2"]}
@@ -80,29 +84,29 @@ def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax
     repeats: timing repeats (medians are reported).
 
   Returns:
-    A JSON-ready dict: the kept widths, MACs and parameters of the dense and the exported
+    A JSON-ready dict: the kept widths (:func:`kept_widths`) and those of the groups' layers
+    (``layer_widths``, by channel set), MACs and parameters of the dense and the exported
     model, the test accuracy of the masked dense model and of the exported one, the largest
     difference of their logits on the first 1,000 test images, and the seconds per batch of
     both, with the speed-up.
   """
   dense = models.MODELS[model]()
-  layers = export.trace_layers(dense, x_test[:1])
-  exported = export.export_pruned(params, export.sequential_coupling(layers))
-  narrow = models.exported_model(model, exported)
-  narrow_layers = export.trace_layers(narrow, x_test[:1])
+  coupling = models.couple_model(model, params)
+  small = gsm_optax.narrow(coupling, {"params": params})
+  narrow_params = small.variables["params"]
   apply_dense = jax.jit(lambda p, x: dense.apply({"params": p}, x))
-  apply_narrow = jax.jit(lambda p, x: narrow.apply({"params": p}, x))
+  apply_narrow = jax.jit(lambda p, x: small.apply({"params": p}, x))
   diff = float(np.max(np.abs(np.asarray(apply_dense(params, x_test[:1000]))
-                             - np.asarray(apply_narrow(exported.params, x_test[:1000])))))
+                             - np.asarray(apply_narrow(narrow_params, x_test[:1000])))))
   report: dict[str, Any] = {
-      "kept_widths": kept_widths(model, exported),
-      "layer_widths": dict(exported.widths),
-      "macs_dense": export.count_macs(layers),
-      "macs_exported": export.count_macs(narrow_layers),
+      "kept_widths": kept_widths(model, small),
+      "layer_widths": {g.name: small.widths[g.name] for g in coupling.groups},
+      "macs_dense": coupling.macs,
+      "macs_exported": small.macs,
       "params_dense": models.count_params(params),
-      "params_exported": models.count_params(exported.params),
+      "params_exported": models.count_params(narrow_params),
       "accuracy_masked": accuracy(dense.apply, params, x_test, y_test),
-      "accuracy_exported": accuracy(narrow.apply, exported.params, x_test, y_test),
+      "accuracy_exported": accuracy(small.apply, narrow_params, x_test, y_test),
       "max_logit_difference": diff,
       "timing": {},
   }
@@ -110,7 +114,7 @@ def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax
   for batch in batch_sizes:
     x = x_test[:batch]
     seconds = time_side_by_side({"dense": apply_dense, "exported": apply_narrow},
-                                {"dense": (params, x), "exported": (exported.params, x)},
+                                {"dense": (params, x), "exported": (narrow_params, x)},
                                 repeats=repeats)
     report["timing"][str(batch)] = {
         "dense_seconds": seconds["dense"], "exported_seconds": seconds["exported"],

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -183,7 +183,8 @@ class Coupling:
           continue
         prods.append(GroupMember(path, axis, inner))
       prods.sort(key=lambda m: first.get(self._leaves[paths_index[m.path]].value, len(g.steps)))
-      name = _set_name(prods, cons, names, s)
+      name = _set_name(prods, cons, names, s) + ("" if prods or not cons
+                                                 else self._part_of(cons[0], s, paths_index))
       names.add(name)
       self._set_of_root[s] = name
       prunable = reason is None
@@ -215,13 +216,29 @@ class Coupling:
                                         group_roots[gr.name]), needed))}
     self.sets = tuple(c._replace(can_empty=c.name in emptiable) for c in sets)
     self.groups = tuple(groups)
-    self._group_roots = {nodes.find(s) for s, n in self._set_of_root.items()
-                         if n in {gr.name for gr in groups}}
-    self._terms = self._mac_terms()
+    group_names = {gr.name for gr in groups}
+    self._group_roots = {nodes.find(s): n for s, n in self._set_of_root.items()
+                         if n in group_names}
+    self._terms = self._mac_terms(self._group_roots)
     self.macs = float(sum(t.macs for t in self._terms))
 
-  def _mac_terms(self) -> list[MacTerm]:
-    """One term per monomial of every contraction's MACs, by the group sets it scales with."""
+  def _part_of(self, member: GroupMember, s: int, paths_index: dict[str, int]) -> str:
+    """Where the set ``s`` sits in the axis of ``member`` that reads it, when that axis holds
+    more than this set: ``" (axis 0 of 8x8x32)"`` for the rows of an ``8x8x32`` map that a
+    dense layer reads flattened, ``" (axis 0 of 5x5x20x50)"`` for a kernel's window axis."""
+    g, nodes = self._graph, self._graph.nodes
+    value = g.values[self._leaves[paths_index[member.path]].value]
+    parts = [nodes.find(leaf) for leaf in nodes.leaves(value.nodes[member.axis])]
+    if len(parts) > 1 and s in parts:
+      sizes = "x".join(str(nodes.size[p]) for p in parts)
+      return f" (axis {parts.index(s)} of {sizes})"
+    if len(value.shape) > 2 and member.axis != len(value.shape) - 2:
+      return f" (axis {member.axis} of {'x'.join(map(str, value.shape))})"
+    return ""
+
+  def _mac_terms(self, named: dict[int, str]) -> list[MacTerm]:
+    """One term per monomial of every contraction's MACs, by the groups it scales with:
+    ``named`` maps the root of each grouped axis node to its group's name."""
     g = self._graph
     batch = g.values[self._input_ids[0]].shape[0] if (
         self._input_ids and g.values[self._input_ids[0]].shape) else 1
@@ -231,23 +248,22 @@ class Coupling:
       dims = g.mac_dims(step)
       total: list[tuple[float, tuple[str, ...]]] = [(1.0, ())]
       for n in dims:
-        total = [(a * b, sa + sb) for (a, sa), (b, sb) in itertools.product(total,
-                                                                            self._monomials(n))]
+        total = [(a * b, sa + sb) for (a, sa), (b, sb)
+                 in itertools.product(total, self._monomials(n, named))]
       for macs, sets in total:
         key = tuple(sorted(set(sets)))
         terms[key] = terms.get(key, 0.0) + macs / batch
     return [MacTerm(m, k) for k, m in terms.items()]
 
-  def _monomials(self, n: int) -> list[tuple[float, tuple[str, ...]]]:
+  def _monomials(self, n: int, named: dict[int, str]) -> list[tuple[float, tuple[str, ...]]]:
     nodes = self._graph.nodes
     r = nodes.find(n)
     s = nodes.struct[r]
+    if r in named:
+      return [(float(nodes.size[r]), (named[r],))]
     if s is None:
-      name = self._set_of_root.get(r)
-      if name is not None and r in self._group_roots:
-        return [(float(nodes.size[r]), (name,))]
       return [(float(nodes.size[r]), ())]
-    parts = [self._monomials(c) for c in s[1]]
+    parts = [self._monomials(c, named) for c in s[1]]
     if s[0] == graph.SUM:
       return [m for p in parts for m in p]
     out: list[tuple[float, tuple[str, ...]]] = [(1.0, ())]
@@ -265,19 +281,68 @@ class Coupling:
                   self._out_tree, tuple(self._input_ids), tuple(self._output_ids),
                   dict(self._set_of_root), self._nnx)
 
-  def mac_costs(self, *, per_mac: bool = False) -> MacCost:
-    """A budget in multiply-accumulates for :attr:`groups` (see :func:`gsm_optax.mac_costs`).
+  def mac_costs(self, groups: Sequence[Groups] | None = None, *,
+                per_mac: bool = False) -> MacCost:
+    """A budget in multiply-accumulates for ``groups`` (see :func:`gsm_optax.mac_costs`).
+
+    Each contraction's MACs scale with the kept fraction of every group that spans one of
+    its axes: the :class:`gsm_optax.MacTerm` of each layer, read from the model.
 
     Args:
+      groups: the groups ranked; by default :attr:`groups`. Other groups (such as
+        :func:`gsm_optax.input_groups`, whose units are single input features of a dense
+        layer) must each span one whole axis of the coupled model: their members are
+        parameter axes, all of the group's size, with ``inner=1``.
       per_mac: rank groups by score per MAC rather than by score.
 
     Returns:
       A :class:`gsm_optax.MacCost`, whose ``total`` is :attr:`macs` less the MACs that no
       group scales (they are the same at every width).
+
+    Raises:
+      ValueError: naming the group when its members are not parameters of the coupled
+        model, or do not span one axis of it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import gsm_optax
+      >>> mlp = lambda p, x: jnp.maximum(x @ p["w1"], 0) @ p["w2"]
+      >>> params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+      >>> coupling = gsm_optax.couple(mlp, params, jnp.ones((1, 3)))
+      >>> coupling.mac_costs().terms  # both layers scale with the 4 hidden units kept
+      (MacTerm(macs=20.0, sets=('w1',)),)
+      >>> inputs = gsm_optax.input_groups(params)  # rows of w1, rows of w2
+      >>> coupling.mac_costs(inputs).terms
+      (MacTerm(macs=12.0, sets=('w1 inputs', 'w2 inputs')), MacTerm(macs=8.0, sets=('w2 inputs',)))
     """
-    names = {gr.name for gr in self.groups}
-    terms = [t for t in self._terms if t.sets and set(t.sets) <= names]
-    return mac_costs(self.groups, terms, per_mac=per_mac)
+    if groups is None:
+      groups, terms = self.groups, self._terms
+    else:
+      groups = tuple(groups)
+      terms = self._mac_terms({self._group_root(gr): gr.name for gr in groups})
+    names = {gr.name for gr in groups}
+    terms = [t for t in terms if t.sets and set(t.sets) <= names]
+    return mac_costs(groups, terms, per_mac=per_mac)
+
+  def _group_root(self, group: Groups) -> int:
+    """The root of the axis node that every member of ``group`` spans."""
+    nodes, by_path = self._graph.nodes, {leaf.group_path: leaf for leaf in self._leaves}
+    roots = set()
+    for m in group.members:
+      leaf = by_path.get(m.path)
+      if leaf is None:
+        raise ValueError(f"mac_costs: group {group.name!r} has member {m.path!r}, which is not"
+                         " a parameter of the coupled model.")
+      shape = self._graph.values[leaf.value].shape
+      if m.inner != 1 or not -len(shape) <= m.axis < len(shape) or shape[m.axis] != group.size:
+        raise ValueError(
+            f"mac_costs: group {group.name!r} (size {group.size}) has member {m} of shape"
+            f" {shape}; each member must span one whole axis (inner=1).")
+      roots.add(nodes.find(self._graph.values[leaf.value].nodes[m.axis]))
+    if len(roots) != 1:
+      raise ValueError(f"mac_costs: the members of group {group.name!r} span different axes of"
+                       " the model; a group's MACs scale with one axis.")
+    return roots.pop()
 
   def allow_empty(self, *names: str) -> tuple[Groups, ...]:
     """:attr:`groups`, with ``min_kept=0`` for sets that the outputs do not need.

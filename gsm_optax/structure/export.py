@@ -54,6 +54,13 @@ class Narrow(NamedTuple):
       training) raises a ValueError naming the operation.
     kept: per channel set, the indices of the channels kept (original numbering).
     widths: per channel set, how many channels are kept.
+    input_indices: per dense layer that reads only some of its input features (its
+      kernel's path, such as ``"fc1/kernel"``), the indices of those features in its input
+      as the narrow model computes it (after the channels before it were cut): single
+      pixels, or single positions of a flattened feature map, whose rows of the kernel are
+      all zero. :attr:`apply` gathers them before the layer, so it still takes the full
+      input. A dense layer is a kernel ``[in, out]`` that one ``dot_general`` reads (not an
+      nnx module's, whose own ``__call__`` cannot gather).
     macs: the narrow model's multiply-accumulates per example.
     module: for an nnx module, the module with its state narrowed (its own
       ``__call__`` runs the narrow model); None otherwise.
@@ -72,6 +79,7 @@ class Narrow(NamedTuple):
   apply: Any
   kept: dict[str, np.ndarray]
   widths: dict[str, int]
+  input_indices: dict[str, np.ndarray]
   macs: float
   module: Any = None
 
@@ -192,10 +200,17 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
         value = np.take(value, np.flatnonzero(mask), axis=axis)
     return value
 
-  new_flat = [jnp.asarray(cut(leaf.value, arrays[leaf.value]), dtype=jnp.result_type(x))
-              if any(not position_mask(n).all() for n in g.values[leaf.value].nodes) else x
-              for leaf, x in zip(t.leaves, flat)]
+  narrowed = {leaf.value: cut(leaf.value, arrays[leaf.value]) for leaf in t.leaves
+              if any(not position_mask(n).all() for n in g.values[leaf.value].nodes)}
+  gathers = {} if t.nnx is not None else _row_gathers(t, {**arrays, **narrowed})
+  for index, rows in gathers.items():
+    kernel = g.steps[index].ins[1]
+    narrowed[kernel] = narrowed.get(kernel, arrays[kernel])[rows]
+  new_flat = [jnp.asarray(narrowed[leaf.value], dtype=jnp.result_type(x))
+              if leaf.value in narrowed else x for leaf, x in zip(t.leaves, flat)]
   new_vars = jax.tree_util.tree_unflatten(tree, new_flat)
+  by_value = {leaf.value: leaf.group_path or leaf.path for leaf in t.leaves}
+  input_indices = {by_value[g.steps[i].ins[1]]: rows for i, rows in gathers.items()}
   consts = {v: cut(v, c) for v, c in g.consts.items()}
   kept = {t.set_names[s]: np.flatnonzero(k).astype(np.int32) for s, k in keep.items()}
   widths = {name: int(k.size) for name, k in kept.items()}
@@ -205,7 +220,7 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
     _utils.warn(f"narrow: no channel of {emptied} is left, so the narrow model's outputs no"
                 " longer depend on its inputs (a layer of a chain was emptied). Prune with"
                 " groups whose min_kept is at least 1 (the default).")
-  runner = _Runner(t, sizes, consts)
+  runner = _Runner(t, sizes, consts, gathers)
   module = None
   if t.nnx is not None:
     from flax import nnx
@@ -215,7 +230,37 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
     nnx.replace_by_pure_dict(state, new_vars)
     module = nnx.merge(graphdef, state)
     _resize_nnx(module)
-  return Narrow(new_vars, runner, kept, widths, runner.macs(), module)
+  return Narrow(new_vars, runner, kept, widths, input_indices, runner.macs(), module)
+
+
+def _row_gathers(t: Traced, arrays: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+  """Per dense layer that reads only some of its input features: its step, and the rows of
+  its kernel (the features) that are not all zero, in the narrowed numbering.
+
+  A dense layer is a ``dot_general`` of an input ``[..., n]`` with a kernel ``[n, m]`` that
+  is a parameter read by this step alone (so that its rows can go). A row of zeros adds
+  nothing to the layer's outputs for any input: its feature is gathered out of the input.
+  """
+  g = t.graph
+  uses: dict[int, int] = {}
+  for step in g.steps:
+    for v in step.ins:
+      uses[v] = uses.get(v, 0) + 1
+  params = {leaf.value for leaf in t.leaves}
+  out = {}
+  for index, _ in g.contractions:
+    step = g.steps[index]
+    if step.primitive.name != "dot_general":
+      continue
+    (lc, rc), (lb, _) = step.params["dimension_numbers"]
+    kernel = step.ins[1]
+    if (kernel not in params or uses[kernel] != 1 or kernel in t.output_ids or lb
+        or len(g.values[kernel].shape) != 2 or tuple(rc) != (0,) or len(lc) != 1):
+      continue
+    rows = (arrays[kernel] != 0).any(axis=1)
+    if not rows.all():
+      out[index] = np.flatnonzero(rows).astype(np.int32)
+  return out
 
 
 def _resize_nnx(module: Any) -> None:
@@ -331,12 +376,13 @@ class _Zeros:
 class _Runner:
   """The narrow model: the coupled jaxpr re-evaluated with narrower arrays (pass three)."""
 
-  def __init__(self, traced: Traced, sizes: dict[int, int], consts: dict[int, np.ndarray]
-               ) -> None:
+  def __init__(self, traced: Traced, sizes: dict[int, int], consts: dict[int, np.ndarray],
+               gathers: dict[int, np.ndarray]) -> None:
     self.t = traced
     self.g = traced.graph
     self.sizes = sizes
     self.consts = consts
+    self.gathers = gathers  # step -> the input features a dense layer reads
     self.__name__ = "narrow_apply"
 
   def _size(self, n: int, dynamic: dict[int, int]) -> int:
@@ -355,8 +401,13 @@ class _Runner:
     if self.t.input_ids and self.g.values[self.t.input_ids[0]].shape:
       batch = self.g.values[self.t.input_ids[0]].shape[0]
     for index, _ in self.g.contractions:
-      dims = self.g.mac_dims(self.g.steps[index])
-      total += float(np.prod([self._size(n, dynamic) for n in dims])) / batch
+      step = self.g.steps[index]
+      if index in self.gathers:  # its outputs times the features it gathers
+        dims = list(self.g.values[step.outs[0]].nodes)
+        features = self.gathers[index].size
+      else:
+        dims, features = self.g.mac_dims(step), 1
+      total += float(np.prod([self._size(n, dynamic) for n in dims])) * features / batch
     return total
 
   def __call__(self, variables: PyTree, *inputs: Any) -> Any:
@@ -391,8 +442,11 @@ class _Runner:
                   " size): call it with that size, or couple the model at this shape.")
           if nodes.struct[r] is None:
             dynamic[r] = int(s)
-    for step in self.g.steps:
+    for index, step in enumerate(self.g.steps):
       args = [env[i] for i in step.ins]
+      if index in self.gathers:
+        (contracted,), _ = step.params["dimension_numbers"][0]
+        args[0] = jnp.take(args[0], self.gathers[index], axis=contracted)
       params = dict(step.params)
       resize = RULES[step.primitive.name].resize
       if resize is not None:
