@@ -53,6 +53,7 @@ from gsm_optax.transform import (
     gsm,
     keep_count,
     keep_top_gradients,
+    keep_top_groups,
     selection_stats,
 )
 
@@ -82,6 +83,7 @@ __all__ = [
     "input_groups",
     "keep_count",
     "keep_top_gradients",
+    "keep_top_groups",
     "KeepTopGradientsState",
     "Layer",
     "LeafSparsity",

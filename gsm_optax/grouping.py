@@ -31,6 +31,8 @@ Array = jax.Array
 PyTree = Any
 
 BUDGETS = ("groups", "weights", "cost")
+ALLOCATIONS = ("global", "uniform")
+GROUP_TAYLOR = "group_taylor"  # |sum g * w| over a group (Molchanov et al. 2019)
 
 
 class GroupMember(NamedTuple):
@@ -121,7 +123,7 @@ def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm], *,
   A group's cost in MACs depends on what is kept around it (a filter of a
   second convolution costs ``h * w * k * k`` per input channel the first one
   keeps), so MACs do not add up group by group. Pass the result as the
-  ``budget`` of :func:`gsm_optax.keep_top_gradients`, :func:`gsm_optax.gsm`
+  ``budget`` of :func:`gsm_optax.keep_top_groups`, :func:`gsm_optax.gsm`
   or :func:`gsm_optax.prune`: groups are still taken best score first, and
   kept while the model's MACs ``sum(macs * f_in * f_out)`` at the kept
   fractions ``f`` stay within ``keep_ratio`` of the MACs at full width.
@@ -220,14 +222,15 @@ GroupSpec = str | Sequence[Groups] | Callable[[PyTree], Sequence[Groups]]
 Budget = Any  # "groups", "weights", "cost" or a MacCost
 
 
-def _selected_kernels(params: PyTree, where: eligibility.Eligible) -> list[str]:
-  """Paths of the leaves ``where`` selects (default: every array of rank >= 2)."""
-  flags = jax.tree_util.tree_leaves(eligibility.resolve_eligible(where, params))
+def _selected_kernels(params: PyTree, eligible: eligibility.Eligible) -> list[str]:
+  """Paths of the leaves ``eligible`` selects (default: every float array of rank >= 2)."""
+  flags = jax.tree_util.tree_leaves(eligibility.resolve_eligible(eligible, params))
   paths = [_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   return [p for p, f in zip(paths, flags) if f]
 
 
-def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple[Groups, ...]:
+def output_groups(params: PyTree, *,
+                  eligible: eligibility.Eligible = None) -> tuple[Groups, ...]:
   """One group per output unit of each selected kernel: dense neurons and conv filters.
 
   The groups of a kernel ``[..., in, out]`` (Flax ``Dense`` and ``Conv``) are
@@ -241,8 +244,9 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
 
   Args:
     params: the parameters (a dict, Flax ``params`` or an ``nnx.State``).
-    where: which kernels to group, as the ``eligible`` argument of
-      :func:`gsm_optax.keep_top_gradients` (default: every array of rank >= 2).
+    eligible: which kernels to group, as for
+      :func:`gsm_optax.keep_top_gradients` (default: every floating point
+      array of rank >= 2).
 
   Returns:
     A tuple of :class:`Groups`, one per selected kernel.
@@ -256,7 +260,7 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
   """
   leaves = {_utils.path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
   out = []
-  for path in _selected_kernels(params, where):
+  for path in _selected_kernels(params, eligible):
     kernel = leaves[path]
     if jnp.ndim(kernel) < 1:
       raise ValueError(f"output_groups: {path} is a scalar; it has no output units.")
@@ -270,7 +274,8 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
   return tuple(out)
 
 
-def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple[Groups, ...]:
+def input_groups(params: PyTree, *,
+                 eligible: eligibility.Eligible = None) -> tuple[Groups, ...]:
   """One group per input feature of each selected kernel: its rows (dense) or input channels.
 
   The groups of a kernel ``[..., in, out]`` are its ``in`` inputs, on its
@@ -279,7 +284,7 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
 
   Args:
     params: the parameters.
-    where: which kernels to group, as for :func:`output_groups`.
+    eligible: which kernels to group, as for :func:`output_groups`.
 
   Returns:
     A tuple of :class:`Groups`, one per selected kernel.
@@ -291,7 +296,7 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
     >>> [(g.name, g.size, g.members) for g in input_groups(params)]
     [('fc inputs', 4, (GroupMember(path='fc/kernel', axis=0, inner=1),))]
   """
-  selected = set(_selected_kernels(params, where))
+  selected = set(_selected_kernels(params, eligible))
   out = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     name = _utils.path_name(path)
@@ -461,10 +466,35 @@ def group_costs(resolved: ResolvedGroups, budget: Budget, leaves: list[Any]) -> 
   return [1.0] * len(resolved.groups)
 
 
-def check_budget(budget: Budget) -> None:
+def check_group_options(groups: GroupSpec | None, budget: Budget, allocation: str,
+                        eligible: eligibility.Eligible = None) -> None:
+  """The one check of the group options that every pruning function takes.
+
+  ``budget`` and ``allocation`` are about groups: without ``groups`` they must
+  keep their defaults (``"groups"``, ``"global"``), and with ``groups`` the
+  groups' members are the prunable parameters, so ``eligible`` must be None.
+  """
   if not (isinstance(budget, MacCost) or (isinstance(budget, str) and budget in BUDGETS)):
     raise ValueError(f"budget must be one of {BUDGETS} or a gsm_optax.mac_costs(...); got"
                      f" budget={budget!r}.")
+  if allocation not in ALLOCATIONS:
+    raise ValueError(f"allocation must be one of {ALLOCATIONS}; got allocation={allocation!r}.")
+  if groups is None:
+    if budget != "groups":
+      raise ValueError(f"budget={budget!r} needs groups: a budget in weights is what keep_ratio"
+                       " already is without groups.")
+    if allocation != "global":
+      raise ValueError(f"allocation={allocation!r} needs groups: without groups there is one"
+                       " ranking of all eligible weights.")
+  elif eligible is not None:
+    raise ValueError("give either groups or eligible: with groups, the groups' members are the"
+                     f" prunable parameters; got eligible={eligible!r}.")
+
+
+def check_group_importance(importance: Any) -> None:
+  """Raises unless ``importance`` scores groups: ``"group_taylor"``, or any weights' score."""
+  if importance != GROUP_TAYLOR:
+    resolve_importance(importance)
 
 
 class GroupSelection(NamedTuple):
@@ -648,17 +678,17 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
                  treedef: Any) -> list[Array]:
   """What is summed over each group before :func:`finish_group_scores`, per importance.
 
-  ``"taylor"``: the signed products ``g * w``, so that a group's score is
+  ``"group_taylor"``: the signed products ``g * w``, so that a group's score is
   ``|sum g * w|``, the first-order change of the loss when the whole group is
   removed (Molchanov et al. 2019); summing ``|g * w|`` instead grows with the
   group's size whatever the group's effect, so a global ranking would favour
   large groups (a 500-weight row over a 10-weight one). ``"magnitude"``: the
   squares ``w**2 / n`` (a group's score is its RMS, see :func:`group_norms`).
-  A callable: its scores,
-  summed (``importance=gsm_optax.taylor`` sums ``|g * w|``).
+  ``"taylor"`` or a callable: the weights' scores, summed (``"taylor"``, like
+  ``importance=gsm_optax.taylor``, sums ``|g * w|``).
   """
   param_leaves = treedef.flatten_up_to(params)
-  if importance == "taylor":
+  if importance == GROUP_TAYLOR:
     grad_leaves = treedef.flatten_up_to(grads)
     values = [None if p is None else
               w.astype(score_dtype(w, g)) * g.astype(score_dtype(w, g))
@@ -674,7 +704,7 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
 
 def finish_group_scores(importance: Any, sums: list[Array]) -> list[Array]:
   """Group scores from the sums of :func:`group_values`: ``|.|``, ``sqrt`` or as they are."""
-  if importance == "taylor":
+  if importance == GROUP_TAYLOR:
     return [jnp.abs(s) for s in sums]
   if importance == "magnitude":
     return [jnp.sqrt(s) for s in sums]

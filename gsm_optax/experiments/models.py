@@ -338,8 +338,8 @@ def structured_groups(model: str, params: Any, *, per_mac: bool = False,
              MacTerm(300 * 100, ("fc2 inputs", "fc3 inputs")),
              MacTerm(100 * 10, ("fc3 inputs",))]
   elif model == "lenet5":
-    spec = (output_groups(params, where=named(("conv1", "conv2")))
-            + input_groups(params, where=named(("fc1", "fc2"))))
+    spec = (output_groups(params, eligible=named(("conv1", "conv2")))
+            + input_groups(params, eligible=named(("fc1", "fc2"))))
     terms = [MacTerm(24 * 24 * 25 * 1 * 20, ("conv1",)),  # 28 - 4 = 24
              MacTerm(8 * 8 * 25 * 20 * 50, ("conv1", "conv2")),  # pooled 12 - 4 = 8
              MacTerm(800 * 500, ("fc1 inputs", "fc2 inputs")),
