@@ -40,7 +40,7 @@ def main(run_dir: str, model: str) -> None:
   sizes = resolved.weights_per_group(leaves)
   rules = {
       "|sum g*w|": grouping.finish_group_scores(
-          "taylor", grouping.group_values("taylor", resolved, params, grads, treedef)),
+          "group_taylor", grouping.group_values("group_taylor", resolved, params, grads, treedef)),
       "sum |g*w|": grouping.group_values(gsm_optax.taylor, resolved, params, grads, treedef),
       "L2": [n * np.sqrt(s) for n, s in zip(grouping.group_norms(resolved, leaves), sizes)],
       "RMS": grouping.group_norms(resolved, leaves),
