@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.schedules import cubic_keep_ratio_schedule
 from gsm_optax.selection import global_topk_mask, keep_count
@@ -387,7 +387,8 @@ def gradual_magnitude_pruning(
       norms = grouping.group_norms(resolved, written)
       alive = grouping.nonzero_groups(resolved, masks)  # the groups not pruned yet
       scores = [jnp.where(a, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
-      select = grouping.select_groups if allocation == "global" else grouping.uniform_selection
+      select = (group_selection.select_groups if allocation == "global"
+                else group_selection.uniform_selection)
       selection = select(resolved, scores, keep_ratio_at(state.count), budget, costs)
       expanded = grouping.expand_group_mask(resolved, selection.mask,
                                             [jnp.shape(p) for p in param_leaves])

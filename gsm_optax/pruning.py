@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.selection import global_topk_mask, keep_count
 
@@ -60,9 +60,9 @@ def prune_mask(
     if budget == "groups" and isinstance(k, int) and k < 1:
       raise ValueError(f"keep_ratio={keep_ratio!r} keeps none of the {resolved.num_groups}"
                        " groups.")
-    selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
-                                                    budget=budget, allocation=allocation)
-    grouping.warn_if_held(selection, resolved, "prune")
+    selection, masks = group_selection.magnitude_selection(
+        leaves, keep_ratio, resolved=resolved, budget=budget, allocation=allocation)
+    group_selection.warn_if_held(selection, resolved, "prune")
     masks = [jnp.ones(jnp.shape(p), bool) if m is None else m for p, m in zip(leaves, masks)]
     return jax.tree_util.tree_unflatten(treedef, masks)
   flags, num_eligible = eligibility.eligible_leaves(eligible, params)

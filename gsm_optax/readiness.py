@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.selection import Selection, global_topk_selection, keep_count
 
@@ -111,7 +111,7 @@ def prune_readiness(
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
   grouping.check_group_options(groups, budget, allocation, eligible)
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  selection: Selection | grouping.GroupSelection
+  selection: Selection | group_selection.GroupSelection
   if groups is None:
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
@@ -122,8 +122,8 @@ def prune_readiness(
   else:
     resolved = grouping.resolve_groups(groups, params)
     flags = resolved.flags
-    selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
-                                                    budget=budget, allocation=allocation)
+    selection, masks = group_selection.magnitude_selection(
+        leaves, keep_ratio, resolved=resolved, budget=budget, allocation=allocation)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
     kept_masks = [m for m in masks if m is not None]
     norms = grouping.group_norms(resolved, leaves)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax import importance as importance_lib
 from gsm_optax.selection import global_topk_selection, keep_count
 
@@ -295,27 +295,22 @@ def keep_top_groups(
   """Keeps the gradients of the globally most important groups of weights only.
 
   The structured form of :func:`keep_top_gradients`: whole neurons, filters or
-  input features (see :class:`gsm_optax.Groups`) are ranked together, the
-  global top-Q groups keep the gradient of every entry (the unit's bias and
-  following norm included), and every entry of the other groups gets the
-  passive update ``eta_p * w`` (0 by default). The members of the groups are
-  the prunable parameters; every other leaf passes untouched, and non-finite
-  gradients are never hidden, as in :func:`keep_top_gradients`.
-
-  Every set keeps at least its ``min_kept`` best groups (1 by default, see
-  :class:`gsm_optax.Groups`), so a budget never empties a layer of a chain;
-  where the budget alone would have, the state's ``held_sets`` says so
-  (:func:`selection_stats`).
+  input features (:class:`gsm_optax.Groups`) are ranked together; every entry
+  of the global top-Q groups (the unit's bias and following norm included)
+  keeps its gradient, every entry of the others gets the passive update
+  ``eta_p * w`` (0 by default), and leaves outside every group pass untouched.
+  Non-finite gradients are never hidden. Every set keeps at least its
+  ``min_kept`` best groups (1 by default), so a budget never empties a layer of
+  a chain; where the budget alone would have, the state's ``held_sets`` says
+  so (:func:`selection_stats`).
 
   Args:
     keep_ratio: what fraction of ``budget`` the kept groups may take, in
-      (0, 1]; a float or a schedule ``step -> ratio``, as for
-      :func:`keep_top_gradients`.
+      (0, 1]; a float or a schedule, as for :func:`keep_top_gradients`.
     groups: the groups to rank: ``"outputs"`` (:func:`gsm_optax.output_groups`:
       output neurons and filters with their biases), ``"inputs"``
       (:func:`gsm_optax.input_groups`), a sequence of :class:`gsm_optax.Groups`
-      (``gsm_optax.couple(...).groups``, say), or a callable ``params ->
-      Groups``.
+      (``gsm_optax.couple(...).groups``, say) or a callable ``params -> Groups``.
     budget: what ``keep_ratio`` is a fraction of: ``"groups"`` (Q =
       floor(keep_ratio * number of groups), an exact top-Q as for weights),
       ``"weights"`` (groups taken best score first while their weights fit
@@ -331,21 +326,16 @@ def keep_top_groups(
       ``sum |g * w|``, the weights' Taylor scores summed (as
       ``importance=gsm_optax.taylor``); ``"magnitude"`` is the group's RMS
       (its L2 norm per weight); a callable's scores are summed over each group.
-    passive_weight_decay: ``eta_p >= 0``, a float or a schedule: the update
-      given to every entry of the groups outside the top-Q, per unit of its
-      value; see :func:`keep_top_gradients`.
-    importance_ema: ``r`` in [0, 1): the rate of the moving average of the
-      groups' summed scores (one float32 ``[size]`` array per set in the
-      state); see :func:`keep_top_gradients`.
+    passive_weight_decay: ``eta_p >= 0``, a float or a schedule, as for
+      :func:`keep_top_gradients`, on the entries of the groups outside the top-Q.
+    importance_ema: ``r`` in [0, 1), as for :func:`keep_top_gradients`; the
+      state then holds one ``[size]`` average of the summed scores per set.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`KeepTopGradientsState`; its ``update`` needs ``params``.
 
   References:
-    Ding et al., `Global Sparse Momentum SGD for Pruning Very Deep Neural
-    Networks <https://arxiv.org/abs/1909.12778>`_, NeurIPS 2019.
-
     Molchanov et al., `Importance Estimation for Neural Network Pruning
     <https://arxiv.org/abs/1906.10771>`_, CVPR 2019.
 
@@ -403,10 +393,10 @@ def keep_top_groups(
     scores = grouping.finish_group_scores(importance, sums)
     ratio = _value_at(keep_ratio, state.count)
     if allocation == "uniform":
-      selection = grouping.uniform_selection(resolved, scores, ratio, budget, costs)
+      selection = group_selection.uniform_selection(resolved, scores, ratio, budget, costs)
     else:
-      selection = grouping.select_groups(resolved, scores, ratio, budget, costs,
-                                         fractions=state.kept_fractions)
+      selection = group_selection.select_groups(resolved, scores, ratio, budget, costs,
+                                                fractions=state.kept_fractions)
     kept_fractions = state.kept_fractions
     if kept_fractions is not None:
       kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
@@ -478,11 +468,9 @@ def gsm(
     momentum: ``beta``, in [0, 1).
     weight_decay: ``eta``, >= 0, applied to eligible weights only.
     nesterov: use Nesterov momentum (the authors' LeNet runs do).
-    importance: the score: None for the stage's default (``"taylor"``,
-      ``|g * w|``, without groups; ``"group_taylor"``, ``|sum g * w|`` over
-      each group, with them), ``"taylor"``, ``"magnitude"``, with groups
-      ``"group_taylor"``, or a callable; see :func:`keep_top_gradients` and
-      :func:`keep_top_groups`.
+    importance: None for the stage's default (``"taylor"``; with groups,
+      ``"group_taylor"``), or a score of :func:`keep_top_gradients` (of
+      :func:`keep_top_groups` with groups).
     eligible: which parameters are prunable; see :func:`keep_top_gradients`.
     passive_weight_decay: ``eta_p >= 0``, a float or a schedule: extra decay
       of the eligible weights outside the top-Q at each step, on top of

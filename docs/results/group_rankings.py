@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gsm_optax
-from gsm_optax import grouping
+from gsm_optax import group_selection, grouping
 from gsm_optax.experiments import datasets, models, training
 from gsm_optax.experiments.runner import ExperimentConfig, load_phase_params
 
@@ -49,7 +49,7 @@ def main(run_dir: str, model: str) -> None:
         f"({', '.join(f'{g.name} of {g.size}' for g in groups)}):")
   for ratio in (0.1, 0.2, 1 / 3):
     for name, scores in rules.items():
-      kept = grouping.select_groups(resolved, scores, ratio, "groups", None).mask
+      kept = group_selection.select_groups(resolved, scores, ratio, "groups", None).mask
       print(f"  keep {ratio:.2f} by {name:>10}: {[int(np.sum(m)) for m in kept]}")
 
 
