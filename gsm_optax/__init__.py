@@ -42,6 +42,7 @@ from gsm_optax.transform import (
     gsm,
     keep_count,
     keep_top_gradients,
+    keep_top_groups,
     selection_stats,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "input_groups",
     "keep_count",
     "keep_top_gradients",
+    "keep_top_groups",
     "KeepTopGradientsState",
     "LeafSparsity",
     "load_sparse",

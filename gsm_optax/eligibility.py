@@ -1,4 +1,9 @@
-"""Which parameters are prunable: optax-style masks over a params pytree."""
+"""Which parameters are prunable: optax-style masks over a params pytree.
+
+One rule for the whole package: :func:`gsm_optax.prune`, :func:`gsm_optax.gsm`,
+:func:`gsm_optax.sparsity_report` and the rest resolve ``eligible`` through
+:func:`eligible_flags`, so they agree on what is prunable.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ Eligible = None | PyTree | Callable[[PyTree], PyTree]
 
 
 def default_eligible(params: PyTree) -> PyTree:
-  """The authors' rule: every array of rank >= 2 (dense and conv kernels).
+  """The authors' rule: every floating point array of rank >= 2 (dense and conv kernels).
 
-  Biases, scales and other vectors or scalars are not prunable.
+  Biases, scales and other vectors or scalars are not prunable, nor are integer
+  or boolean arrays (a table of indices, a step counter), which have no
+  gradient to rank.
 
   Args:
     params: a pytree of arrays.
@@ -30,7 +37,9 @@ def default_eligible(params: PyTree) -> PyTree:
     >>> default_eligible({"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)})
     {'bias': False, 'kernel': True}
   """
-  return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+  return jax.tree_util.tree_map(
+      lambda p: jnp.ndim(p) >= 2 and bool(jnp.issubdtype(jnp.result_type(p), jnp.floating)),
+      params)
 
 
 def resolve_eligible(eligible: Eligible, params: PyTree) -> PyTree:
@@ -82,33 +91,36 @@ def resolve_eligible(eligible: Eligible, params: PyTree) -> PyTree:
   return jax.tree_util.tree_map(as_bool, full)
 
 
-def eligible_leaves(
-    eligible: Eligible, params: PyTree, *, name: str = "params"
-) -> tuple[list[bool], int]:
-  """Flat list of eligibility flags and the number of eligible elements.
+def eligible_flags(eligible: Eligible, params: PyTree, *, name: str = "params") -> list[bool]:
+  """Flat list of eligibility flags, one per leaf of ``params``.
 
-  Checks that every eligible leaf is a floating point array and that there is
-  at least one eligible element.
+  Raises a TypeError naming the leaf when ``eligible`` marks a leaf that is not
+  a floating point array: it cannot be pruned.
   """
-  mask = resolve_eligible(eligible, params)
-  flags = jax.tree_util.tree_leaves(mask)
-  leaves_with_path = jax.tree_util.tree_leaves_with_path(params)
-  count = 0
-  for flag, (path, leaf) in zip(flags, leaves_with_path):
-    if not flag:
-      continue
+  flags = jax.tree_util.tree_leaves(resolve_eligible(eligible, params))
+  for flag, (path, leaf) in zip(flags, jax.tree_util.tree_leaves_with_path(params)):
     dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if flag and not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
           f"eligible leaf {jax.tree_util.keystr(path)} of {name} has dtype"
           f" {dtype}; only floating point parameters can be pruned. Mark it"
           " ineligible with the `eligible` argument."
       )
-    count += int(np.prod(jnp.shape(leaf)))
+  return flags
+
+
+def eligible_leaves(
+    eligible: Eligible, params: PyTree, *, name: str = "params"
+) -> tuple[list[bool], int]:
+  """Flat list of eligibility flags (:func:`eligible_flags`) and the number of eligible
+  elements, which must not be 0."""
+  flags = eligible_flags(eligible, params, name=name)
+  count = sum(int(np.prod(jnp.shape(leaf)))
+              for flag, leaf in zip(flags, jax.tree_util.tree_leaves(params)) if flag)
   if count == 0:
     raise ValueError(
         f"no eligible weights in {name}: the `eligible` rule selected no"
-        " elements (the default selects arrays of rank >= 2). Pass `eligible`"
+        " elements (the default selects floating point arrays of rank >= 2). Pass `eligible`"
         " to choose which parameters are pruned."
     )
   return flags, count

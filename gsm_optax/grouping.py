@@ -21,16 +21,13 @@ import numpy as np
 
 from gsm_optax import _utils, eligibility
 from gsm_optax.importance import magnitude, resolve_importance, score_dtype
-from gsm_optax.selection import (
-    global_budget_selection,
-    global_topk_selection,
-    keep_count,
-)
 
 Array = jax.Array
 PyTree = Any
 
 BUDGETS = ("groups", "weights", "cost")
+ALLOCATIONS = ("global", "uniform")
+GROUP_TAYLOR = "group_taylor"  # |sum g * w| over a group (Molchanov et al. 2019)
 
 
 class GroupMember(NamedTuple):
@@ -121,7 +118,7 @@ def mac_costs(groups: Sequence[Groups], terms: Sequence[MacTerm], *,
   A group's cost in MACs depends on what is kept around it (a filter of a
   second convolution costs ``h * w * k * k`` per input channel the first one
   keeps), so MACs do not add up group by group. Pass the result as the
-  ``budget`` of :func:`gsm_optax.keep_top_gradients`, :func:`gsm_optax.gsm`
+  ``budget`` of :func:`gsm_optax.keep_top_groups`, :func:`gsm_optax.gsm`
   or :func:`gsm_optax.prune`: groups are still taken best score first, and
   kept while the model's MACs ``sum(macs * f_in * f_out)`` at the kept
   fractions ``f`` stay within ``keep_ratio`` of the MACs at full width.
@@ -220,14 +217,15 @@ GroupSpec = str | Sequence[Groups] | Callable[[PyTree], Sequence[Groups]]
 Budget = Any  # "groups", "weights", "cost" or a MacCost
 
 
-def _selected_kernels(params: PyTree, where: eligibility.Eligible) -> list[str]:
-  """Paths of the leaves ``where`` selects (default: every array of rank >= 2)."""
-  flags = jax.tree_util.tree_leaves(eligibility.resolve_eligible(where, params))
+def _selected_kernels(params: PyTree, eligible: eligibility.Eligible) -> list[str]:
+  """Paths of the leaves ``eligible`` selects (default: every float array of rank >= 2)."""
+  flags = jax.tree_util.tree_leaves(eligibility.resolve_eligible(eligible, params))
   paths = [_utils.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   return [p for p, f in zip(paths, flags) if f]
 
 
-def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple[Groups, ...]:
+def output_groups(params: PyTree, *,
+                  eligible: eligibility.Eligible = None) -> tuple[Groups, ...]:
   """One group per output unit of each selected kernel: dense neurons and conv filters.
 
   The groups of a kernel ``[..., in, out]`` (Flax ``Dense`` and ``Conv``) are
@@ -242,8 +240,9 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
 
   Args:
     params: the parameters (a dict, Flax ``params`` or an ``nnx.State``).
-    where: which kernels to group, as the ``eligible`` argument of
-      :func:`gsm_optax.keep_top_gradients` (default: every array of rank >= 2).
+    eligible: which kernels to group, as for
+      :func:`gsm_optax.keep_top_gradients` (default: every floating point
+      array of rank >= 2).
 
   Returns:
     A tuple of :class:`Groups`, one per selected kernel.
@@ -257,7 +256,7 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
   """
   leaves = {_utils.path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
   out = []
-  for path in _selected_kernels(params, where):
+  for path in _selected_kernels(params, eligible):
     kernel = leaves[path]
     if jnp.ndim(kernel) < 1:
       raise ValueError(f"output_groups: {path} is a scalar; it has no output units.")
@@ -271,7 +270,8 @@ def output_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tupl
   return tuple(out)
 
 
-def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple[Groups, ...]:
+def input_groups(params: PyTree, *,
+                 eligible: eligibility.Eligible = None) -> tuple[Groups, ...]:
   """One group per input feature of each selected kernel: its rows (dense) or input channels.
 
   The groups of a kernel ``[..., in, out]`` are its ``in`` inputs, on its
@@ -284,7 +284,7 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
 
   Args:
     params: the parameters.
-    where: which kernels to group, as for :func:`output_groups`.
+    eligible: which kernels to group, as for :func:`output_groups`.
 
   Returns:
     A tuple of :class:`Groups`, one per selected kernel.
@@ -296,7 +296,7 @@ def input_groups(params: PyTree, *, where: eligibility.Eligible = None) -> tuple
     >>> [(g.name, g.size, g.members) for g in input_groups(params)]
     [('fc inputs', 4, (GroupMember(path='fc/kernel', axis=0, inner=1),))]
   """
-  selected = set(_selected_kernels(params, where))
+  selected = set(_selected_kernels(params, eligible))
   out = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     name = _utils.path_name(path)
@@ -466,140 +466,35 @@ def group_costs(resolved: ResolvedGroups, budget: Budget, leaves: list[Any]) -> 
   return [1.0] * len(resolved.groups)
 
 
-def check_budget(budget: Budget) -> None:
+def check_group_options(groups: GroupSpec | None, budget: Budget, allocation: str,
+                        eligible: eligibility.Eligible = None) -> None:
+  """The one check of the group options that every pruning function takes.
+
+  ``budget`` and ``allocation`` are about groups: without ``groups`` they must
+  keep their defaults (``"groups"``, ``"global"``), and with ``groups`` the
+  groups' members are the prunable parameters, so ``eligible`` must be None.
+  """
   if not (isinstance(budget, MacCost) or (isinstance(budget, str) and budget in BUDGETS)):
     raise ValueError(f"budget must be one of {BUDGETS} or a gsm_optax.mac_costs(...); got"
                      f" budget={budget!r}.")
+  if allocation not in ALLOCATIONS:
+    raise ValueError(f"allocation must be one of {ALLOCATIONS}; got allocation={allocation!r}.")
+  if groups is None:
+    if budget != "groups":
+      raise ValueError(f"budget={budget!r} needs groups: a budget in weights is what keep_ratio"
+                       " already is without groups.")
+    if allocation != "global":
+      raise ValueError(f"allocation={allocation!r} needs groups: without groups there is one"
+                       " ranking of all eligible weights.")
+  elif eligible is not None:
+    raise ValueError("give either groups or eligible: with groups, the groups' members are the"
+                     f" prunable parameters; got eligible={eligible!r}.")
 
 
-class GroupSelection(NamedTuple):
-  """The groups a selection keeps.
-
-  Attributes:
-    mask: per set of groups, a bool ``[size]`` array, True for the groups kept.
-    threshold: the lowest ranking score of the groups kept (NaN when none is).
-    num_kept: how many groups are kept (int32).
-    held: a bool ``[number of sets]`` array, True for each set that the budget
-      alone would have left with fewer than its ``min_kept`` groups (a layer it
-      would have emptied): such a set keeps its ``min_kept`` best groups,
-      taken before any other group, and beyond the budget if it cannot pay
-      for them.
-  """
-
-  mask: list[Array]
-  threshold: Array
-  num_kept: Array
-  held: Array
-
-
-def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
-                  budget: Budget, costs: list[float],
-                  fractions: Sequence[Array] | None = None) -> GroupSelection:
-  """The kept groups: each set's ``min_kept`` best, then best score first, as many as
-  ``budget`` allows.
-
-  For ``"groups"``, the top ``floor(keep_ratio * count)`` groups (an exact
-  global top-Q, with :func:`gsm_optax.global_topk_selection`). For a budget
-  in weights, costs or MACs, groups cost differently (a filter of LeNet-5's
-  first convolution holds 26 weights and costs 14,400 multiply-accumulates, a
-  row of its first dense layer holds 500 and costs 500), but they are still
-  taken in the order of their scores, and kept while what they cost together
-  fits ``keep_ratio`` of the cost of all of them. Every set's ``min_kept``
-  best groups (see :class:`Groups`) are taken first; where the budget alone
-  would not have kept them, :attr:`GroupSelection.held` says so.
-  """
-  if isinstance(budget, MacCost) and budget.per_mac:
-    scores = _per_mac_scores(resolved, scores, budget, fractions)
-  reserved = [_best_in_set(s, g.min_kept) for s, g in zip(scores, resolved.groups)]
-  first = [jnp.where(r, jnp.asarray(jnp.inf, s.dtype), s) for r, s in zip(reserved, scores)]
-  prefix_cost: Callable[[list[Array]], Any]
-  cost: Callable[[list[Array]], Any] | list[float]
-  if budget == "groups":
-    k = keep_count(keep_ratio, resolved.num_groups)
-    prefix_cost, allowed = (lambda counts: sum(counts)), jnp.asarray(k, jnp.float32)
-    mask = global_topk_selection(first, k).mask
-  else:
-    if isinstance(budget, MacCost):
-      position = {g.name: i for i, g in enumerate(resolved.groups)}
-      total = budget.total
-      prefix_cost = lambda counts: budget.macs({n: counts[position[n]] for n in budget.names})
-      cost = prefix_cost
-    else:
-      total = sum(c * g.size for c, g in zip(costs, resolved.groups))
-      prefix_cost = lambda counts: sum(n * c for n, c in zip(counts, costs))
-      cost = costs
-    # float32 rounds ratio * total by up to 2**-24 relative: a budget of exactly a third of the
-    # cost must still fit the groups that make up that third.
-    allowed = (jnp.asarray(keep_ratio, jnp.float32) * jnp.asarray(total, jnp.float32)
-               * (1 + jnp.float32(2.0**-20)))
-    mask = global_budget_selection(first, cost, allowed).mask
-  mask = [m | r for m, r in zip(mask, reserved)]
-  held = _held_sets(resolved, scores, prefix_cost, allowed)
-  return _group_selection(scores, mask, held)
-
-
-def _best_in_set(scores: Array, count: int) -> Array:
-  """The ``count`` best of one set's scores (NaN last, the earlier first on ties)."""
-  if count == 0:
-    return jnp.zeros(scores.shape, bool)
-  if count == 1:
-    return jnp.arange(scores.size) == jnp.argmax(jnp.nan_to_num(scores, nan=-jnp.inf))
-  nan = jnp.isnan(scores)
-  order = jnp.lexsort((-jnp.where(nan, 0, scores), nan))
-  return jnp.argsort(order) < count
-
-
-def _held_sets(resolved: ResolvedGroups, scores: list[Array], prefix_cost: Any,
-               allowed: Array) -> Array:
-  """Per set, whether the budget alone (no ``min_kept``) keeps fewer than its ``min_kept``.
-
-  The budget keeps a prefix of the ranking (descending score, NaN last, earlier
-  first on ties) whose cost, a non-decreasing function of how many groups of
-  each set it holds, fits ``allowed``. So a set keeps its ``min_kept`` best
-  groups exactly when the prefix that ends at its ``min_kept``-th best fits:
-  one comparison of that group with every group, no second selection.
-  """
-  sizes = [g.size for g in resolved.groups]
-  needing = [i for i, g in enumerate(resolved.groups) if g.min_kept > 0]
-  held = jnp.zeros(len(sizes), bool)
-  if not needing:
-    return held
-  dtype = jnp.result_type(*scores)
-  flat = jnp.concatenate([s.astype(dtype) for s in scores])
-  nan = jnp.isnan(flat)
-  position = jnp.arange(flat.size)
-  offsets = np.cumsum([0] + sizes)
-  ends = []  # the global position of each needing set's min_kept-th best group
-  for i in needing:
-    s = scores[i]
-    order = jnp.lexsort((-jnp.where(jnp.isnan(s), 0, s), jnp.isnan(s)))
-    ends.append(offsets[i] + order[resolved.groups[i].min_kept - 1])
-  last = jnp.stack(ends)
-  s_r, nan_r, pos_r = flat[last][:, None], nan[last][:, None], last[:, None]
-  ahead = ((~nan & nan_r) | (flat > s_r)
-           | (((flat == s_r) | (nan & nan_r)) & (position <= pos_r)))  # [needing, all]
-  counts = [jnp.sum(ahead[:, a:b], axis=1, dtype=jnp.int32) for a, b in zip(offsets, offsets[1:])]
-  fits = jnp.asarray(prefix_cost(counts), jnp.float32) <= allowed
-  return held.at[np.array(needing)].set(~fits)
-
-
-def _group_selection(scores: list[Array], mask: list[Array], held: Array) -> GroupSelection:
-  dtype = jnp.result_type(*scores)
-  kept = jnp.asarray(sum(jnp.sum(m, dtype=jnp.int32) for m in mask))
-  lowest = jnp.min(jnp.stack([jnp.min(jnp.where(m, s.astype(dtype), jnp.inf), initial=jnp.inf)
-                              for m, s in zip(mask, scores)]))
-  threshold = jnp.where(kept > 0, lowest, jnp.asarray(jnp.nan, dtype))
-  return GroupSelection(mask, threshold, kept, held)
-
-
-def _per_mac_scores(resolved: ResolvedGroups, scores: list[Array], budget: MacCost,
-                    fractions: Sequence[Array] | None) -> list[Array]:
-  """Score per MAC at the kept ``fractions`` (full width when None)."""
-  widths = [1.0] * len(resolved.groups) if fractions is None else fractions
-  by_name = {g.name: f for g, f in zip(resolved.groups, widths)}
-  unit = dict(zip(budget.names, budget.unit_costs(by_name)))
-  return [s / jnp.maximum(jnp.asarray(unit[g.name], s.dtype), 1e-30)
-          for g, s in zip(resolved.groups, scores)]
+def check_group_importance(importance: Any) -> None:
+  """Raises unless ``importance`` scores groups: ``"group_taylor"``, or any weights' score."""
+  if importance != GROUP_TAYLOR:
+    resolve_importance(importance)
 
 
 def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:
@@ -623,47 +518,21 @@ def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
   return [jnp.sqrt(s) for s in group_scores(resolved, squares)]
 
 
-def magnitude_selection(
-    leaves: list[Any], keep_ratio: Any, *, resolved: ResolvedGroups, budget: str = "groups",
-    allocation: str = "global",
-) -> tuple[GroupSelection, list[Array | None]]:
-  """The groups :func:`gsm_optax.prune` keeps (by RMS) and, per leaf, their entry mask."""
-  costs = group_costs(resolved, budget, leaves)
-  select = select_groups if allocation == "global" else uniform_selection
-  selection = select(resolved, group_norms(resolved, leaves), keep_ratio, budget, costs)
-  masks = expand_group_mask(resolved, selection.mask, [jnp.shape(x) for x in leaves])
-  return selection, masks
-
-
-def warn_if_held(selection: GroupSelection, resolved: ResolvedGroups, caller: str) -> None:
-  """A Python warning naming the sets that ``min_kept`` held, when the selection is concrete
-  (outside ``jit``; under ``jit`` the caller's state or report says it)."""
-  if isinstance(selection.held, jax.core.Tracer):
-    return
-  held = [g for g, h in zip(resolved.groups, np.asarray(selection.held)) if h]
-  if held:
-    names = ", ".join(f"{g.name!r} (min_kept={g.min_kept})" for g in held)
-    _utils.warn(f"{caller}: the budget alone would have kept fewer groups than min_kept of"
-                f" {names}, which would cut the model's outputs off its inputs; those sets keep"
-                " their best min_kept groups instead. Raise keep_ratio, or set min_kept=0"
-                " on a set the outputs do not need.")
-
-
 def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grads: PyTree,
                  treedef: Any) -> list[Array]:
   """What is summed over each group before :func:`finish_group_scores`, per importance.
 
-  ``"taylor"``: the signed products ``g * w``, so that a group's score is
+  ``"group_taylor"``: the signed products ``g * w``, so that a group's score is
   ``|sum g * w|``, the first-order change of the loss when the whole group is
   removed (Molchanov et al. 2019); summing ``|g * w|`` instead grows with the
   group's size whatever the group's effect, so a global ranking would favour
   large groups (a 500-weight row over a 10-weight one). ``"magnitude"``: the
   squares ``w**2 / n`` (a group's score is its RMS, see :func:`group_norms`).
-  A callable: its scores,
-  summed (``importance=gsm_optax.taylor`` sums ``|g * w|``).
+  ``"taylor"`` or a callable: the weights' scores, summed (``"taylor"``, like
+  ``importance=gsm_optax.taylor``, sums ``|g * w|``).
   """
   param_leaves = treedef.flatten_up_to(params)
-  if importance == "taylor":
+  if importance == GROUP_TAYLOR:
     grad_leaves = treedef.flatten_up_to(grads)
     values = [None if p is None else
               w.astype(score_dtype(w, g)) * g.astype(score_dtype(w, g))
@@ -679,42 +548,8 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
 
 def finish_group_scores(importance: Any, sums: list[Array]) -> list[Array]:
   """Group scores from the sums of :func:`group_values`: ``|.|``, ``sqrt`` or as they are."""
-  if importance == "taylor":
+  if importance == GROUP_TAYLOR:
     return [jnp.abs(s) for s in sums]
   if importance == "magnitude":
     return [jnp.sqrt(s) for s in sums]
   return sums
-
-
-def uniform_selection(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
-                      budget: Budget, costs: list[float]) -> GroupSelection:
-  """The same fraction of every set, each set's best groups by score (at least ``min_kept``).
-
-  The allocation of the layer-wise structured baselines (Li et al. 2017): the
-  ranking stays within each set, so scores need not be comparable across
-  layers. For ``"groups"`` the fraction is ``keep_ratio``; for the other
-  budgets it is the largest multiple of 1/1024 whose groups fit ``keep_ratio``
-  of the whole cost.
-  """
-  sizes = np.array([g.size for g in resolved.groups])
-  least = np.array([g.min_kept for g in resolved.groups])
-  if budget == "groups":
-    fraction = jnp.asarray(keep_ratio, jnp.float32)
-  else:
-    grid = jnp.linspace(0.0, 1.0, 1025)
-    counts = jnp.maximum(jnp.floor(grid[:, None] * sizes[None, :] + 1e-6), least)
-    if isinstance(budget, MacCost):
-      position = {g.name: i for i, g in enumerate(resolved.groups)}
-      cost = budget.macs({n: counts[:, position[n]] for n in budget.names})
-      total = budget.total
-    else:
-      cost = counts @ jnp.asarray(costs, jnp.float32)
-      total = float(np.dot(sizes, costs))
-    allowed = jnp.asarray(keep_ratio, jnp.float32) * total * (1 + 2.0**-20)
-    fraction = jnp.max(jnp.where(cost <= allowed, grid, 0.0))
-  masks, held = [], []
-  for s, size, m in zip(scores, sizes, least):
-    share = jnp.floor(fraction * size + 1e-6).astype(jnp.int32)
-    masks.append(global_topk_selection([s], jnp.maximum(share, m)).mask[0])
-    held.append(share < m)
-  return _group_selection(scores, masks, jnp.stack(held))

@@ -79,6 +79,11 @@ def resolve_importance(importance: Importance) -> ImportanceFn:
     return importance
   if isinstance(importance, str) and importance in _BUILTIN:
     return _BUILTIN[importance]
+  if importance == "group_taylor":
+    raise ValueError(
+        "importance='group_taylor' (|sum g * w| over a group) scores groups: give groups"
+        " (gsm_optax.keep_top_groups, gsm(..., groups=...)), or rank weights by 'taylor'."
+    )
   raise ValueError(
       f"importance must be one of {sorted(_BUILTIN)} or a callable"
       f" (params, grads) -> scores; got importance={importance!r}."

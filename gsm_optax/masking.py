@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.schedules import cubic_keep_ratio_schedule
 from gsm_optax.selection import global_topk_mask, keep_count
@@ -272,16 +272,16 @@ def gradual_magnitude_pruning(
     end_step: ``t_e``, the update at which the final ratio is reached, >
       ``begin_step``.
     update_every: updates between mask updates (``\Delta t``), >= 1.
-    eligible: which parameters are prunable: None for every array of rank >= 2,
-      or a pytree of bools / a callable ``params -> pytree of bools``, as
-      ``optax.masked``'s ``mask``.
+    eligible: which parameters are prunable: None for every floating point
+      array of rank >= 2, or a pytree of bools / a callable ``params -> pytree
+      of bools``, as ``optax.masked``'s ``mask``.
     initial_keep_ratio: ``r_i``, the ratio at ``begin_step``, in (0, 1].
     groups: prune whole groups instead of weights (structured gradual
       pruning): at a mask update the groups are ranked by their RMS (L2 norm per weight) (per
       cost for a budget in weights or cost), pruned groups below every kept
       one, and every entry of a pruned group, biases included, is held at 0.
       Every set keeps at least its ``min_kept`` best groups (see
-      :class:`gsm_optax.Groups`). See :func:`gsm_optax.keep_top_gradients`
+      :class:`gsm_optax.Groups`). See :func:`gsm_optax.keep_top_groups`
       for the spec; ``eligible`` must then be None.
     budget: with ``groups``, what the keep ratios count: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs`.
@@ -323,14 +323,7 @@ def gradual_magnitude_pruning(
   _utils.check_int("begin_step", begin_step, 0, _utils.INT32_MAX)
   _utils.check_int("end_step", end_step, 0, _utils.INT32_MAX)
   _utils.check_int("update_every", update_every, 1, _utils.INT32_MAX)
-  grouping.check_budget(budget)
-  if groups is not None and eligible is not None:
-    raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
-  if groups is None and budget != "groups":
-    raise ValueError(f"budget={budget!r} needs groups.")
-  if allocation not in ("global", "uniform") or (groups is None and allocation != "global"):
-    raise ValueError("allocation must be 'global', or 'uniform' with groups; got"
-                     f" allocation={allocation!r}.")
+  grouping.check_group_options(groups, budget, allocation, eligible)
 
   def prunable(params):
     """Per leaf whether it is pruned, the number of units ranked, and the groups (or None)."""
@@ -394,7 +387,8 @@ def gradual_magnitude_pruning(
       norms = grouping.group_norms(resolved, written)
       alive = grouping.nonzero_groups(resolved, masks)  # the groups not pruned yet
       scores = [jnp.where(a, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
-      select = grouping.select_groups if allocation == "global" else grouping.uniform_selection
+      select = (group_selection.select_groups if allocation == "global"
+                else group_selection.uniform_selection)
       selection = select(resolved, scores, keep_ratio_at(state.count), budget, costs)
       expanded = grouping.expand_group_mask(resolved, selection.mask,
                                             [jnp.shape(p) for p in param_leaves])

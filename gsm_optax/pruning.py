@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.selection import global_topk_mask, keep_count
 
@@ -38,11 +38,11 @@ def prune_mask(
       cost) to keep, in (0, 1].
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
     groups: prune whole groups, ranked by their RMS (L2 norm per weight); see
-      :func:`gsm_optax.keep_top_gradients`.
+      :func:`gsm_optax.keep_top_groups`.
     budget: with ``groups``: ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"`` or ``"uniform"`` (the same
-      fraction of every set; see :func:`gsm_optax.keep_top_gradients`).
+      fraction of every set; see :func:`gsm_optax.keep_top_groups`).
 
   Returns:
     A pytree of bool arrays shaped like ``params``. With ``groups``, every set
@@ -59,22 +59,18 @@ def prune_mask(
            [ True, False]], dtype=bool)}
   """
   _utils.check_keep_ratio(keep_ratio, once="prune_mask")
-  grouping.check_budget(budget)
+  grouping.check_group_options(groups, budget, allocation, eligible)
   if groups is not None:
-    if eligible is not None:
-      raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     resolved = grouping.resolve_groups(groups, params)
     if budget == "groups" and _keeps_none(keep_ratio, resolved.num_groups):
       raise ValueError(f"keep_ratio={keep_ratio!r} keeps none of the {resolved.num_groups}"
                        " groups.")
-    selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
-                                                    budget=budget, allocation=allocation)
-    grouping.warn_if_held(selection, resolved, "prune")
+    selection, masks = group_selection.magnitude_selection(
+        leaves, keep_ratio, resolved=resolved, budget=budget, allocation=allocation)
+    group_selection.warn_if_held(selection, resolved, "prune")
     masks = [jnp.ones(jnp.shape(p), bool) if m is None else m for p, m in zip(leaves, masks)]
     return jax.tree_util.tree_unflatten(treedef, masks)
-  if budget != "groups":
-    raise ValueError(f"budget={budget!r} needs groups.")
   flags, num_eligible = eligibility.eligible_leaves(eligible, params)
   k = keep_count(keep_ratio, num_eligible)
   if _keeps_none(keep_ratio, num_eligible):
@@ -114,12 +110,12 @@ def prune(
     keep_ratio: fraction of eligible weights to keep, in (0, 1] (with
       ``groups``, the fraction of groups, or of their cost; see ``budget``).
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
-    groups: prune whole groups (see :func:`gsm_optax.keep_top_gradients`).
+    groups: prune whole groups (see :func:`gsm_optax.keep_top_groups`).
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
-      :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_gradients`;
+      :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_groups`;
       groups are ranked by their RMS, the L2 norm per weight).
     allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
-      :func:`gsm_optax.keep_top_gradients`).
+      :func:`gsm_optax.keep_top_groups`).
 
   Returns:
     Parameters with exactly Q non-zero-able eligible entries kept (entries that

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax.importance import magnitude
 from gsm_optax.selection import Selection, global_topk_selection, keep_count
 
@@ -90,7 +90,7 @@ def prune_readiness(
     eval_fn: optional ``params -> scalar``, evaluated on ``params`` and on
       their pruned copy.
     groups: measure the structured prune of :func:`gsm_optax.prune` with
-      these groups (see :func:`gsm_optax.keep_top_gradients`).
+      these groups (see :func:`gsm_optax.keep_top_groups`).
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"`` or ``"uniform"``, as for
@@ -109,9 +109,9 @@ def prune_readiness(
   """
   _utils.check_keep_ratio(keep_ratio, once="prune_readiness")
   _utils.check_number("tolerance", tolerance, lambda x: x >= 0, "a number >= 0")
-  grouping.check_budget(budget)
+  grouping.check_group_options(groups, budget, allocation, eligible)
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  selection: Selection | grouping.GroupSelection
+  selection: Selection | group_selection.GroupSelection
   if groups is None:
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
@@ -120,12 +120,10 @@ def prune_readiness(
     unit_scores, unit_masks = scores, selection.mask
     held = jnp.zeros([], jnp.int32)
   else:
-    if eligible is not None:
-      raise ValueError(f"give either groups or eligible; got eligible={eligible!r}.")
     resolved = grouping.resolve_groups(groups, params)
     flags = resolved.flags
-    selection, masks = grouping.magnitude_selection(leaves, keep_ratio, resolved=resolved,
-                                                    budget=budget, allocation=allocation)
+    selection, masks = group_selection.magnitude_selection(
+        leaves, keep_ratio, resolved=resolved, budget=budget, allocation=allocation)
     scores = magnitude([w for w, f in zip(leaves, flags) if f], None)
     kept_masks = [m for m in masks if m is not None]
     norms = grouping.group_norms(resolved, leaves)

@@ -131,9 +131,14 @@ def sparsity_report(params: PyTree, *, eligible: eligibility.Eligible = None) ->
 
   Args:
     params: the parameters.
-    eligible: which parameters are prunable (see :func:`keep_top_gradients`);
-      the totals and the compression ratio count eligible parameters only, as
-      the paper does.
+    eligible: which parameters are prunable, by the same rule as
+      :func:`gsm_optax.prune` (see :func:`gsm_optax.keep_top_gradients`); the
+      totals and the compression ratio count eligible parameters only, as the
+      paper does.
+
+  Raises:
+    TypeError: when ``eligible`` marks a leaf that is not floating point, as
+      :func:`gsm_optax.prune` does.
 
   Returns:
     A :class:`SparsityReport`; ``print(report)`` shows a table.
@@ -145,8 +150,7 @@ def sparsity_report(params: PyTree, *, eligible: eligibility.Eligible = None) ->
     >>> report.compression
     4.0
   """
-  mask = eligibility.resolve_eligible(eligible, params)
-  flags = jax.tree_util.tree_leaves(mask)
+  flags = eligibility.eligible_flags(eligible, params)
   leaves = []
   for flag, (path, leaf) in zip(flags, jax.tree_util.tree_leaves_with_path(params)):
     value = np.asarray(jax.device_get(leaf))

@@ -63,8 +63,8 @@ def to_sparse(params: PyTree, *, eligible: eligibility.Eligible = None) -> PyTre
 
   Args:
     params: the (pruned) parameters.
-    eligible: which leaves to make sparse: None for every array of rank >= 2
-      (the default pruning rule), or a pytree of bools / a callable, as in
+    eligible: which leaves to make sparse: None for every floating point array of rank
+      >= 2 (the default pruning rule), or a pytree of bools / a callable, as in
       :func:`gsm_optax.keep_top_gradients`.
 
   Returns:

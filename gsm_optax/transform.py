@@ -1,4 +1,5 @@
-"""The GSM selection stage and the full GSM optimizer as optax transformations."""
+"""The GSM selection stages (of weights, of groups) and the full GSM optimizer, as optax
+transformations."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gsm_optax import _utils, eligibility, grouping
+from gsm_optax import _utils, eligibility, group_selection, grouping
 from gsm_optax import importance as importance_lib
 from gsm_optax.selection import global_topk_selection, keep_count
 
@@ -20,25 +21,29 @@ ScalarOrSchedule: TypeAlias = float | Array | optax.Schedule
 
 
 class KeepTopGradientsState(NamedTuple):
-  """State of :func:`keep_top_gradients`; read it with :func:`selection_stats`.
+  """State of :func:`keep_top_gradients` and :func:`keep_top_groups`; read it with
+  :func:`selection_stats`.
 
   Attributes:
     count: number of updates made so far (int32, saturating).
     keep_count: number of eligible gradients kept at the last update (int32;
-      0 before the first update); with ``groups``, the number of groups kept.
+      0 before the first update); for :func:`keep_top_groups`, the number of
+      groups kept.
     threshold: the ranking score of the last kept weight at the last update
       (NaN before the first update).
     average_scores: the exponential moving average of the importance scores,
       shaped like params (zero for non-eligible leaves), when
-      ``importance_ema > 0``; None otherwise. With ``groups``, a tuple of one
-      ``[size]`` array per :class:`gsm_optax.Groups` (the averaged sums).
+      ``importance_ema > 0``; None otherwise. For :func:`keep_top_groups`, a
+      tuple of one ``[size]`` array per :class:`gsm_optax.Groups` (the averaged
+      sums).
     kept_fractions: with a MAC budget ranked per MAC
       (``gsm_optax.mac_costs(..., per_mac=True)``), the fraction of each set of
       groups kept at the last update (ones before the first); None otherwise.
-    held_sets: with ``groups``, a bool ``[number of sets]`` array: True for
+    held_sets: for :func:`keep_top_groups`, a bool ``[number of sets]`` array: True for
       each set that the budget alone would have left with fewer than its
       ``min_kept`` groups at the last update (a layer it would have emptied),
-      and that kept its best ``min_kept`` instead; None without groups.
+      and that kept its best ``min_kept`` instead; None for
+      :func:`keep_top_gradients`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -71,20 +76,6 @@ class SelectionStats(NamedTuple):
   held_sets: Array
 
 
-def _check_groups_args(groups: Any, eligible: Any, budget: str,
-                       allocation: str = "global") -> None:
-  grouping.check_budget(budget)
-  if allocation not in ("global", "uniform") or (groups is None and allocation != "global"):
-    raise ValueError("allocation must be 'global', or 'uniform' with groups; got"
-                     f" allocation={allocation!r}.")
-  if groups is not None and eligible is not None:
-    raise ValueError("give either groups or eligible: with groups, the groups' members are the"
-                     f" prunable parameters; got eligible={eligible!r}.")
-  if groups is None and budget != "groups":
-    raise ValueError(f"budget={budget!r} needs groups: a budget in weights is what keep_ratio"
-                     " already is without groups.")
-
-
 def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int,
                            what: str = "eligible weights") -> None:
   ratio = keep_ratio(0) if callable(keep_ratio) else keep_ratio
@@ -100,13 +91,77 @@ def _check_init_keep_count(keep_ratio: KeepRatio, num_eligible: int,
     )
 
 
-def _is_zero(value: Any) -> bool:
-  """True for a concrete 0 (the option is off), False for anything else."""
-  return _utils.is_concrete_number(value) and float(value) == 0.0
+def _check_stage_options(factory: str, keep_ratio: KeepRatio,
+                         passive_weight_decay: ScalarOrSchedule, importance_ema: Any) -> bool:
+  """Checks the options both stages share; returns whether scores are averaged."""
+  _utils.check_keep_ratio(keep_ratio)
+  _utils.check_number("passive_weight_decay", passive_weight_decay,
+                      lambda x: 0 <= x < math.inf, "a finite number >= 0 or a schedule",
+                      allow_schedule=True)
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint(factory, "importance_ema"))
+  return isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
 
 
 def _value_at(value: ScalarOrSchedule, count: Array) -> Any:
   return value(count) if callable(value) else value
+
+
+def _ranking_dtype(leaves: list[Any], flags: list[bool]) -> Any:
+  """float64 when a prunable leaf is float64, float32 otherwise: the threshold's dtype."""
+  dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
+  return jnp.float64 if jnp.float64 in dtypes else jnp.float32
+
+
+def _average(rate: Array, average: Array, scores: Array) -> Array:
+  """One step of the moving average ``S <- r * S + (1 - r) * T`` in ``S``'s dtype."""
+  return (rate * average + (1 - rate) * scores).astype(average.dtype)
+
+
+def _initial_state(threshold_dtype: Any, average_scores: PyTree = None,
+                   kept_fractions: PyTree = None,
+                   held_sets: Array | None = None) -> KeepTopGradientsState:
+  return KeepTopGradientsState(
+      count=jnp.zeros([], jnp.int32),
+      keep_count=jnp.zeros([], jnp.int32),
+      threshold=jnp.full([], jnp.nan, threshold_dtype),
+      average_scores=average_scores,
+      kept_fractions=kept_fractions,
+      held_sets=held_sets,
+  )
+
+
+def _keep_or_decay(updates: PyTree, params: PyTree, masks: list[Array | None],
+                   passive_weight_decay: ScalarOrSchedule, count: Array) -> PyTree:
+  """``B * g + eta_p * (1 - B) * w`` on every leaf with a mask ``B``; other leaves as they are.
+
+  A non-finite gradient is always kept, so that NaN shows in training and
+  ``optax.apply_if_finite`` still skips the step. Both selection stages end here.
+  """
+  treedef: Any  # a PyTreeDef
+  leaves, treedef = jax.tree_util.tree_flatten(updates)
+  eta_p = _value_at(passive_weight_decay, count)
+  off = _utils.is_concrete_number(passive_weight_decay) and float(passive_weight_decay) == 0.0
+  out = []
+  for g, w, mask in zip(leaves, treedef.flatten_up_to(params), masks):
+    if mask is not None:
+      passive = jnp.zeros((), g.dtype) if off else (eta_p * w).astype(g.dtype)
+      g = jnp.where(mask | ~jnp.isfinite(g), g, passive)
+    out.append(g)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _next_state(state: KeepTopGradientsState, num_kept: Any, threshold: Array,
+                average_scores: PyTree, kept_fractions: PyTree = None,
+                held_sets: Array | None = None) -> KeepTopGradientsState:
+  return KeepTopGradientsState(
+      count=optax.safe_increment(state.count),
+      keep_count=jnp.asarray(num_kept, jnp.int32),
+      threshold=threshold.astype(state.threshold.dtype),
+      average_scores=average_scores,
+      kept_fractions=kept_fractions,
+      held_sets=held_sets,
+  )
 
 
 def keep_top_gradients(
@@ -114,11 +169,8 @@ def keep_top_gradients(
     *,
     importance: importance_lib.Importance = "taylor",
     eligible: eligibility.Eligible = None,
-    passive_decay: ScalarOrSchedule = 0.0,
+    passive_weight_decay: ScalarOrSchedule = 0.0,
     importance_ema: float = 0.0,
-    groups: grouping.GroupSpec | None = None,
-    budget: grouping.Budget = "groups",
-    allocation: str = "global",
 ) -> optax.GradientTransformationExtraArgs:
   """Keeps the gradients of the globally most important weights only.
 
@@ -128,7 +180,8 @@ def keep_top_gradients(
   gradient to zero, and passes non-eligible leaves (biases, norms) through
   untouched. This is the selection of Global Sparse Momentum SGD; put it in
   front of any optimizer. Exactly Q gradients survive, ties broken as in
-  :func:`gsm_optax.global_topk_mask`.
+  :func:`gsm_optax.global_topk_mask`. To rank whole neurons or filters
+  instead, see :func:`keep_top_groups`.
 
   Non-finite gradients are never hidden: a NaN score ranks below every other
   score, so it cannot displace a finite weight from the top-Q, and every
@@ -139,8 +192,8 @@ def keep_top_gradients(
   Two options go beyond the paper (both off by default, and then the stage is
   exactly the paper's mask ``B``):
 
-  - ``passive_decay`` (``eta_p``) gives the eligible weights outside the
-    top-Q an update of ``eta_p * w`` instead of 0, so the stage returns
+  - ``passive_weight_decay`` (``eta_p``) gives the eligible weights outside
+    the top-Q an update of ``eta_p * w`` instead of 0, so the stage returns
     ``B * g + eta_p * (1 - B) * w``. Followed by a weight decay ``eta`` on all
     eligible weights (as in :func:`gsm`), the passive weights then decay at
     ``eta + eta_p`` while the active ones keep ``eta``.
@@ -150,19 +203,6 @@ def keep_top_gradients(
     weight is mostly noise, so the averaged score keeps the top-Q from
     churning.
 
-  With ``groups`` the stage is structured: whole neurons, filters or input
-  features (see :class:`gsm_optax.Groups`) are ranked together, the global
-  top-Q groups keep the gradient of every entry (the unit's bias and
-  following norm included), and every entry of the other groups gets the
-  passive update. A group's Taylor score is ``|sum g * w|`` over its entries,
-  the first-order change of the loss when the group is removed (Molchanov et
-  al. 2019); ``"magnitude"`` ranks groups by their RMS, and a callable's
-  scores are summed over each group. The members of the groups are then the
-  prunable parameters, in place of ``eligible``. Every set keeps at least its
-  ``min_kept`` best groups (1 by default, see :class:`gsm_optax.Groups`), so a
-  budget never empties a layer of a chain; where the budget alone would have,
-  the state's ``held_sets`` says so (:func:`selection_stats`).
-
   Args:
     keep_ratio: fraction of eligible weights that receive their gradient, in
       (0, 1]; a float, or a schedule ``step -> ratio`` (for example
@@ -170,45 +210,26 @@ def keep_top_gradients(
       an injected hyper-parameter of ``optax.inject_hyperparams``.
     importance: ``"taylor"`` (``|g * w|``, the paper), ``"magnitude"``
       (``|w|``) or a callable ``(params, grads) -> scores`` returning a pytree
-      like params; higher scores are kept first. For groups see above;
-      ``importance=gsm_optax.taylor`` sums ``|g * w|`` over each group.
-    eligible: which parameters are prunable: None for every array of rank >= 2,
-      or a pytree of bools / a callable ``params -> pytree of bools``, as
-      ``optax.masked``'s ``mask``.
-    passive_decay: ``eta_p >= 0``, a float or a schedule ``step -> eta_p``:
-      the update given to the eligible weights outside the top-Q, per unit of
-      their value. 0 (the paper) zeroes their gradient.
+      like params; higher scores are kept first.
+    eligible: which parameters are prunable: None for every floating point
+      array of rank >= 2 (:func:`gsm_optax.default_eligible`), or a pytree of
+      bools / a callable ``params -> pytree of bools``, as ``optax.masked``'s
+      ``mask``.
+    passive_weight_decay: ``eta_p >= 0``, a float or a schedule ``step ->
+      eta_p``: the update given to the eligible weights outside the top-Q, per
+      unit of their value. 0 (the paper) zeroes their gradient.
     importance_ema: ``r`` in [0, 1): the rate of the moving average of the
       scores used for ranking. 0 (the paper) ranks by the current scores; the
       average is kept in the state (one float32 array per parameter) when the
       rate is not 0 at ``init``, so an injected rate must start non-zero.
-    groups: None (every eligible weight on its own, the paper), or the
-      groups to rank: ``"outputs"`` (:func:`gsm_optax.output_groups`: output
-      neurons and filters with their biases), ``"inputs"``
-      (:func:`gsm_optax.input_groups`), a sequence of
-      :class:`gsm_optax.Groups`, or a callable ``params -> Groups``. Excludes
-      ``eligible``.
-    budget: with ``groups``, what ``keep_ratio`` is a fraction of:
-      ``"groups"`` (Q = floor(keep_ratio * number of groups), an exact top-Q
-      as for weights), ``"weights"`` (groups taken best score first while
-      their weights fit ``keep_ratio`` of all grouped weights), ``"cost"``
-      (the same with each :class:`gsm_optax.Groups`' own ``cost``) or
-      :func:`gsm_optax.mac_costs` (the same with the model's
-      multiply-accumulates at the widths kept).
-    allocation: with ``groups``, ``"global"`` (one ranking of all groups) or
-      ``"uniform"`` (the same fraction of every set, each ranked within
-      itself, as the layer-wise baselines of Li et al. 2017).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
-    ``params``.
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`KeepTopGradientsState`; its ``update`` needs ``params``.
 
   References:
     Ding et al., `Global Sparse Momentum SGD for Pruning Very Deep Neural
     Networks <https://arxiv.org/abs/1909.12778>`_, NeurIPS 2019.
-
-    Molchanov et al., `Importance Estimation for Neural Network Pruning
-    <https://arxiv.org/abs/1906.10771>`_, CVPR 2019.
 
   Example:
     >>> import optax, jax.numpy as jnp
@@ -219,117 +240,171 @@ def keep_top_gradients(
     >>> grads = {"w": jnp.array([[1., 2.], [3., 4.]]), "b": jnp.ones(2)}
     >>> updates, state = tx.update(grads, state, params)
   """
-  _utils.check_keep_ratio(keep_ratio)
-  _utils.check_number("passive_decay", passive_decay, lambda x: 0 <= x < math.inf,
-                      "a finite number >= 0 or a schedule", allow_schedule=True)
-  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
-                      schedule_hint=_utils.inject_hint("keep_top_gradients", "importance_ema"))
-  averaging = isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
+  averaging = _check_stage_options("keep_top_gradients", keep_ratio, passive_weight_decay,
+                                   importance_ema)
   score_fn = importance_lib.resolve_importance(importance)
-  _check_groups_args(groups, eligible, budget, allocation)
 
   def init_fn(params):
-    float_dtype = jnp.float32
-    resolved = None
-    if not _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
-      if groups is None:
-        flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-        _check_init_keep_count(keep_ratio, num_eligible)
-      else:
-        resolved = grouping.resolve_groups(groups, params)
-        flags = resolved.flags
-        if budget == "groups":
-          _check_init_keep_count(keep_ratio, resolved.num_groups, "groups")
-        grouping.group_costs(resolved, budget, jax.tree_util.tree_leaves(params))
-      leaves = jax.tree_util.tree_leaves(params)
-      dtypes = [jnp.result_type(p) for p, f in zip(leaves, flags) if f]
-      float_dtype = jnp.float64 if jnp.float64 in dtypes else jnp.float32
+    if _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
+      return _initial_state(jnp.float32, params if averaging else None)
+    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    _check_init_keep_count(keep_ratio, num_eligible)
     average_scores = None
-    if averaging and groups is not None and not _utils.has_no_leaves(params):
-      # One running sum per group (before |.| for the Taylor score; see grouping.group_values).
-      average_scores = tuple(jnp.zeros((g.size,), float_dtype) for g in resolved.groups)
-    elif averaging:
+    if averaging:
       average_scores = jax.tree_util.tree_map(
           lambda p: jnp.zeros(jnp.shape(p), importance_lib.score_dtype(p)), params)
-    kept_fractions = held_sets = None
-    if groups is not None and getattr(budget, "per_mac", False) and resolved is not None:
-      kept_fractions = tuple(jnp.ones([], jnp.float32) for _ in resolved.groups)
-    if resolved is not None:
-      held_sets = jnp.zeros([len(resolved.groups)], bool)
-    return KeepTopGradientsState(
-        count=jnp.zeros([], jnp.int32),
-        keep_count=jnp.zeros([], jnp.int32),
-        threshold=jnp.full([], jnp.nan, float_dtype),
-        average_scores=average_scores,
-        kept_fractions=kept_fractions,
-        held_sets=held_sets,
-    )
+    return _initial_state(_ranking_dtype(jax.tree_util.tree_leaves(params), flags),
+                          average_scores)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise _utils.missing_params_error("keep_top_gradients", "ranks weights by importance")
-    leaves, treedef = jax.tree_util.tree_flatten(updates)
-    param_leaves = _utils.check_params_structure(treedef, params)
-    if groups is None:
-      flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-    else:
-      resolved = grouping.resolve_groups(groups, params)
-      flags = resolved.flags
+    treedef = jax.tree_util.tree_structure(updates)
+    _utils.check_params_structure(treedef, params)
+    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+    scores = treedef.flatten_up_to(score_fn(params, updates))
     # Whether averages are kept was settled by init (a concrete 0 keeps none), so that an
     # importance_ema injected by optax.inject_hyperparams (traced here) keeps the state's shape.
     average_scores = state.average_scores
-    rate = jnp.asarray(importance_ema, jnp.float32)
-    ratio = _value_at(keep_ratio, state.count)
-    kept_fractions, held_sets = state.kept_fractions, state.held_sets
-    if groups is None:
-      scores = treedef.flatten_up_to(score_fn(params, updates))
-      if average_scores is not None:
-        previous = treedef.flatten_up_to(state.average_scores)
-        scores = [(rate * a + (1 - rate) * s).astype(a.dtype) if f else a
-                  for a, s, f in zip(previous, scores, flags)]
-        average_scores = jax.tree_util.tree_unflatten(treedef, scores)
-      k = keep_count(ratio, num_eligible)
-      selection = global_topk_selection([s for s, f in zip(scores, flags) if f], k)
-      kept = iter(selection.mask)
-      masks = [next(kept) if f else None for f in flags]
-    else:
-      sums = grouping.group_values(importance, resolved, params, updates, treedef)
-      if average_scores is not None:
-        sums = [(rate * a + (1 - rate) * s).astype(a.dtype)
-                for a, s in zip(average_scores, sums)]
-        average_scores = tuple(sums)
-      costs = grouping.group_costs(resolved, budget, param_leaves)
-      scores = grouping.finish_group_scores(importance, sums)
-      if allocation == "uniform":
-        selection = grouping.uniform_selection(resolved, scores, ratio, budget, costs)
-      else:
-        selection = grouping.select_groups(resolved, scores, ratio, budget, costs,
-                                           fractions=state.kept_fractions)
-      if state.kept_fractions is not None:
-        kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
-      k, held_sets = selection.num_kept, selection.held
-      masks = grouping.expand_group_mask(resolved, selection.mask,
-                                         [jnp.shape(g) for g in leaves])
-    eta_p = _value_at(passive_decay, state.count)
+    if average_scores is not None:
+      rate = jnp.asarray(importance_ema, jnp.float32)
+      scores = [_average(rate, a, s) if f else a
+                for a, s, f in zip(treedef.flatten_up_to(average_scores), scores, flags)]
+      average_scores = jax.tree_util.tree_unflatten(treedef, scores)
+    k = keep_count(_value_at(keep_ratio, state.count), num_eligible)
+    selection = global_topk_selection([s for s, f in zip(scores, flags) if f], k)
+    kept = iter(selection.mask)
+    masks = [next(kept) if f else None for f in flags]
+    new_updates = _keep_or_decay(updates, params, masks, passive_weight_decay, state.count)
+    return new_updates, _next_state(state, k, selection.threshold, average_scores)
 
-    new_leaves = []
-    for g, w, f, mask in zip(leaves, param_leaves, flags, masks):
-      if f:
-        keep = mask | ~jnp.isfinite(g)
-        passive = (jnp.zeros((), g.dtype) if _is_zero(passive_decay)
-                   else (eta_p * w).astype(g.dtype))
-        g = jnp.where(keep, g, passive)
-      new_leaves.append(g)
-    new_state = KeepTopGradientsState(
-        count=optax.safe_increment(state.count),
-        keep_count=jnp.asarray(k, jnp.int32),
-        threshold=selection.threshold.astype(state.threshold.dtype),
-        average_scores=average_scores,
-        kept_fractions=kept_fractions,
-        held_sets=held_sets,
-    )
-    return jax.tree_util.tree_unflatten(treedef, new_leaves), new_state
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def keep_top_groups(
+    keep_ratio: KeepRatio,
+    groups: grouping.GroupSpec,
+    *,
+    budget: grouping.Budget = "groups",
+    allocation: str = "global",
+    importance: importance_lib.Importance = "group_taylor",
+    passive_weight_decay: ScalarOrSchedule = 0.0,
+    importance_ema: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+  """Keeps the gradients of the globally most important groups of weights only.
+
+  The structured form of :func:`keep_top_gradients`: whole neurons, filters or
+  input features (:class:`gsm_optax.Groups`) are ranked together; every entry
+  of the global top-Q groups (the unit's bias and following norm included)
+  keeps its gradient, every entry of the others gets the passive update
+  ``eta_p * w`` (0 by default), and leaves outside every group pass untouched.
+  Non-finite gradients are never hidden. Every set keeps at least its
+  ``min_kept`` best groups (1 by default), so a budget never empties a layer of
+  a chain; where the budget alone would have, the state's ``held_sets`` says
+  so (:func:`selection_stats`).
+
+  Args:
+    keep_ratio: what fraction of ``budget`` the kept groups may take, in
+      (0, 1]; a float or a schedule, as for :func:`keep_top_gradients`.
+    groups: the groups to rank: ``"outputs"`` (:func:`gsm_optax.output_groups`:
+      output neurons and filters with their biases), ``"inputs"``
+      (:func:`gsm_optax.input_groups`), a sequence of :class:`gsm_optax.Groups`
+      (``gsm_optax.couple(...).groups``, say) or a callable ``params -> Groups``.
+    budget: what ``keep_ratio`` is a fraction of: ``"groups"`` (Q =
+      floor(keep_ratio * number of groups), an exact top-Q as for weights),
+      ``"weights"`` (groups taken best score first while their weights fit
+      ``keep_ratio`` of all grouped weights), ``"cost"`` (the same with each
+      :class:`gsm_optax.Groups`' own ``cost``) or :func:`gsm_optax.mac_costs`
+      (the same with the model's multiply-accumulates at the widths kept).
+    allocation: ``"global"`` (one ranking of all groups) or ``"uniform"`` (the
+      same fraction of every set, each ranked within itself, as the layer-wise
+      baselines of Li et al. 2017).
+    importance: a group's score. ``"group_taylor"`` (the default) is
+      ``|sum g * w|`` over the group's entries, the first-order change of the
+      loss when the group is removed (Molchanov et al. 2019); ``"taylor"`` is
+      ``sum |g * w|``, the weights' Taylor scores summed (as
+      ``importance=gsm_optax.taylor``); ``"magnitude"`` is the group's RMS
+      (its L2 norm per weight); a callable's scores are summed over each group.
+    passive_weight_decay: ``eta_p >= 0``, a float or a schedule, as for
+      :func:`keep_top_gradients`, on the entries of the groups outside the top-Q.
+    importance_ema: ``r`` in [0, 1), as for :func:`keep_top_gradients`; the
+      state then holds one ``[size]`` average of the summed scores per set.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`KeepTopGradientsState`; its ``update`` needs ``params``.
+
+  References:
+    Molchanov et al., `Importance Estimation for Neural Network Pruning
+    <https://arxiv.org/abs/1906.10771>`_, CVPR 2019.
+
+  Example:
+    >>> import optax, jax.numpy as jnp
+    >>> from gsm_optax import keep_top_groups
+    >>> params = {"fc": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    >>> tx = keep_top_groups(0.5, "outputs")
+    >>> grads = {"fc": {"kernel": jnp.arange(12.).reshape(3, 4), "bias": jnp.ones(4)}}
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> updates["fc"]["bias"]
+    Array([0., 0., 1., 1.], dtype=float32)
+  """
+  averaging = _check_stage_options("keep_top_groups", keep_ratio, passive_weight_decay,
+                                   importance_ema)
+  if groups is None:
+    raise ValueError("keep_top_groups needs groups; to rank single weights use"
+                     " keep_top_gradients.")
+  grouping.check_group_options(groups, budget, allocation)
+  grouping.check_group_importance(importance)
+  per_mac = getattr(budget, "per_mac", False)
+
+  def init_fn(params):
+    if _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
+      return _initial_state(jnp.float32)
+    resolved = grouping.resolve_groups(groups, params)
+    leaves = jax.tree_util.tree_leaves(params)
+    if budget == "groups":
+      _check_init_keep_count(keep_ratio, resolved.num_groups, "groups")
+    grouping.group_costs(resolved, budget, leaves)  # checks the budget against the groups
+    dtype = _ranking_dtype(leaves, resolved.flags)
+    return _initial_state(
+        dtype,
+        # One running sum per group (before |.| for "group_taylor"; see grouping.group_values).
+        average_scores=(tuple(jnp.zeros((g.size,), dtype) for g in resolved.groups)
+                        if averaging else None),
+        kept_fractions=(tuple(jnp.ones([], jnp.float32) for _ in resolved.groups)
+                        if per_mac else None),
+        held_sets=jnp.zeros([len(resolved.groups)], bool))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise _utils.missing_params_error("keep_top_groups", "ranks groups by importance")
+    treedef = jax.tree_util.tree_structure(updates)
+    param_leaves = _utils.check_params_structure(treedef, params)
+    resolved = grouping.resolve_groups(groups, params)
+    sums = grouping.group_values(importance, resolved, params, updates, treedef)
+    average_scores = state.average_scores
+    if average_scores is not None:
+      rate = jnp.asarray(importance_ema, jnp.float32)
+      sums = [_average(rate, a, s) for a, s in zip(average_scores, sums)]
+      average_scores = tuple(sums)
+    costs = grouping.group_costs(resolved, budget, param_leaves)
+    scores = grouping.finish_group_scores(importance, sums)
+    ratio = _value_at(keep_ratio, state.count)
+    if allocation == "uniform":
+      selection = group_selection.uniform_selection(resolved, scores, ratio, budget, costs)
+    else:
+      selection = group_selection.select_groups(resolved, scores, ratio, budget, costs,
+                                                fractions=state.kept_fractions)
+    kept_fractions = state.kept_fractions
+    if kept_fractions is not None:
+      kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
+    masks = grouping.expand_group_mask(resolved, selection.mask,
+                                       [jnp.shape(p) for p in param_leaves])
+    new_updates = _keep_or_decay(updates, params, masks, passive_weight_decay, state.count)
+    return new_updates, _next_state(state, selection.num_kept, selection.threshold,
+                                    average_scores, kept_fractions, selection.held)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -341,7 +416,7 @@ def gsm(
     momentum: float = 0.99,
     weight_decay: float = 5e-4,
     nesterov: bool = False,
-    importance: importance_lib.Importance = "taylor",
+    importance: importance_lib.Importance | None = None,
     eligible: eligibility.Eligible = None,
     passive_weight_decay: ScalarOrSchedule = 0.0,
     importance_ema: float = 0.0,
@@ -363,10 +438,12 @@ def gsm(
   decay towards zero and a final :func:`gsm_optax.prune` to Q non-zeros needs
   no fine-tuning. Non-eligible parameters (biases, norms) get their full
   gradient and no decay, as in the authors' code. This is exactly
-  ``optax.chain(keep_top_gradients(keep_ratio, importance=importance,
-  eligible=eligible), optax.add_decayed_weights(weight_decay, mask=eligible),
+  ``optax.chain(keep_top_gradients(keep_ratio, ...),
+  optax.add_decayed_weights(weight_decay, mask=eligible),
   optax.trace(momentum, nesterov=nesterov),
-  optax.scale_by_learning_rate(learning_rate))``.
+  optax.scale_by_learning_rate(learning_rate))``, with
+  :func:`keep_top_groups` in place of :func:`keep_top_gradients` when
+  ``groups`` is given.
 
   With its defaults this is the paper's update. Two options (passed on to
   :func:`keep_top_gradients`) make the final prune free where the paper's
@@ -381,8 +458,8 @@ def gsm(
   weight decay apply to whole groups (neurons, filters, input features, with
   their biases and norms; see :class:`gsm_optax.Groups`), so that the passive
   groups decay as wholes and ``gsm_optax.prune(..., groups=groups)`` followed
-  by :func:`gsm_optax.export_pruned` gives a narrower dense model. This is
-  the rule that Ding et al.'s ResRep applies to channels.
+  by :func:`gsm_optax.narrow` gives a narrower dense model. This is the rule
+  that Ding et al.'s ResRep applies to channels.
 
   Args:
     learning_rate: ``alpha``, a float or an optax schedule.
@@ -391,8 +468,9 @@ def gsm(
     momentum: ``beta``, in [0, 1).
     weight_decay: ``eta``, >= 0, applied to eligible weights only.
     nesterov: use Nesterov momentum (the authors' LeNet runs do).
-    importance: ``"taylor"``, ``"magnitude"`` or a callable; see
-      :func:`keep_top_gradients`.
+    importance: None for the stage's default (``"taylor"``; with groups,
+      ``"group_taylor"``), or a score of :func:`keep_top_gradients` (of
+      :func:`keep_top_groups` with groups).
     eligible: which parameters are prunable; see :func:`keep_top_gradients`.
     passive_weight_decay: ``eta_p >= 0``, a float or a schedule: extra decay
       of the eligible weights outside the top-Q at each step, on top of
@@ -400,13 +478,13 @@ def gsm(
     importance_ema: rate in [0, 1) of the moving average of the importance
       used for ranking; 0 (the paper) ranks by the current minibatch's scores.
     groups: rank groups of weights instead of weights; see
-      :func:`keep_top_gradients`. Their members (biases and norms included)
+      :func:`keep_top_groups`. Their members (biases and norms included)
       receive the weight decay; ``eligible`` must then be None.
     budget: with ``groups``, what ``keep_ratio`` counts: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs` (see
-      :func:`keep_top_gradients`).
+      :func:`keep_top_groups`).
     allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
-      :func:`keep_top_gradients`).
+      :func:`keep_top_groups`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -436,15 +514,22 @@ def gsm(
                       schedule_hint=_utils.inject_hint("gsm", "weight_decay"))
   _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
                       schedule_hint=_utils.inject_hint("gsm", "importance_ema"))
-  _check_groups_args(groups, eligible, budget, allocation)
+  grouping.check_group_options(groups, budget, allocation, eligible)
+  selection: optax.GradientTransformationExtraArgs
   if groups is None:
+    selection = keep_top_gradients(
+        keep_ratio, importance="taylor" if importance is None else importance,
+        eligible=eligible, passive_weight_decay=passive_weight_decay,
+        importance_ema=importance_ema)
     decayed = lambda p: eligibility.resolve_eligible(eligible, p)
   else:
+    selection = keep_top_groups(
+        keep_ratio, groups, budget=budget, allocation=allocation,
+        importance="group_taylor" if importance is None else importance,
+        passive_weight_decay=passive_weight_decay, importance_ema=importance_ema)
     decayed = lambda p: grouping.member_mask(groups, p)
   return optax.chain(
-      keep_top_gradients(keep_ratio, importance=importance, eligible=eligible,
-                         passive_decay=passive_weight_decay, importance_ema=importance_ema,
-                         groups=groups, budget=budget, allocation=allocation),
+      selection,
       optax.add_decayed_weights(weight_decay, mask=decayed),
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate),
@@ -454,7 +539,8 @@ def gsm(
 def selection_stats(opt_state: Any) -> SelectionStats:
   """Reads the selection's step, keep count and threshold from any optimizer state.
 
-  Works on the state of :func:`gsm`, :func:`keep_top_gradients`, or any chain,
+  Works on the state of :func:`gsm`, :func:`keep_top_gradients`,
+  :func:`keep_top_groups`, or any chain,
   ``inject_hyperparams``, ``MultiSteps`` or ``apply_if_finite`` wrapping them;
   the first selection stage found is reported. Jit-friendly.
 

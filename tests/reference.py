@@ -65,7 +65,7 @@ def min_kept_selection(scores, sizes, min_kept, *, q=None, fits=None):
 
 
 def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps, *,
-                  passive_decay=lambda t: 0.0, ema=0.0, importance="taylor"):
+                  passive_weight_decay=lambda t: 0.0, ema=0.0, importance="taylor"):
   """Global Sparse Momentum SGD in float64, straight from Ding et al. (2019).
 
     T = |g * W|, B = 1 on the global top-Q of T over eligible weights
@@ -75,7 +75,7 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
 
   and the two extensions of gsm_optax.gsm, both off by default:
 
-    d = B * g + eta * W + eta_p(t) * (1 - B) * W      (passive_decay = eta_p)
+    d = B * g + eta * W + eta_p(t) * (1 - B) * W      (passive_weight_decay = eta_p)
     S = ema * S + (1 - ema) * T, B from the top-Q of S  (S starts at 0)
 
   and ``importance="magnitude"``: T = |W| (the recommended recipe's score).
@@ -99,7 +99,7 @@ def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov,
       if e:
         bi = b[offset:offset + w[i].size].reshape(w[i].shape)
         offset += w[i].size
-        d = bi * g[i] + eta * w[i] + passive_decay(t) * (1 - bi) * w[i]
+        d = bi * g[i] + eta * w[i] + passive_weight_decay(t) * (1 - bi) * w[i]
       else:
         d = g[i]
       z[i] = beta * z[i] + d
@@ -143,15 +143,15 @@ def group_sums(values, spec):
   return out
 
 
-def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *, passive_decay=0.0,
-                             ema=0.0, min_kept=None):
+def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *,
+                             passive_weight_decay=0.0, ema=0.0, min_kept=None):
   """Structured GSM in float64, from the equations with groups in place of weights.
 
     T_j = |sum over the entries i of group j of g_i * W_i|
     S_j = ema * S_j + (1 - ema) * sum_i g_i * W_i, T_j = |S_j|   (ema > 0; S starts at 0)
     B_i = 1 when the group of entry i is kept: each set's min_kept best groups by T (1 by
           default), then the others in the stable order of T up to Q groups in all
-    d = B * g + eta * W + passive_decay * (1 - B) * W   (members of a group; others: d = g)
+    d = B * g + eta * W + passive_weight_decay * (1 - B) * W   (members of a group; others: d = g)
     Z = beta * Z + d, W = W - lr * Z
 
   Yields the parameters and the group masks after every step.
@@ -176,7 +176,7 @@ def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *, pass
       if b[i] is None:
         d = g[i]
       else:
-        d = b[i] * g[i] + eta * w[i] + passive_decay * (1 - b[i]) * w[i]
+        d = b[i] * g[i] + eta * w[i] + passive_weight_decay * (1 - b[i]) * w[i]
       z[i] = beta * z[i] + d
       w[i] = w[i] - lr * z[i]
     yield [x.copy() for x in w], keep

@@ -57,10 +57,10 @@ def test_train_takes_any_model_and_dataset():
 def test_mnist_recipe_flag():
   """The recommended recipe is the default; the paper's update is one flag away; flags win."""
   default = cli._mnist_config(cli._parser().parse_args(["mnist"]))
-  assert (default.anneal_epochs, default.passive_decay, default.importance) == (
+  assert (default.anneal_epochs, default.passive_weight_decay, default.importance) == (
       160, 100 * default.gsm.weight_decay, "magnitude")  # up to the first drop, at 160
   paper = cli._mnist_config(cli._parser().parse_args(["mnist", "--recipe", "paper"]))
-  assert (paper.anneal_epochs, paper.passive_decay, paper.importance_ema) == (0, 0.0, 0.0)
+  assert (paper.anneal_epochs, paper.passive_weight_decay, paper.importance_ema) == (0, 0.0, 0.0)
   assert paper.importance == "taylor"
   structured = cli._mnist_config(cli._parser().parse_args(["mnist", "--structured"]))
   assert (structured.anneal_epochs, structured.importance) == (100, "taylor")  # as measured
@@ -73,8 +73,8 @@ def test_mnist_recipe_flag():
       ["mnist", "--recipe", "fixed", "--gsm-epochs", "90", "--gsm-boundaries", "51", "64", "77"]))
   assert fixed.anneal_epochs == round(100 / 160 * 51)
   mixed = cli._mnist_config(cli._parser().parse_args(
-      ["mnist", "--recipe", "paper", "--passive-decay", "2e-3", "--importance-ema", "0.9"]))
-  assert (mixed.anneal_epochs, mixed.passive_decay, mixed.importance_ema) == (0, 2e-3, 0.9)
+      ["mnist", "--recipe", "paper", "--passive-weight-decay", "2e-3", "--importance-ema", "0.9"]))
+  assert (mixed.anneal_epochs, mixed.passive_weight_decay, mixed.importance_ema) == (0, 2e-3, 0.9)
   with pytest.raises(SystemExit):
     cli._parser().parse_args(["mnist", "--recipe", "fancy"])
 
@@ -84,19 +84,19 @@ def test_mnist_bad_arguments_fail_before_training():
     cli.main(["mnist", "--compression", "0.5"])
   with pytest.raises(SystemExit, match="batch_size"):
     cli.main(["mnist", "--batch-size", "0"])
-  with pytest.raises(SystemExit, match="passive_decay"):
-    cli.main(["mnist", "--passive-decay", "-1"])
+  with pytest.raises(SystemExit, match="passive_weight_decay"):
+    cli.main(["mnist", "--passive-weight-decay", "-1"])
   with pytest.raises(SystemExit, match="anneal_epochs"):
     cli.main(["mnist", "--anneal-epochs", "1000"])
 
 
 def test_mnist_structured_flags():
   args = cli._parser().parse_args(["mnist", "--model", "lenet5", "--structured", "--budget", "macs",
-                                   "--group-score", "summed-taylor"])
+                                   "--group-importance", "taylor"])
   config = cli._mnist_config(args)
-  assert (config.structured, config.budget, config.group_score) == (True, "macs", "summed_taylor")
+  assert (config.structured, config.budget, config.group_importance) == (True, "macs", "taylor")
   assert config.methods == ("gsm", "gradual")  # the structured comparison by default
-  for flags in (["--budget", "macs"], ["--group-score", "summed-taylor"], ["--per-mac"],
+  for flags in (["--budget", "macs"], ["--group-importance", "taylor"], ["--per-mac"],
                 ["--allocation", "uniform"]):
     with pytest.raises(ValueError, match="--structured"):
       cli._mnist_config(cli._parser().parse_args(["mnist", *flags]))
@@ -199,7 +199,7 @@ def test_training_plot_shows_every_epoch_in_plain_words():
   epochs = 8
   pruned = np.sort(rng.uniform(0.05, 0.9, epochs))  # low in the first epochs
   history = [{"epoch": e + 1, "test_accuracy": rng.uniform(0.9, 0.99),
-              "pruned_test_accuracy": p, "outside_fraction": rng.uniform(1e-6, 0.5)}
+              "pruned_test_accuracy": p, "removed_l2_fraction": rng.uniform(1e-6, 0.5)}
              for e, p in enumerate(pruned)]
   results = {"gsm": {"history": history}, "target_nonzeros": 4436,
              "base": {"final_test_accuracy": rng.uniform(0.95, 0.99)}}

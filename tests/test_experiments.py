@@ -6,11 +6,13 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gsm_optax import experiments, prune_mask, sparsity_report
+from gsm_optax import experiments, hold_mask, prune_mask, sparsity_report
 from gsm_optax.experiments import PhaseConfig
+from gsm_optax.experiments.runner import Runner, momentum_sgd
 
 
 def tiny_config(**overrides):
@@ -59,13 +61,29 @@ def test_every_method_reaches_the_budget(full_run):
     assert json.load(f)["gsm"]["nonzeros"] == results["gsm"]["nonzeros"]
 
 
-def test_lottery_tickets_start_from_the_initial_weights(full_run):
+def test_lottery_tickets_start_from_the_initial_weights(full_run, tmp_path):
+  """GSM's ticket is its mask on the initial weights, retrained: the same retraining, started
+  here from the initial weights (the base phase's starting point) under that mask, ends at the
+  saved ticket bit for bit, and the pruned weights stayed at 0."""
   out, results = full_run
-  gsm_params = experiments.load_phase_params(out, "gsm", tiny_config())
-  ticket = experiments.load_phase_params(out, "lottery_gsm", tiny_config())
+  config = tiny_config()
+  gsm_params = experiments.load_phase_params(out, "gsm", config)
+  ticket = experiments.load_phase_params(out, "lottery_gsm", config)
   mask = prune_mask(gsm_params, 1 / 60.0)
   for m, t in zip(jax.tree_util.tree_leaves(mask), jax.tree_util.tree_leaves(ticket)):
     assert not np.any(np.asarray(t)[~np.asarray(m)])  # the pruned weights stayed at 0
+
+  runner = Runner(config, str(tmp_path), quiet=True)
+  initial = runner.init_variables()["params"]
+  base = experiments.load_phase_params(out, "base", config)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(initial),
+                                                      jax.tree_util.tree_leaves(base)))
+  start = jax.tree_util.tree_map(lambda w, m: jnp.where(m, w, 0), initial, mask)
+  tx = hold_mask(momentum_sgd(config.base, runner.steps_per_epoch, runner.eligible), mask)
+  runner.phase("lottery_gsm", {"params": start}, tx, config.base.epochs)
+  again = experiments.load_phase_params(str(tmp_path), "lottery_gsm", config)
+  for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(ticket)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_interrupted_phase_resumes_bit_for_bit(full_run, tmp_path):
@@ -109,7 +127,7 @@ def test_structured_run_exports_a_narrower_model(tmp_path):
   # Light momentum and a strong passive decay: in its 48 steps the passive groups reach 0, as
   # they do over a full run's thousands of steps.
   config = tiny_config(compression=3.0, structured=True, methods=("gsm", "gradual"),
-                       importance_ema=0.99, passive_decay=0.5,
+                       importance_ema=0.99, passive_weight_decay=0.5,
                        gsm=PhaseConfig(0.1, 3, (2,), momentum=0.5, weight_decay=1e-2,
                                        warmup_epochs=1))
   results = experiments.run(config, str(tmp_path), quiet=True)

@@ -186,8 +186,10 @@ def test_bad_inputs_get_clear_errors():
     gsm_optax.gsm(0.1, "half")
   with pytest.raises(ValueError, match="no eligible weights"):
     gsm_optax.gsm(0.1, 0.5).init({"b": jnp.ones(3)})
+  with pytest.raises(ValueError, match="no eligible weights.*floating point"):
+    gsm_optax.gsm(0.1, 0.5).init({"w": jnp.ones((3, 3), jnp.int32)})  # not prunable
   with pytest.raises(TypeError, match=r"\['w'\].*int32"):
-    gsm_optax.gsm(0.1, 0.5).init({"w": jnp.ones((3, 3), jnp.int32)})
+    gsm_optax.gsm(0.1, 0.5, eligible={"w": True}).init({"w": jnp.ones((3, 3), jnp.int32)})
   with pytest.raises(ValueError, match="needs the parameters"):
     tx = gsm_optax.gsm(0.1, 0.5)
     tx.update(params, tx.init(params))

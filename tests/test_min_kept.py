@@ -89,8 +89,7 @@ def test_selection_keeps_a_group_of_every_layer_of_a_chain_under_jit(rng, budget
     want, held = min_kept_selection(rms, [6, 5], [1, 1],
                                     fits=lambda kept: _chain_macs(kept) <= allowed)
   assert held.tolist() == [False, True]  # the budget alone empties Dense_1
-  tx = gsm_optax.keep_top_gradients(ratio, importance="magnitude", groups=coupling.groups,
-                                    budget=spec)
+  tx = gsm_optax.keep_top_groups(ratio, coupling.groups, importance="magnitude", budget=spec)
   grads = jax.tree_util.tree_map(lambda a: jnp.ones_like(a), params)
   out, state = jax.jit(tx.update)(grads, tx.init(params), params)
   np.testing.assert_array_equal(_kept_units(out, ["Dense_0", "Dense_1"]), want)

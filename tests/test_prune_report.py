@@ -62,3 +62,25 @@ def test_sparsity_report_counts(rng):
   assert "compression" in table and f"{nz:,}" in table and "(not pruned)" in table
   data = json.loads(json.dumps(report.to_dict()))
   assert data["eligible_nonzeros"] == nz and data["leaves"][1]["shape"] == [20, 10]
+
+
+def test_report_prune_and_gsm_agree_on_what_is_prunable(rng):
+  """One eligibility rule: an int32 matrix (a table of indices) is not prunable by default, so
+  sparsity_report does not count it, prune leaves it as it is and gsm accepts the params; marked
+  eligible by hand, all three refuse it, naming the leaf."""
+  table = jnp.asarray(rng.integers(-5, 5, (6, 4)), jnp.int32)
+  kernel = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
+  params = {"index": table, "kernel": kernel}
+  report = gsm_optax.sparsity_report(params)
+  assert [leaf.eligible for leaf in report.leaves] == [False, True]
+  assert report.eligible_size == kernel.size
+  pruned = gsm_optax.prune(params, 0.2)
+  np.testing.assert_array_equal(pruned["index"], table)
+  assert int(np.count_nonzero(pruned["kernel"])) == int(0.2 * kernel.size)
+  gsm_optax.gsm(0.1, 0.2).init(params)
+  everything = {"index": True, "kernel": True}
+  for call in (lambda: gsm_optax.sparsity_report(params, eligible=everything),
+               lambda: gsm_optax.prune(params, 0.2, eligible=everything),
+               lambda: gsm_optax.gsm(0.1, 0.2, eligible=everything).init(params)):
+    with pytest.raises(TypeError, match=r"\['index'\] of params has dtype int32"):
+      call()

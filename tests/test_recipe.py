@@ -87,7 +87,7 @@ def test_options_match_float64_reference(rng, variant, nesterov):
                      passive_weight_decay=passive, importance_ema=v.get("ema", 0.0),
                      importance=v.get("importance", "taylor"))
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, keep_np, beta, eta, nesterov,
-                            steps, passive_decay=passive_np, ema=v.get("ema", 0.0),
+                            steps, passive_weight_decay=passive_np, ema=v.get("ema", 0.0),
                             importance=v.get("importance", "taylor"))
   _assert_follows(tx, w0, grad_jax, reference)
 
@@ -100,7 +100,7 @@ def test_recommended_gsm_is_the_recipe_of_the_float64_reference(rng, nesterov):
   tx = gsm_optax.recommended_gsm(0.03, final, anneal_steps=anneal, momentum=beta,
                                  weight_decay=eta, nesterov=nesterov)
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, _cubic_q(final, 0, anneal),
-                            beta, eta, nesterov, steps, passive_decay=lambda t: 100 * eta,
+                            beta, eta, nesterov, steps, passive_weight_decay=lambda t: 100 * eta,
                             importance="magnitude")
   last_mask = _assert_follows(tx, w0, grad_jax, reference)
   assert int(last_mask.sum()) == int(final * N)  # the anneal reached Q
@@ -121,13 +121,13 @@ def test_recommended_gsm_rejects_bad_arguments_at_construction(kwargs, error, ma
     gsm_optax.recommended_gsm(0.01, args.pop("keep_ratio"), **args)
 
 
-def test_passive_decay_is_the_only_change_outside_the_top_q(rng):
+def test_passive_weight_decay_is_the_only_change_outside_the_top_q(rng):
   """keep_top_gradients returns B * g + eta_p * (1 - B) * w, exactly."""
   w = {"k": jnp.asarray(rng.standard_normal((20, 30)), jnp.float32),
        "b": jnp.asarray(rng.standard_normal(30), jnp.float32)}
   g = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), w)
   plain = gsm_optax.keep_top_gradients(0.1)
-  passive = gsm_optax.keep_top_gradients(0.1, passive_decay=0.25)
+  passive = gsm_optax.keep_top_gradients(0.1, passive_weight_decay=0.25)
   out0, _ = plain.update(g, plain.init(w), w)
   out1, _ = passive.update(g, passive.init(w), w)
   kept = np.asarray(out0["k"]) != 0
@@ -185,9 +185,9 @@ def test_options_under_inject_hyperparams_and_schedules(rng):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(passive_weight_decay=-1e-3), "passive_decay"),
-        (dict(passive_weight_decay=float("nan")), "passive_decay"),
-        (dict(passive_weight_decay="1e-3"), "passive_decay"),
+        (dict(passive_weight_decay=-1e-3), "passive_weight_decay"),
+        (dict(passive_weight_decay=float("nan")), "passive_weight_decay"),
+        (dict(passive_weight_decay="1e-3"), "passive_weight_decay"),
         (dict(importance_ema=1.0), "importance_ema"),
         (dict(importance_ema=-0.1), "importance_ema"),
     ],

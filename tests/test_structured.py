@@ -36,8 +36,8 @@ def _is(names):
 SPECS = {
     # Output filters and neurons with their biases, and the input rows of the last layer.
     "outputs and inputs": lambda p: (
-        gsm_optax.output_groups(p, where=_is({"conv/kernel", "dense/kernel"}))
-        + gsm_optax.input_groups(p, where=_is({"out/kernel"}))),
+        gsm_optax.output_groups(p, eligible=_is({"conv/kernel", "dense/kernel"}))
+        + gsm_optax.input_groups(p, eligible=_is({"out/kernel"}))),
     # A filter with the rows of the next layer it feeds (flattened [2 positions, 4 channels]),
     # and a dense unit as its bias and outgoing row.
     "coupled by hand": lambda p: (
@@ -101,7 +101,7 @@ def test_structured_gsm_matches_float64_reference(rng, spec, options):
   update = jax.jit(tx.update)
   reference = structured_gsm_reference(
       w0, _reference_spec(spec), grad_np, lr, int(ratio * num_groups), beta, eta, steps,
-      passive_decay=options.get("passive", 0.0), ema=options.get("ema", 0.0))
+      passive_weight_decay=options.get("passive", 0.0), ema=options.get("ema", 0.0))
   for t, (w_ref, keep_ref) in enumerate(reference):
     grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
     updates, state = update(grads, state, params)
@@ -115,7 +115,7 @@ def test_every_entry_of_a_group_shares_its_fate(rng):
   """The kept gradient is exactly g on kept groups and 0 elsewhere, biases included."""
   params = _params(rng)
   grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
-  tx = gsm_optax.keep_top_gradients(0.5, groups="outputs")
+  tx = gsm_optax.keep_top_groups(0.5, "outputs")
   out, state = tx.update(grads, tx.init(params), params)
   for layer in ("conv", "dense", "out"):
     kernel, bias = np.asarray(out[layer]["kernel"]), np.asarray(out[layer]["bias"])
@@ -280,9 +280,18 @@ def test_bad_group_arguments_fail_at_construction():
   with pytest.raises(ValueError, match="either groups or eligible"):
     gsm_optax.gsm(0.1, 0.5, groups="outputs", eligible=lambda p: p)
   with pytest.raises(ValueError, match="budget='weights' needs groups"):
-    gsm_optax.keep_top_gradients(0.5, budget="weights")
+    gsm_optax.gsm(0.1, 0.5, budget="weights")
+  with pytest.raises(ValueError, match="allocation='uniform' needs groups"):
+    gsm_optax.prune_mask({"w": jnp.ones((2, 2))}, 0.5, allocation="uniform")
   with pytest.raises(ValueError, match="budget must be one of"):
-    gsm_optax.keep_top_gradients(0.5, groups="outputs", budget="flops")
+    gsm_optax.keep_top_groups(0.5, "outputs", budget="flops")
+  with pytest.raises(ValueError, match="allocation must be one of"):
+    gsm_optax.prune_readiness({"w": jnp.ones((2, 2))}, 0.5, groups="outputs",
+                              allocation="layerwise")
+  with pytest.raises(ValueError, match="keep_top_groups needs groups"):
+    gsm_optax.keep_top_groups(0.5, None)  # type: ignore[arg-type]
+  with pytest.raises(ValueError, match="'group_taylor'.* scores groups"):
+    gsm_optax.keep_top_gradients(0.5, importance="group_taylor")
   with pytest.raises(ValueError, match="not among the groups"):
     gsm_optax.mac_costs([Groups("a", 2, (GroupMember("w", 0),))], [gsm_optax.MacTerm(4, ("b",))])
 
@@ -367,7 +376,7 @@ def test_mac_budget_ranked_per_mac(rng):
   mask = gsm_optax.prune_mask(params, ratio, groups=groups, budget=budget)
   chex.assert_trees_all_equal(jax.tree_util.tree_leaves(mask), _expand(kept, spec, leaves))
 
-  tx = gsm_optax.keep_top_gradients(ratio, groups=groups, budget=budget)
+  tx = gsm_optax.keep_top_groups(ratio, groups, budget=budget)
   state = tx.init(params)
   chex.assert_trees_all_equal(state.kept_fractions, (1.0, 1.0, 1.0))
   grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
@@ -383,7 +392,7 @@ def test_structured_gsm_with_uniform_allocation_keeps_every_layer_fraction(rng):
   params = _params(rng)
   groups = SPECS["outputs and inputs"](params)
   grads = jax.tree_util.tree_map(lambda x: jnp.asarray(3 * rng.standard_normal(x.shape)), params)
-  tx = gsm_optax.keep_top_gradients(0.5, groups=groups, allocation="uniform")
+  tx = gsm_optax.keep_top_groups(0.5, groups, allocation="uniform")
   out, _ = tx.update(grads, tx.init(params), params)
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
   g_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
@@ -399,3 +408,73 @@ def test_structured_gsm_with_uniform_allocation_keeps_every_layer_fraction(rng):
   assert int(np.sum(np.any(np.asarray(pruned["out"]["kernel"]) != 0, 1))) == 3
   with pytest.raises(ValueError, match="allocation"):
     gsm_optax.gsm(0.1, 0.5, allocation="uniform")
+
+
+@pytest.mark.parametrize("importance", ["group_taylor", "taylor", "taylor as a callable"])
+def test_each_group_score_has_its_own_name(rng, importance):
+  """keep_top_groups keeps the top-Q groups by |sum g*w| ("group_taylor") or by sum |g*w|
+  ("taylor", the same as gsm_optax.taylor), each against a float64 reference."""
+  params = _params(rng)
+  grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+  spec = _reference_spec("outputs and inputs")
+  w = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  g = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
+  if importance == "group_taylor":
+    scores = np.abs(np.concatenate(group_sums([a * b for a, b in zip(g, w)], spec)))
+  else:
+    scores = np.concatenate(group_sums([np.abs(a * b) for a, b in zip(g, w)], spec))
+  sizes = [size for size, _ in spec]
+  q = int(0.4 * sum(sizes))
+  want, _ = min_kept_selection(scores, sizes, [1] * len(sizes), q=q)
+  tx = gsm_optax.keep_top_groups(
+      0.4, SPECS["outputs and inputs"],
+      importance=gsm_optax.taylor if importance == "taylor as a callable" else importance)
+  out, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  passed = [(np.asarray(o) != 0).astype(np.float64) for o in jax.tree_util.tree_leaves(out)]
+  got = np.concatenate(group_sums(passed, spec)) > 0
+  np.testing.assert_array_equal(got, want)
+  assert int(state.keep_count) == want.sum()
+
+
+def test_gsm_chains_the_selection_stage_its_arguments_ask_for(rng):
+  """gsm(..., groups=...) is keep_top_groups (with "group_taylor" by default) followed by the
+  decay; gsm without groups, keep_top_gradients: the same updates as the chains built by hand."""
+  params = _params(rng)
+  grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+  spec = SPECS["outputs and inputs"]
+  for stage, kwargs in [(gsm_optax.keep_top_groups(0.5, spec), {"groups": spec}),
+                        (gsm_optax.keep_top_gradients(0.5), {})]:
+    decayed = ((lambda p: gsm_optax.grouping.member_mask(spec, p)) if kwargs
+               else gsm_optax.default_eligible)
+    by_hand = optax.chain(stage, optax.add_decayed_weights(1e-2, mask=decayed),
+                          optax.trace(0.9), optax.scale_by_learning_rate(0.1))
+    tx = gsm_optax.gsm(0.1, 0.5, momentum=0.9, weight_decay=1e-2, **kwargs)
+    got, state = tx.update(grads, tx.init(params), params)
+    want, _ = by_hand.update(grads, by_hand.init(params), params)
+    chex.assert_trees_all_equal(got, want)
+    assert (state[0].held_sets is None) == (not kwargs)
+
+
+BAD_GROUP_OPTIONS = [
+    ({"budget": "flops"}, "budget must be one of"),
+    ({"allocation": "layerwise", "groups": "outputs"}, "allocation must be one of"),
+    ({"budget": "weights"}, "budget='weights' needs groups"),
+    ({"allocation": "uniform"}, "allocation='uniform' needs groups"),
+    ({"groups": "outputs", "eligible": lambda p: p}, "either groups or eligible"),
+]
+PRUNING_FUNCTIONS = {
+    "gsm": lambda **kw: gsm_optax.gsm(0.1, 0.5, **kw),
+    "prune": lambda **kw: gsm_optax.prune({"w": jnp.ones((2, 2))}, 0.5, **kw),
+    "prune_mask": lambda **kw: gsm_optax.prune_mask({"w": jnp.ones((2, 2))}, 0.5, **kw),
+    "prune_readiness": lambda **kw: gsm_optax.prune_readiness({"w": jnp.ones((2, 2))}, 0.5, **kw),
+    "gradual_magnitude_pruning": lambda **kw: gsm_optax.gradual_magnitude_pruning(
+        optax.sgd(0.1), 0.5, begin_step=0, end_step=2, update_every=1, **kw),
+}
+
+
+@pytest.mark.parametrize("function", sorted(PRUNING_FUNCTIONS))
+@pytest.mark.parametrize("options,error", BAD_GROUP_OPTIONS,
+                         ids=[e for _, e in BAD_GROUP_OPTIONS])
+def test_every_pruning_function_checks_the_group_options_alike(function, options, error):
+  with pytest.raises(ValueError, match=error):
+    PRUNING_FUNCTIONS[function](**options)

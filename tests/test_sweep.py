@@ -76,17 +76,17 @@ def test_methods_differ_only_in_the_gsm_update(method):
 
 def test_recipe_settings_scale_with_the_schedule():
   config = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
-  late = runner.with_recipe(config, {"anneal_fraction": 0.5, "passive_decay_factor": 3.0,
+  late = runner.with_recipe(config, {"anneal_fraction": 0.5, "passive_weight_decay_factor": 3.0,
                                      "passive_from_anneal_end": True, "importance": "magnitude",
                                      "importance_ema": 0.9})
   first_drop = config.gsm.boundaries[0]
   assert late.anneal_epochs == round(0.5 * first_drop)
-  assert late.passive_decay_begin_epoch == late.anneal_epochs
-  assert late.passive_decay == pytest.approx(3.0 * config.gsm.weight_decay)
+  assert late.passive_weight_decay_begin_epoch == late.anneal_epochs
+  assert late.passive_weight_decay == pytest.approx(3.0 * config.gsm.weight_decay)
   assert (late.importance, late.importance_ema) == ("magnitude", 0.9)
   assert runner.with_recipe(config, "paper") == config
-  with pytest.raises(ValueError, match="passive_decay"):
-    runner.with_recipe(config, {"passive_decay": 1e-3})  # a factor, not an absolute decay
+  with pytest.raises(ValueError, match="passive_weight_decay"):
+    runner.with_recipe(config, {"passive_weight_decay": 1e-3})  # a factor, not an absolute decay
   with pytest.raises(ValueError, match="recipe"):
     runner.with_recipe(config, "fancy")
   with pytest.raises(ValueError, match="importance"):
@@ -156,7 +156,7 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
   """Every result kept in docs/results/ was produced by the config its directory names, so a
   renamed or redefined method cannot leave the published table describing other runs."""
   root = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results", archive)
-  keys = ("passive_decay", "passive_decay_begin_epoch", "anneal_epochs", "importance",
+  keys = ("passive_weight_decay", "passive_weight_decay_begin_epoch", "anneal_epochs", "importance",
           "importance_ema", "compression", "dataset", "model", "seed", "methods", "base", "gsm")
   checked = 0
   for cell in sorted(os.listdir(root)):
@@ -188,10 +188,10 @@ def test_deep_cells_run_on_their_own_schedule():
     rec = sweep.sweep_config("fashion_mnist", model, 10.0, 0, "recommended")
     assert (rec.base, rec.gsm, rec.batch_size) == (phases["base"], phases["gsm"], 128)
     assert rec.anneal_epochs == phases["gsm"].boundaries[0]  # up to the first drop
-    assert rec.passive_decay == pytest.approx(100 * phases["gsm"].weight_decay)
+    assert rec.passive_weight_decay == pytest.approx(100 * phases["gsm"].weight_decay)
     assert rec.importance == "magnitude" and rec.methods == ("gsm",)
     oneshot = sweep.sweep_config("fashion_mnist", model, 10.0, 0, "oneshot")
-    assert oneshot.methods == ("oneshot",) and oneshot.passive_decay == 0
+    assert oneshot.methods == ("oneshot",) and oneshot.passive_weight_decay == 0
     steps_per_epoch = 60_000 // 128
     # Every job fits 75 minutes at the measured ~0.67 s (ResNet-20) / ~0.50 s (ViT) a step.
     per_step = {"resnet20": 0.67, "vit": 0.50}[model]
@@ -203,7 +203,7 @@ def test_deep_cells_run_on_their_own_schedule():
     # threshold (1e-3) in the epochs left (the exact recurrence, and its envelope).
     gsm, begin = rec.gsm, rec.anneal_epochs * steps_per_epoch
     after = _shifted(gsm.schedule(steps_per_epoch), begin)
-    late = dict(momentum=gsm.momentum, weight_decay=gsm.weight_decay + rec.passive_decay)
+    late = dict(momentum=gsm.momentum, weight_decay=gsm.weight_decay + rec.passive_weight_decay)
     rest = gsm.epochs * steps_per_epoch - begin
     exact = gsm_optax.simulate_decay_shrink(after, rest, **late)
     envelope = gsm_optax.decay_shrink_factor(after, rest, **late)

@@ -27,7 +27,8 @@ def main(run_dir: str, compression: str, *flags: str) -> None:
   per_mac = "--per-mac" in flags
   config = experiments.ExperimentConfig(
       model="lenet5", compression=float(compression), structured=True, methods=("gsm",),
-      budget="macs", per_mac=per_mac, importance_ema=0.999, passive_decay=5e-3, anneal_epochs=32,
+      budget="macs", per_mac=per_mac, importance_ema=0.999, passive_weight_decay=5e-3,
+      anneal_epochs=32,
       gsm=experiments.PhaseConfig(1e-2, 90, (51, 64, 77), momentum=0.99, nesterov=True,
                                   warmup_epochs=2))
   net = models.LeNet5()

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gsm_optax
-from gsm_optax import grouping
+from gsm_optax import group_selection, grouping
 from gsm_optax.experiments import datasets, models, training
 from gsm_optax.experiments.runner import ExperimentConfig, load_phase_params
 
@@ -40,7 +40,7 @@ def main(run_dir: str, model: str) -> None:
   sizes = resolved.weights_per_group(leaves)
   rules = {
       "|sum g*w|": grouping.finish_group_scores(
-          "taylor", grouping.group_values("taylor", resolved, params, grads, treedef)),
+          "group_taylor", grouping.group_values("group_taylor", resolved, params, grads, treedef)),
       "sum |g*w|": grouping.group_values(gsm_optax.taylor, resolved, params, grads, treedef),
       "L2": [n * np.sqrt(s) for n, s in zip(grouping.group_norms(resolved, leaves), sizes)],
       "RMS": grouping.group_norms(resolved, leaves),
@@ -49,7 +49,7 @@ def main(run_dir: str, model: str) -> None:
         f"({', '.join(f'{g.name} of {g.size}' for g in groups)}):")
   for ratio in (0.1, 0.2, 1 / 3):
     for name, scores in rules.items():
-      kept = grouping.select_groups(resolved, scores, ratio, "groups", None).mask
+      kept = group_selection.select_groups(resolved, scores, ratio, "groups", None).mask
       print(f"  keep {ratio:.2f} by {name:>10}: {[int(np.sum(m)) for m in kept]}")
 
 

@@ -39,7 +39,7 @@ if wants lenet300; then
   run lenet300_g6 lenet300 lenet300_g10 --compression 6 --methods gsm --importance-ema 0.999
   run lenet300_g4.5 lenet300 lenet300_g10 --compression 4.5 --methods gsm --importance-ema 0.999
   run lenet300_g4.5_summed lenet300 lenet300_g10 --compression 4.5 --methods gsm \
-    --importance-ema 0.999 --group-score summed-taylor
+    --importance-ema 0.999 --group-importance taylor
   run lenet300_g4.5_uniform lenet300 lenet300_g10 --compression 4.5 --methods gsm \
     --importance-ema 0.999 --allocation uniform
   run lenet300_g4.5_gradual lenet300 lenet300_g10 --compression 4.5 --methods gradual

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections import defaultdict
 
 import numpy as np
+
+from gsm_optax.experiments.results import load_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAPER = {("lenet300", 60): 98.18, ("lenet5", 125): 99.22, ("lenet5", 300): 99.06}
@@ -47,9 +48,10 @@ def recipe(r: dict) -> str:
   parts = []
   if c.get("anneal_epochs"):
     parts.append(f"keep ratio annealed over {c['anneal_epochs']} ep")
-  if c.get("passive_decay"):
-    start = c.get("passive_decay_begin_epoch", 0)
-    parts.append(f"passive decay {c['passive_decay']:g}" + (f" from ep {start}" if start else ""))
+  if c.get("passive_weight_decay"):
+    start = c.get("passive_weight_decay_begin_epoch", 0)
+    parts.append(f"passive decay {c['passive_weight_decay']:g}"
+                 + (f" from ep {start}" if start else ""))
   if c.get("importance_ema"):
     parts.append(f"importance EMA {c['importance_ema']:g}")
   return (", recipe: " + ", ".join(parts)) if parts else ""
@@ -66,13 +68,12 @@ def _base_key(r: dict) -> tuple:
 def main() -> None:
   runs = defaultdict(list)
   for path in sorted(glob.glob(os.path.join(HERE, "*.json"))):
-    with open(path) as f:
-      r = json.load(f)
+    r = load_results(path)
     c = r["config"]
     # Runs made before the recipe existed have none of its fields: they ran the paper's update.
     key = (c["model"], int(c["compression"]), c["base"]["epochs"], c["gsm"]["epochs"],
-           c["gsm"]["weight_decay"], c.get("anneal_epochs", 0), c.get("passive_decay", 0.0),
-           c.get("passive_decay_begin_epoch", 0), c.get("importance_ema", 0.0))
+           c["gsm"]["weight_decay"], c.get("anneal_epochs", 0), c.get("passive_weight_decay", 0.0),
+           c.get("passive_weight_decay_begin_epoch", 0), c.get("importance_ema", 0.0))
     runs[key].append((os.path.basename(path), r))
 
   print("| experiment | paper | goal | after the final prune | before the prune | base |"
@@ -120,7 +121,7 @@ def main() -> None:
         continue
       g = r["gsm"]
       print(f"| `{name}` | {r['predicted_shrink_factor']:.2g} | {pct(g['removed_l2_fraction'])}% |"
-            f" {pct(g['removed_l1_fraction'])}% | {g.get('carrying_beyond_q', '-')} |"
+            f" {pct(g['removed_l1_fraction'])}% | {g.get('num_carrying', '-')} |"
             f" {pct(g['accuracy_before_prune'] - g['accuracy_after_prune'])} points |")
 
   print("\nLottery tickets and baselines (same base model, same number of epochs):\n")

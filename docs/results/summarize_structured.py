@@ -6,16 +6,16 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
+
+from gsm_optax.experiments.results import load_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _rows():
   for path in sorted(glob.glob(os.path.join(HERE, "structured_*.json"))):
-    with open(path) as f:
-      results = json.load(f)
+    results = load_results(path)
     config = results["config"]
     for method in ("gsm", "gradual"):
       if method not in results:
@@ -34,8 +34,8 @@ def main() -> None:
     if config.get("per_mac"):
       budget += " per MAC"
     score = ("-" if method == "gradual" else
-             {"taylor": "\\|Σ g·w\\|", "summed_taylor": "Σ \\|g·w\\|"}[config.get("group_score",
-                                                                              "taylor")])
+             {"group_taylor": "\\|Σ g·w\\|", "taylor": "Σ \\|g·w\\|"}[
+                 config.get("group_importance", "group_taylor")])
     ema = "-" if method == "gradual" else f"{config['importance_ema']:g}"
     # Structured gradual pruning always allocates uniformly; GSM's default is global.
     allocation = "uniform" if method == "gradual" else config.get("allocation", "global")

@@ -101,6 +101,7 @@ def run_digits(args: argparse.Namespace) -> dict:
       "magnitude_prune_accuracy": magnitude_acc,
       "gsm_accuracy_before_prune": gsm_acc,
       "gsm_accuracy_after_prune": pruned_acc,
+      "keep_ratio": keep_ratio,
       "compression": report.compression,
       "eligible_nonzeros": report.eligible_nonzeros,
       "seconds": time.time() - t0,
@@ -145,8 +146,8 @@ def _mnist_config(args: argparse.Namespace):
                                ("train_subset", args.train_subset),
                                ("checkpoint_every", args.checkpoint_every),
                                ("dataset", args.dataset)) if v is not None}
-  for name in ("passive_decay", "passive_decay_begin_epoch", "importance_ema", "anneal_epochs",
-               "importance"):
+  for name in ("passive_weight_decay", "passive_weight_decay_begin_epoch", "importance_ema",
+               "anneal_epochs", "importance"):
     if getattr(args, name) is not None:
       changes[name] = getattr(args, name)
   if args.methods:
@@ -154,13 +155,13 @@ def _mnist_config(args: argparse.Namespace):
   if args.structured:
     changes["structured"] = True
     changes["budget"] = args.budget
-    changes["group_score"] = args.group_score.replace("-", "_")
+    changes["group_importance"] = args.group_importance.replace("-", "_")
     changes["per_mac"] = args.per_mac
     changes["allocation"] = args.allocation
     changes.setdefault("methods", ("gsm", "gradual"))
-  elif (args.budget != "groups" or args.group_score != "taylor" or args.per_mac
+  elif (args.budget != "groups" or args.group_importance != "group-taylor" or args.per_mac
         or args.allocation != "global"):
-    raise ValueError("--budget, --group-score, --per-mac and --allocation need --structured")
+    raise ValueError("--budget, --group-importance, --per-mac and --allocation need --structured")
   return dataclasses.replace(config, **changes)
 
 
@@ -182,7 +183,8 @@ def closing_summary(results: dict, files: Sequence[str]) -> str:
     kept = (f"keeping {results['target_nonzeros']:,} of {results['eligible_weights']:,} prunable"
             " weights")
   lines = [f"result: {config['model']} on {config['dataset']}, {config['compression']:g}x"
-           f" ({kept}), seed {config['seed']}; test accuracy:"]
+           f" (keep_ratio {1 / config['compression']:.4g}, {kept}), seed {config['seed']};"
+           " test accuracy:"]
   rows = [("dense base", results["base"]["final_test_accuracy"])]
   if "gsm" in results:
     rows += [("GSM, before the final prune", results["gsm"]["accuracy_before_prune"]),
@@ -271,7 +273,8 @@ def _parser() -> argparse.ArgumentParser:
   d = sub.add_parser("digits", help="prune an MLP on scikit-learn's 8x8 digits (~30 s)",
                      description=DIGITS, formatter_class=raw)
   d.add_argument("--compression", type=float, default=10.0,
-                 help="eligible weights per kept weight (default 10)")
+                 help="eligible weights per kept weight (default 10): keep_ratio ="
+                 " 1 / compression")
   d.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
                  help="hidden layer widths (default 256 256)")
   d.add_argument("--base-epochs", type=int, default=30, help="dense epochs (default 30)")
@@ -320,7 +323,8 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
                  help=f"default {model}; the list below says what each prunes")
   m.add_argument("--compression", type=float, default=compression,
                  help=f"prunable weights per kept weight (default {compression:g}): the prune"
-                 " keeps the Q = prunable / compression largest, the top-Q")
+                 " keeps the Q = prunable / compression largest, the top-Q (gsm_optax's"
+                 " keep_ratio = 1 / compression)")
   m.add_argument("--dataset", choices=["mnist", "fashion_mnist"],
                  help="default: mnist for the LeNets, fashion_mnist for the deep networks")
   m.add_argument("--fast", action="store_true",
@@ -348,10 +352,10 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
                  " 'fixed' (the first recipe, fitted to LeNet-300-100 60x MNIST; the default with"
                  " --structured) or 'paper' (the authors' update, unchanged); the flags below"
                  " override any")
-  m.add_argument("--passive-decay", type=float,
+  m.add_argument("--passive-weight-decay", type=float,
                  help="extra weight decay of the weights outside the top-Q (0: the paper)")
-  m.add_argument("--passive-decay-begin-epoch", type=int,
-                 help="GSM epoch from which --passive-decay applies (default 0)")
+  m.add_argument("--passive-weight-decay-begin-epoch", type=int,
+                 help="GSM epoch from which --passive-weight-decay applies (default 0)")
   m.add_argument("--importance-ema", type=float,
                  help="rank by a moving average of the Taylor scores at this rate (0: the paper)")
   m.add_argument("--importance", choices=["taylor", "magnitude"],
@@ -364,9 +368,11 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
   m.add_argument("--budget", choices=["groups", "weights", "macs"], default="groups",
                  help="with --structured, what --compression divides: the number of groups,"
                  " their weights, or the multiply-accumulates per image")
-  m.add_argument("--group-score", choices=["taylor", "summed-taylor"], default="taylor",
-                 help="with --structured, a group's score: |sum g*w| (the loss change of removing"
-                 " it) or sum |g*w|")
+  m.add_argument("--group-importance", choices=["group-taylor", "taylor"],
+                 default="group-taylor",
+                 help="with --structured, a group's score (gsm_optax.keep_top_groups):"
+                 " group-taylor, |sum g*w| (the loss change of removing it), or taylor,"
+                 " sum |g*w|")
   m.add_argument("--per-mac", action="store_true",
                  help="with --budget macs, rank groups by score per MAC at the widths kept")
   m.add_argument("--allocation", choices=["global", "uniform"], default="global",

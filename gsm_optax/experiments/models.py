@@ -300,7 +300,7 @@ def structured_groups(model: str, params: Any, *, per_mac: bool = False,
       return {k: {kk: k in ("fc1", "fc2") and kk == "kernel" for kk in v} for k, v in p.items()}
 
     filters = tuple(g for g in coupling.groups if g.name in ("conv1", "conv2"))
-    groups = filters + gsm_optax.input_groups(params, where=dense)
+    groups = filters + gsm_optax.input_groups(params, eligible=dense)
   return groups, coupling.mac_costs(groups, per_mac=per_mac)
 
 

@@ -101,7 +101,7 @@ def _training_figure(plt: Any, results: dict[str, Any]) -> Any:
   ax1.set_ylabel("test accuracy (%)")
   ax1.set_ylim(max(0.0, min(values) - 1), min(100.0, max(values) + 1))
   ax1.legend(fontsize=8)
-  ax2.semilogy(epochs, [max(r["outside_fraction"], 1e-12) for r in history])
+  ax2.semilogy(epochs, [max(r["removed_l2_fraction"], 1e-12) for r in history])
   ax2.set_xlabel("GSM epoch")
   ax2.set_ylabel("share of the weights' L2 norm\nthe final prune would remove")
   ax2.set_title("distance to the sparse target (lower is closer)", fontsize=10)

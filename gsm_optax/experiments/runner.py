@@ -47,6 +47,7 @@ import optax
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
 from gsm_optax.experiments import datasets, models, structured
+from gsm_optax.experiments.results import load_results
 from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
 
 PyTree = Any
@@ -106,8 +107,8 @@ class ExperimentConfig:
   base: PhaseConfig = PhaseConfig(3e-2, 200, (40, 80, 120, 160), momentum=0.9)
   gsm: PhaseConfig = PhaseConfig(1e-2, 280, (160, 200, 240), momentum=0.99, nesterov=True)
   # GSM beyond the paper (0 is the paper's update; see gsm_optax.gsm):
-  passive_decay: float = 0.0  # extra decay of the weights outside the top-Q
-  passive_decay_begin_epoch: int = 0  # ... from this GSM epoch on (0 before it)
+  passive_weight_decay: float = 0.0  # extra decay of the weights outside the top-Q
+  passive_weight_decay_begin_epoch: int = 0  # ... from this GSM epoch on (0 before it)
   importance_ema: float = 0.0  # rank by a moving average of the Taylor scores
   anneal_epochs: int = 0  # keep ratio from 1 to 1/compression by a cubic over these GSM epochs
   importance: str = "taylor"  # the weights' score: "taylor" (|g * w|, the paper) or "magnitude"
@@ -116,8 +117,9 @@ class ExperimentConfig:
   # "weights" or "macs" (multiply-accumulates per image at the widths kept).
   structured: bool = False
   budget: str = "groups"
-  # The group score: "taylor" (|sum g*w| over the group) or "summed_taylor" (sum |g*w|).
-  group_score: str = "taylor"
+  # The group score, as gsm_optax.keep_top_groups names it: "group_taylor" (|sum g*w| over the
+  # group; with importance "magnitude", the group's RMS) or "taylor" (sum |g*w|).
+  group_importance: str = "group_taylor"
   per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
   # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
   # gradual pruning always allocates uniformly: magnitudes of different layers do not compare).
@@ -148,13 +150,15 @@ class ExperimentConfig:
     for name in ("batch_size", "checkpoint_every", "last_k"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)!r}.")
-    if not 0 <= self.passive_decay < float("inf"):
-      raise ValueError(f"passive_decay must be >= 0; got passive_decay={self.passive_decay!r}.")
+    if not 0 <= self.passive_weight_decay < float("inf"):
+      raise ValueError("passive_weight_decay must be >= 0; got"
+                       f" passive_weight_decay={self.passive_weight_decay!r}.")
     if not 0 <= self.importance_ema < 1:
       raise ValueError(f"importance_ema must be in [0, 1); got {self.importance_ema!r}.")
-    if not 0 <= self.passive_decay_begin_epoch <= self.gsm.epochs:
-      raise ValueError(f"passive_decay_begin_epoch must be in [0, gsm.epochs={self.gsm.epochs}];"
-                       f" got {self.passive_decay_begin_epoch!r}.")
+    if not 0 <= self.passive_weight_decay_begin_epoch <= self.gsm.epochs:
+      raise ValueError("passive_weight_decay_begin_epoch must be in"
+                       f" [0, gsm.epochs={self.gsm.epochs}];"
+                       f" got {self.passive_weight_decay_begin_epoch!r}.")
     if not 0 <= self.anneal_epochs <= self.gsm.epochs:
       raise ValueError(f"anneal_epochs must be in [0, gsm.epochs={self.gsm.epochs}];"
                        f" got anneal_epochs={self.anneal_epochs!r}.")
@@ -163,9 +167,9 @@ class ExperimentConfig:
                        f" importance={self.importance!r}.")
     if self.budget not in ("groups", "weights", "macs"):
       raise ValueError(f"budget must be 'groups', 'weights' or 'macs'; got {self.budget!r}.")
-    if self.group_score not in ("taylor", "summed_taylor"):
-      raise ValueError("group_score must be 'taylor' or 'summed_taylor'; got"
-                       f" group_score={self.group_score!r}.")
+    if self.group_importance not in ("group_taylor", "taylor"):
+      raise ValueError("group_importance must be 'group_taylor' or 'taylor'; got"
+                       f" group_importance={self.group_importance!r}.")
     if self.allocation not in ("global", "uniform"):
       raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
     if self.per_mac and self.budget != "macs":
@@ -236,20 +240,20 @@ def deep_config(model: str = "resnet20", compression: float = 10.0,
 # lengths are fractions of the GSM phase's epochs up to its first learning-rate drop, so that a
 # recipe means the same thing on the authors' 280-epoch schedule and on a shorter one:
 # - anneal_fraction: the keep ratio falls from 1 to Q by a cubic over this fraction (0: Q at once);
-# - passive_decay_factor: the extra decay of the weights outside the top-Q, as a multiple of the
-#   GSM phase's weight decay (which a shorter schedule raises to decay as much in all);
+# - passive_weight_decay_factor: the extra decay of the weights outside the top-Q, as a multiple
+#   of the GSM phase's weight decay (which a shorter schedule raises to decay as much in all);
 # - passive_from_anneal_end: the passive decay applies only once the keep ratio has reached Q;
 # - importance, importance_ema: the score and the rate of its moving average.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     # Fitted on LeNet-300-100 at 60x on MNIST alone (the default until the robustness sweep):
-    "fixed": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0},
+    "fixed": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0},
     # The default, chosen by the recipe sweep (gsm_optax.experiments.sweep, docs/RESULTS.md):
-    "recommended": {"anneal_fraction": 1.0, "passive_decay_factor": 100.0,
+    "recommended": {"anneal_fraction": 1.0, "passive_weight_decay_factor": 100.0,
                     "importance": "magnitude"},
 }
-RECIPE_KEYS = ("anneal_fraction", "passive_decay_factor", "passive_from_anneal_end", "importance",
-               "importance_ema")
+RECIPE_KEYS = ("anneal_fraction", "passive_weight_decay_factor", "passive_from_anneal_end",
+               "importance", "importance_ema")
 
 
 def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> ExperimentConfig:
@@ -258,7 +262,7 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
   ``"paper"`` leaves the authors' update unchanged. A recipe's anneal length is
   ``anneal_fraction`` of the GSM epochs up to the first learning-rate drop (100 of the authors'
   160 for ``anneal_fraction = 100 / 160``), and its passive decay a multiple of the phase's
-  weight decay (``passive_decay_factor = 10``: 5e-3 with the authors' 5e-4).
+  weight decay (``passive_weight_decay_factor = 10``: 5e-3 with the authors' 5e-4).
   """
   if isinstance(recipe, str):
     if recipe not in RECIPES:
@@ -277,8 +281,8 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
   anneal = max(1, round(fraction * first_drop)) if fraction else 0
   return dataclasses.replace(
       config, anneal_epochs=anneal,
-      passive_decay=settings.get("passive_decay_factor", 0.0) * phase.weight_decay,
-      passive_decay_begin_epoch=anneal if settings.get("passive_from_anneal_end") else 0,
+      passive_weight_decay=settings.get("passive_weight_decay_factor", 0.0) * phase.weight_decay,
+      passive_weight_decay_begin_epoch=anneal if settings.get("passive_from_anneal_end") else 0,
       importance=settings.get("importance", "taylor"),
       importance_ema=settings.get("importance_ema", 0.0))
 
@@ -365,18 +369,23 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
   if config.anneal_epochs:
     keep_ratio = gsm_optax.cubic_keep_ratio_schedule(
         config.keep_ratio, begin_step=0, end_step=config.anneal_epochs * steps_per_epoch)
-  passive_decay: float | Callable[[Array], Array] = config.passive_decay
-  if config.passive_decay_begin_epoch and passive_decay:
-    begin = config.passive_decay_begin_epoch * steps_per_epoch
-    passive_decay = lambda count: jnp.where(count >= begin, config.passive_decay, 0.0)
+  passive_weight_decay: float | Callable[[Array], Array] = config.passive_weight_decay
+  if config.passive_weight_decay_begin_epoch and passive_weight_decay:
+    begin = config.passive_weight_decay_begin_epoch * steps_per_epoch
+    passive_weight_decay = lambda count: jnp.where(count >= begin, config.passive_weight_decay, 0.0)
+  eligible = None
+  if groups is None:
+    eligible, importance = models.eligible(config.model), config.importance
+  elif config.group_importance == "group_taylor" and config.importance == "magnitude":
+    importance = "magnitude"  # the recipe ranks by magnitude: the groups' RMS
+  else:
+    importance = config.group_importance
   return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
                        weight_decay=phase.weight_decay, nesterov=phase.nesterov,
-                       passive_weight_decay=passive_decay, importance_ema=config.importance_ema,
-                       groups=groups, budget=budget,
-                       eligible=None if groups is not None else models.eligible(config.model),
-                       allocation=config.allocation if groups is not None else "global",
-                       importance=gsm_optax.taylor if config.group_score == "summed_taylor"
-                       else config.importance)
+                       passive_weight_decay=passive_weight_decay,
+                       importance_ema=config.importance_ema, importance=importance,
+                       eligible=eligible, groups=groups, budget=budget,
+                       allocation=config.allocation if groups is not None else "global")
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -387,10 +396,10 @@ def readiness_row(r: gsm_optax.PruneReadiness, num_test: int) -> dict[str, Any]:
   return {
       "test_accuracy": int(r.metric_before) / num_test,
       "pruned_test_accuracy": int(r.metric_after) / num_test,
-      "outside_fraction": float(r.removed_l2_fraction),
+      "removed_l2_fraction": float(r.removed_l2_fraction),
       "removed_l1_fraction": float(r.removed_l1_fraction),
-      "largest_removed_magnitude": float(r.largest_removed),
-      "carrying_beyond_q": int(r.num_carrying),
+      "largest_removed": float(r.largest_removed),
+      "num_carrying": int(r.num_carrying),
   }
 
 
@@ -531,8 +540,7 @@ class Runner:
     result_file = os.path.join(directory, "result.json")
     if os.path.exists(result_file) and os.path.exists(os.path.join(directory, "params.msgpack")):
       variables = _read_variables(directory, variables)
-      with open(result_file) as f:
-        result = json.load(f)
+      result = load_results(result_file)
       self.log(f"{name}: finished earlier, reusing {directory}")
       return variables, result
     os.makedirs(directory, exist_ok=True)
@@ -548,8 +556,7 @@ class Runner:
       if step is not None:
         start = int(step) // self.steps_per_epoch
         if os.path.exists(history_file):
-          with open(history_file) as f:
-            saved = json.load(f)
+          saved = load_results(history_file)
           history = saved["epochs"][:start]
           wall = saved.get("seconds", 0.0)
         self.log(f"{name}: resuming from the checkpoint of epoch {start}")
@@ -669,10 +676,11 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   results["parameters"] = models.count_params(init["params"])
   results["eligible_weights"] = eligible_total
   results["prunable"] = models.PRUNABLE[config.model]
+  results["keep_ratio"] = keep
   results["target_nonzeros"] = int(keep * eligible_total)
   say(f"{config.model} on {config.dataset}: {results['parameters']:,} parameters,"
       f" {eligible_total:,} prunable; keeping {results['target_nonzeros']:,}"
-      f" ({config.compression:g}x), seed {config.seed}")
+      f" (keep_ratio {keep:.4g}, {config.compression:g}x), seed {config.seed}")
 
   decayed = runner.eligible
   base_vars, base = runner.phase("base", init, momentum_sgd(config.base, spe, decayed),
@@ -687,11 +695,11 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     steps = gsm_phase.epochs * spe
     # The envelope of the last weight to leave the top-Q (as the anneal ends): weight decay,
     # with the passive decay added from its first epoch (under-damped, it oscillates as it falls).
-    anneal_end, begin = config.anneal_epochs * spe, config.passive_decay_begin_epoch * spe
+    anneal_end, begin = config.anneal_epochs * spe, config.passive_weight_decay_begin_epoch * spe
     decay: float | Callable[[Array], Array] = gsm_phase.weight_decay
-    if config.passive_decay:
+    if config.passive_weight_decay:
       decay = lambda t: jnp.where(t + anneal_end >= begin,
-                                  gsm_phase.weight_decay + config.passive_decay,
+                                  gsm_phase.weight_decay + config.passive_weight_decay,
                                   gsm_phase.weight_decay)
     shrink = gsm_optax.decay_shrink_factor(
         lambda t: lr(t + anneal_end), steps - anneal_end, momentum=gsm_phase.momentum,
@@ -720,7 +728,6 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     results["gsm"] = _summary(trained, config.last_k) | {
         "accuracy_before_prune": ready.pop("test_accuracy"),
         "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
-        "removed_l2_fraction": ready.pop("outside_fraction"),
         "nonzeros": report.eligible_nonzeros,
         "compression": report.compression,
         "layers": report.to_dict(),

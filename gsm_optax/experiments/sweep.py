@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,6 +40,7 @@ import numpy as np
 
 import gsm_optax
 from gsm_optax.experiments import runner
+from gsm_optax.experiments.results import load_results
 
 # (dataset, model, compression), in the order they run.
 GRID: tuple[tuple[str, str, float], ...] = (
@@ -74,16 +74,16 @@ METHODS: dict[str, Any] = {
     "oneshot": "oneshot",
     "tickets": "tickets",
     # Candidates measured while choosing the default (docs/RESULTS.md says which lost and why);
-    "late": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
+    "late": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
              "passive_from_anneal_end": True},
-    "ema": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
+    "ema": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
             "passive_from_anneal_end": True, "importance_ema": 0.99},
-    "ema999": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
+    "ema999": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
                "passive_from_anneal_end": True, "importance_ema": 0.999},
     # The default for one session, replaced by 100x (RESULTS.md: "Passive decay 10x or 100x").
-    "passive10": {"anneal_fraction": 1.0, "passive_decay_factor": 10.0,
+    "passive10": {"anneal_fraction": 1.0, "passive_weight_decay_factor": 10.0,
                   "importance": "magnitude"},
-    "magnitude_short": {"anneal_fraction": 100 / 160, "passive_decay_factor": 10.0,
+    "magnitude_short": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
                         "importance": "magnitude"},
 }
 
@@ -342,8 +342,7 @@ def collect(out: str) -> dict[tuple[str, str, float], dict[str, dict[int, dict[s
         path = os.path.join(out, name, method, "results.json")
         if method == "tickets" or not os.path.exists(path):
           continue
-        with open(path) as f:
-          r = json.load(f)
+        r = load_results(path)
         if method in BASELINES:
           after = before = r[method]["final_test_accuracy"]
         else:
@@ -411,7 +410,11 @@ def tickets_table(out: str) -> str:
 
 def archive(out: str, dest: str) -> list[str]:
   """Copies every finished job's ``results.json`` (histories included) from ``out`` to the same
-  place under ``dest``, where ``--summary --out DEST`` reads them back; returns the copies."""
+  place under ``dest``, where ``--summary --out DEST`` reads them back; returns the copies.
+
+  The copies are written in today's key names (:func:`.results.load_results`), whatever
+  checkout wrote the originals.
+  """
   copied = []
   for cell in sorted(os.listdir(out)):
     for method in METHODS:
@@ -419,7 +422,8 @@ def archive(out: str, dest: str) -> list[str]:
       if os.path.exists(src):
         target = os.path.join(dest, cell, method, "results.json")
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(src, target)
+        with open(target, "w") as f:
+          json.dump(load_results(src), f, indent=2)
         copied.append(target)
   return copied
 

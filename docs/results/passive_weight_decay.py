@@ -1,6 +1,6 @@
 """How fast `gsm` removes a weight that has left the top-Q, for a passive decay of 10x and 100x.
 
-    python docs/results/passive_decay.py
+    python docs/results/passive_weight_decay.py
 
 A weight outside the top-Q receives no gradient, only the decay eta + eta_p, through the
 momentum buffer: with momentum 0.99 it is an under-damped oscillator. Its amplitude falls by
