@@ -273,7 +273,7 @@ def _tiny(config_fn):
         config, train_subset=256, batch_size=64, checkpoint_every=1, last_k=1,
         base=runner.PhaseConfig(1e-30 if method == "tickets" else 3e-2, 1, (), momentum=0.9),
         gsm=runner.PhaseConfig(1e-2, 2, (1,), momentum=0.9, weight_decay=1e-2),
-        anneal_epochs=min(config.anneal_epochs, 1), passive_decay_begin_epoch=0)
+        anneal_epochs=min(config.anneal_epochs, 1), passive_weight_decay_begin_epoch=0)
   return tiny
 
 
