@@ -219,7 +219,10 @@ def test_prune_within_a_mac_budget(rng):
     conv, dense, out = k[:4].mean(), k[4:10].mean(), k[10:].mean()
     return 400 * conv + 48 * conv * dense + 18 * dense * out
 
-  ratio = float(rng.uniform(0.2, 0.8))
+  # From 0.3 up, one group of every set (min_kept, at most 100 + 12 + 18 MACs) fits the budget,
+  # so the bound below holds; below it min_kept may exceed the budget, and says so
+  # (tests/test_min_kept.py).
+  ratio = float(rng.uniform(0.3, 0.8))
   kept, spec = _norm_ranking_reference(params, "outputs and inputs", budget=ratio * budget.total,
                                        cost_of_prefix=macs)
   mask = jax.jit(lambda p: gsm_optax.prune_mask(p, ratio, groups=groups, budget=budget))(params)
