@@ -491,6 +491,15 @@ class Runner:
   def prune_mask(self, params: PyTree, keep_ratio: float) -> PyTree:
     return gsm_optax.prune_mask(params, keep_ratio, **self.selection_args)
 
+  def lottery_ticket(self, kind: str, init: Variables, mask: PyTree) -> dict[str, Any]:
+    """A lottery ticket: ``init`` under ``mask`` (the rest held at zero, ``hold_mask``),
+    retrained with the base phase's schedule as the phase ``lottery_<kind>``; its result."""
+    start = _join(_apply_mask(init["params"], mask), _split(init)[1])
+    tx = gsm_optax.hold_mask(momentum_sgd(self.config.base, self.steps_per_epoch,
+                                          self.eligible), mask)
+    _, result = self.phase(f"lottery_{kind}", start, tx, self.config.base.epochs)
+    return _summary(result, self.config.last_k)
+
   def prunable(self, params: PyTree) -> PyTree:
     """Which leaves the run prunes: the groups' members, or the model's prunable weights."""
     if self.groups is None:
@@ -782,11 +791,9 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     tickets = {"gsm": runner.prune_mask(gsm_params, keep), "magnitude": base_mask}
     results["lottery"] = {}
     for kind, mask in tickets.items():
-      start = _join(_apply_mask(init["params"], mask), _split(init)[1])
-      tx = gsm_optax.hold_mask(momentum_sgd(config.base, spe, decayed), mask)
-      _, lt = runner.phase(f"lottery_{kind}", start, tx, config.base.epochs)
-      results["lottery"][kind] = _summary(lt, config.last_k)
-      say(f"lottery ticket from {kind}: {lt['final_test_accuracy']:.4f}")
+      results["lottery"][kind] = runner.lottery_ticket(kind, init, mask)
+      say(f"lottery ticket from {kind}:"
+          f" {results['lottery'][kind]['final_test_accuracy']:.4f}")
 
   results["seconds"] = time.time() - t_start
   _write_json(os.path.join(out_dir, "results.json"), results)

@@ -34,11 +34,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-import gsm_optax
 from gsm_optax.experiments import runner
 from gsm_optax.experiments.results import load_results
 
@@ -272,11 +269,7 @@ def run_tickets(job: Job, out: str) -> dict[str, Any]:
   results: dict[str, Any] = {"config": config.to_dict(), "base": base, "lottery": {},
                              "sources": {s: "gsm" for s in TICKET_SOURCES}}
   for source, mask in masks.items():
-    start = dict(init, params=jax.tree_util.tree_map(
-        lambda w, m: jnp.where(m, w, jnp.zeros_like(w)), init["params"], mask))
-    _, ticket = r.phase(f"lottery_{source}", start, gsm_optax.hold_mask(tx, mask),
-                        config.base.epochs)
-    results["lottery"][source] = ticket | {"last_k": config.last_k}
+    results["lottery"][source] = r.lottery_ticket(source, init, mask)
   with open(os.path.join(directory, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   return results
