@@ -264,6 +264,57 @@ def test_structured_gradual_pruning_ends_with_whole_groups(rng):
     np.testing.assert_array_equal(np.all(cols == 0, 0), np.asarray(params[layer]["bias"]) == 0)
 
 
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_structured_gradual_pruning_matches_float64_reference(rng, allocation):
+  """Zhu & Gupta with groups, step by step against NumPy: at each mask update the groups not
+  yet pruned are ranked by the RMS of the weights apply_updates is about to write (the pruned
+  ones last); "global" keeps floor(r_t * G) of them (each set its best one first), "uniform"
+  floor(r_t * size) (at least 1) of each set; every entry of a pruned group is held at 0."""
+  params = _params(rng)
+  params["conv"] = jax.tree_util.tree_map(lambda x: 3 * x, params["conv"])  # uniform != global
+  spec = _reference_spec("coupled by hand")
+  lr, final, begin, end, every = 0.5, 0.35, 0, 6, 2  # steps large enough to reorder groups
+  tx = gsm_optax.gradual_magnitude_pruning(
+      optax.sgd(lr), final, begin_step=begin, end_step=end, update_every=every,
+      groups=SPECS["coupled by hand"](params), allocation=allocation)
+  state, update = tx.init(params), jax.jit(tx.update)
+  w = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  keep = [np.ones(x.shape, bool) for x in w]  # True on out/bias, in no group, for good
+  masked = sorted(leaf for _, m in spec for leaf, _ in m)
+  sizes = [size for size, _ in spec]
+  per_group = [sum(w[leaf].size // size for leaf, _ in members) for size, members in spec]
+  pruned_once = 0
+  for t in range(9):
+    grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+    g = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
+    written = [x - lr * np.where(k, d, 0) for x, k, d in zip(w, keep, g)]  # sgd on the mask
+    if begin <= t <= end and ((t - begin) % every == 0 or t == end):
+      r = final + (1 - final) * (1 - min(max((t - begin) / (end - begin), 0), 1)) ** 3
+      rms = [np.sqrt(s / n) for s, n in zip(group_sums([x**2 for x in written], spec), per_group)]
+      alive = [a > 0 for a in group_sums([k.astype(float) for k in keep], spec)]
+      scores = [np.where(a, s, -1.0) for s, a in zip(rms, alive)]
+      if allocation == "global":
+        kept, _ = min_kept_selection(np.concatenate(scores), sizes, [1] * len(sizes),
+                                     q=int(np.floor(r * sum(sizes))))
+        kept = np.split(kept, np.cumsum(sizes)[:-1])
+      else:
+        kept = [stable_topk_mask(s, max(int(np.floor(r * size)), 1))
+                for s, size in zip(scores, sizes)]
+      for k_set, (size, members) in zip(kept, spec):
+        for leaf, axis in members:
+          keep[leaf] = k_set[group_index(w[leaf].shape, axis, size)]
+    w = [np.where(k, x, 0.0) for x, k in zip(written, keep)]
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    for i, got in zip(masked, jax.tree_util.tree_leaves(state.mask)):  # MaskedNode elsewhere
+      np.testing.assert_array_equal(np.asarray(got), keep[i], err_msg=f"step {t}, leaf {i}")
+    for i, (got, x) in enumerate(zip(jax.tree_util.tree_leaves(params), w)):
+      np.testing.assert_allclose(np.asarray(got), x, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"step {t}, leaf {i}")
+    pruned_once = max(pruned_once, sum(int((~k).sum()) for k in keep))
+  assert pruned_once > 0
+
+
 @pytest.mark.parametrize("groups, error", [
     ([Groups("g", 4, (GroupMember("conv/kernal", -1),))], "conv/kernal"),
     ([Groups("g", 4, (GroupMember("conv/kernel", 4),))], "no axis 4"),
