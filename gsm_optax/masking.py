@@ -277,7 +277,8 @@ def gradual_magnitude_pruning(
       of bools``, as ``optax.masked``'s ``mask``.
     initial_keep_ratio: ``r_i``, the ratio at ``begin_step``, in (0, 1].
     groups: prune whole groups instead of weights (structured gradual
-      pruning): at a mask update the groups are ranked by their RMS (L2 norm per weight) (per
+      pruning): at a mask update the groups are ranked by their RMS (L2 norm
+      per weight, ``"group_rms"`` of :func:`gsm_optax.keep_top_groups`; per
       cost for a budget in weights or cost), pruned groups below every kept
       one, and every entry of a pruned group, biases included, is held at 0.
       Every set keeps at least its ``min_kept`` best groups (see

@@ -8,8 +8,9 @@ and for the same number of epochs, the methods to compare:
 - ``oneshot``: one global magnitude prune of the base model, then fine-tuning
   with the pruned weights held at zero;
 - ``gradual``: gradual global magnitude pruning with Zhu & Gupta's cubic
-  schedule (structured runs: the same fraction of every layer's groups, ranked by L2 norm
-  within the layer, since magnitudes of different layers are not comparable);
+  schedule (structured runs: the same fraction of every layer's groups, ranked within the layer
+  by their RMS, ``"group_rms"``, which orders a layer's groups as their L2 norms do, since
+  magnitudes of different layers are not comparable);
 - ``lottery``: lottery tickets: the masks found by GSM and by magnitude pruning
   of the base model, applied to the base model's initial weights and retrained
   with the authors' base schedule (Frankle & Carbin 2019; the paper's Table 4).
@@ -55,6 +56,8 @@ Array = jax.Array
 # A model's variables: {"params": ..., "batch_stats": ...} (only "params" for the LeNets).
 Variables = dict[str, PyTree]
 METHODS = ("gsm", "lottery", "oneshot", "gradual")
+# The group scores of gsm_optax.keep_top_groups a structured run may rank by.
+GROUP_IMPORTANCES = ("group_taylor", "group_rms", "taylor", "magnitude")
 
 __all__ = [
     "DEEP_PHASES", "METHODS", "RECIPES", "ExperimentConfig", "PhaseConfig", "deep_config",
@@ -118,7 +121,8 @@ class ExperimentConfig:
   structured: bool = False
   budget: str = "groups"
   # The group score, as gsm_optax.keep_top_groups names it: "group_taylor" (|sum g*w| over the
-  # group; with importance "magnitude", the group's RMS) or "taylor" (sum |g*w|).
+  # group), "group_rms" (the RMS of its weights), "taylor" (sum |g*w|) or "magnitude" (sum |w|).
+  # A recipe ranking weights by magnitude ranks groups by "group_rms" (with_recipe sets it).
   group_importance: str = "group_taylor"
   per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
   # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
@@ -167,8 +171,8 @@ class ExperimentConfig:
                        f" importance={self.importance!r}.")
     if self.budget not in ("groups", "weights", "macs"):
       raise ValueError(f"budget must be 'groups', 'weights' or 'macs'; got {self.budget!r}.")
-    if self.group_importance not in ("group_taylor", "taylor"):
-      raise ValueError("group_importance must be 'group_taylor' or 'taylor'; got"
+    if self.group_importance not in GROUP_IMPORTANCES:
+      raise ValueError(f"group_importance must be one of {GROUP_IMPORTANCES}; got"
                        f" group_importance={self.group_importance!r}.")
     if self.allocation not in ("global", "uniform"):
       raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
@@ -284,7 +288,18 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
       passive_weight_decay=settings.get("passive_weight_decay_factor", 0.0) * phase.weight_decay,
       passive_weight_decay_begin_epoch=anneal if settings.get("passive_from_anneal_end") else 0,
       importance=settings.get("importance", "taylor"),
+      group_importance=group_importance_for(settings.get("importance", "taylor"),
+                                            config.group_importance),
       importance_ema=settings.get("importance_ema", 0.0))
+
+
+def group_importance_for(importance: str, group_importance: str) -> str:
+  """The group score of a run whose weights are ranked by ``importance``: ``"group_rms"``, the
+  groups' magnitude, for ``"magnitude"`` where the group score is still the default
+  ``"group_taylor"``; ``group_importance`` otherwise."""
+  if importance == "magnitude" and group_importance == "group_taylor":
+    return "group_rms"
+  return group_importance
 
 
 def recommended_config(
@@ -376,8 +391,6 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
   eligible = None
   if groups is None:
     eligible, importance = models.eligible(config.model), config.importance
-  elif config.group_importance == "group_taylor" and config.importance == "magnitude":
-    importance = "magnitude"  # the recipe ranks by magnitude: the groups' RMS
   else:
     importance = config.group_importance
   return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
