@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import optax
 from flax.training import train_state
 
 from gsm_optax import gsm, prune, selection_stats, sparsity_report
+from gsm_optax.experiments.results import write_json
 from gsm_optax.experiments.training import accuracy, make_train_epoch
 
 
@@ -109,8 +109,7 @@ def run_digits(args: argparse.Namespace) -> dict:
       "sparsity": report.to_dict(),
   }
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+    write_json(args.json, result)
   return result
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import platform
 import sys
@@ -48,7 +47,7 @@ import optax
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
 from gsm_optax.experiments import datasets, models, structured
-from gsm_optax.experiments.results import load_results
+from gsm_optax.experiments.results import load_results, write_json
 from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
 
 PyTree = Any
@@ -435,19 +434,6 @@ def progress_bar(label: str, total: int, initial: int, quiet: bool):
 # ----------------------------------------------------------------------------- phases
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(x: Any):
-  if isinstance(x, (np.generic, jax.Array)):
-    return np.asarray(x).tolist()
-  raise TypeError(f"not JSON serialisable: {type(x)}")
-
-
 class Runner:
   """Trains and evaluates phases of one experiment, with checkpoints and logs."""
 
@@ -600,7 +586,7 @@ class Runner:
         if (epoch + 1) % self.config.checkpoint_every == 0 or epoch + 1 == epochs:
           ckpt.save(state, step=int(state.step), force=True)
           ckpt.wait_until_finished()
-          _write_json(history_file, {"epochs": history, "seconds": time.time() - t0})
+          write_json(history_file, {"epochs": history, "seconds": time.time() - t0})
       progress.close()
     seconds = time.time() - t0
     accs = [row["test_accuracy"] for row in history]
@@ -614,7 +600,7 @@ class Runner:
     }
     variables = _join(state.params, state.model_state)
     _write_variables(directory, variables)
-    _write_json(result_file, result)
+    write_json(result_file, result)
     return variables, result
 
 
@@ -809,7 +795,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
           f" {results['lottery'][kind]['final_test_accuracy']:.4f}")
 
   results["seconds"] = time.time() - t_start
-  _write_json(os.path.join(out_dir, "results.json"), results)
+  write_json(os.path.join(out_dir, "results.json"), results)
   return results
 
 
