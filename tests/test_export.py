@@ -155,7 +155,7 @@ def test_a_batch_of_one_at_couple_fixes_the_narrow_models_batch(rng, model):
   net = models.MODELS[model]()
   params = net.init(_key(rng), jnp.zeros((1, 28, 28, 1)))["params"]
   groups = models.couple_model(model, params).groups
-  pruned = gsm_optax.prune(params, 0.5, groups=groups)
+  pruned = gsm_optax.prune(params, 0.5, groups=groups, allocation="uniform")
   apply = lambda v, x: net.apply(v, x)
   for batch in (2, 1):
     coupling = gsm_optax.couple(apply, {"params": pruned},
