@@ -28,6 +28,8 @@ PyTree = Any
 BUDGETS = ("groups", "weights", "cost")
 ALLOCATIONS = ("global", "uniform")
 GROUP_TAYLOR = "group_taylor"  # |sum g * w| over a group (Molchanov et al. 2019)
+GROUP_RMS = "group_rms"  # sqrt(sum w**2 / n) over a group of n weights: its L2 norm per weight
+GROUP_IMPORTANCES = (GROUP_TAYLOR, GROUP_RMS)  # the scores defined for groups only
 
 
 class GroupMember(NamedTuple):
@@ -492,8 +494,9 @@ def check_group_options(groups: GroupSpec | None, budget: Budget, allocation: st
 
 
 def check_group_importance(importance: Any) -> None:
-  """Raises unless ``importance`` scores groups: ``"group_taylor"``, or any weights' score."""
-  if importance != GROUP_TAYLOR:
+  """Raises unless ``importance`` scores groups: one of :data:`GROUP_IMPORTANCES`, or any
+  weights' score (summed over each group)."""
+  if not (isinstance(importance, str) and importance in GROUP_IMPORTANCES):
     resolve_importance(importance)
 
 
@@ -504,7 +507,8 @@ def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:
 
 
 def group_norms(resolved: ResolvedGroups, leaves: list[Any]) -> list[Array]:
-  """Each group's magnitude: the root mean square of its entries, ``||w|| / sqrt(n)``.
+  """Each group's magnitude, ``"group_rms"``: the root mean square of its ``n`` entries,
+  ``||w|| / sqrt(n)``.
 
   A global ranking compares groups of different sizes (a 300-weight row of a
   first dense layer, a 10-weight row of the last), and plain L2 norms grow with
@@ -526,10 +530,11 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
   ``|sum g * w|``, the first-order change of the loss when the whole group is
   removed (Molchanov et al. 2019); summing ``|g * w|`` instead grows with the
   group's size whatever the group's effect, so a global ranking would favour
-  large groups (a 500-weight row over a 10-weight one). ``"magnitude"``: the
+  large groups (a 500-weight row over a 10-weight one). ``"group_rms"``: the
   squares ``w**2 / n`` (a group's score is its RMS, see :func:`group_norms`).
-  ``"taylor"`` or a callable: the weights' scores, summed (``"taylor"``, like
-  ``importance=gsm_optax.taylor``, sums ``|g * w|``).
+  A weights' score (``"taylor"``, ``"magnitude"``, a callable): the weights'
+  scores, summed, the string as its function (``"taylor"`` sums ``|g * w|``
+  as ``importance=gsm_optax.taylor`` does, ``"magnitude"`` sums ``|w|``).
   """
   param_leaves = treedef.flatten_up_to(params)
   if importance == GROUP_TAYLOR:
@@ -537,7 +542,7 @@ def group_values(importance: Any, resolved: ResolvedGroups, params: PyTree, grad
     values = [None if p is None else
               w.astype(score_dtype(w, g)) * g.astype(score_dtype(w, g))
               for w, g, p in zip(param_leaves, grad_leaves, resolved.placements)]
-  elif importance == "magnitude":
+  elif importance == GROUP_RMS:
     sizes = resolved.weights_per_group(param_leaves)
     values = [None if p is None else jnp.square(magnitude(w, None)) / sizes[p.group]
               for w, p in zip(param_leaves, resolved.placements)]
@@ -550,6 +555,6 @@ def finish_group_scores(importance: Any, sums: list[Array]) -> list[Array]:
   """Group scores from the sums of :func:`group_values`: ``|.|``, ``sqrt`` or as they are."""
   if importance == GROUP_TAYLOR:
     return [jnp.abs(s) for s in sums]
-  if importance == "magnitude":
+  if importance == GROUP_RMS:
     return [jnp.sqrt(s) for s in sums]
   return sums

@@ -79,10 +79,13 @@ def resolve_importance(importance: Importance) -> ImportanceFn:
     return importance
   if isinstance(importance, str) and importance in _BUILTIN:
     return _BUILTIN[importance]
-  if importance == "group_taylor":
+  group_scores = {"group_taylor": ("|sum g * w| over a group", "taylor"),
+                  "group_rms": ("the RMS of a group's weights", "magnitude")}
+  if isinstance(importance, str) and importance in group_scores:
+    what, weights = group_scores[importance]
     raise ValueError(
-        "importance='group_taylor' (|sum g * w| over a group) scores groups: give groups"
-        " (gsm_optax.keep_top_groups, gsm(..., groups=...)), or rank weights by 'taylor'."
+        f"importance={importance!r} ({what}) scores groups: give groups"
+        f" (gsm_optax.keep_top_groups, gsm(..., groups=...)), or rank weights by {weights!r}."
     )
   raise ValueError(
       f"importance must be one of {sorted(_BUILTIN)} or a callable"

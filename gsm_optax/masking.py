@@ -277,7 +277,8 @@ def gradual_magnitude_pruning(
       of bools``, as ``optax.masked``'s ``mask``.
     initial_keep_ratio: ``r_i``, the ratio at ``begin_step``, in (0, 1].
     groups: prune whole groups instead of weights (structured gradual
-      pruning): at a mask update the groups are ranked by their RMS (L2 norm per weight) (per
+      pruning): at a mask update the groups are ranked by their RMS (L2 norm
+      per weight, ``"group_rms"`` of :func:`gsm_optax.keep_top_groups`; per
       cost for a budget in weights or cost), pruned groups below every kept
       one, and every entry of a pruned group, biases included, is held at 0.
       Every set keeps at least its ``min_kept`` best groups (see
@@ -324,37 +325,107 @@ def gradual_magnitude_pruning(
   _utils.check_int("end_step", end_step, 0, _utils.INT32_MAX)
   _utils.check_int("update_every", update_every, 1, _utils.INT32_MAX)
   grouping.check_group_options(groups, budget, allocation, eligible)
-
-  def prunable(params):
-    """Per leaf whether it is pruned, the number of units ranked, and the groups (or None)."""
-    if groups is None:
-      flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-      return flags, num_eligible, None
-    resolved = grouping.resolve_groups(groups, params)
-    return resolved.flags, resolved.num_groups, resolved
-
   keep_ratio_at = cubic_keep_ratio_schedule(
       final_keep_ratio, begin_step=begin_step, end_step=end_step,
       initial_keep_ratio=initial_keep_ratio)
 
-  def is_mask_update(count):
-    offset = count - begin_step
-    on_grid = (offset % update_every == 0) | (count == end_step)
+  def is_mask_update(count: Array) -> Array:
+    on_grid = ((count - begin_step) % update_every == 0) | (count == end_step)
     return (count >= begin_step) & (count <= end_step) & on_grid
+
+  ranking = (_top_weights(eligible) if groups is None
+             else _top_groups(groups, budget, allocation))
+  return _gradual_pruning(inner, final_keep_ratio, keep_ratio_at, is_mask_update, ranking)
+
+
+class _Ranking(NamedTuple):
+  """What one kind of gradual pruning ranks, for the params at hand.
+
+  Attributes:
+    flags: per params leaf, whether it is masked.
+    num_units: the number of units ranked (eligible weights, or groups).
+    what: what the units are, for errors (None: no keep count to check, as
+      for a budget in weights or cost).
+    new_mask: ``(param_leaves, inner_leaves, masks, keep_ratio) -> masks``: the
+      mask of every masked leaf, in order, keeping the best units of the
+      weights ``apply_updates`` is about to write (those already pruned rank
+      below every other); ``masks`` are the state's, one per params leaf.
+  """
+
+  flags: list[bool]
+  num_units: int
+  what: str | None
+  new_mask: Callable[[list[Any], list[Any], list[Any], Array], list[Array]]
+
+
+def _top_weights(eligible: eligibility.Eligible) -> Callable[[PyTree], _Ranking]:
+  """Gradual pruning of single weights: one global top-Q of ``|w|`` over the eligible leaves."""
+
+  def ranking(params: PyTree) -> _Ranking:
+    flags, num_eligible = eligibility.eligible_leaves(eligible, params)
+
+    def new_mask(param_leaves, inner_leaves, masks, ratio):
+      scores = []
+      for p, u, m, f in zip(param_leaves, inner_leaves, masks, flags):
+        if f:
+          p = jnp.asarray(p)
+          score = magnitude((p + u).astype(p.dtype), None)  # the weight apply_updates writes
+          scores.append(jnp.where(m, score, jnp.asarray(-1, score.dtype)))
+      return global_topk_mask(scores, keep_count(ratio, num_eligible))
+
+    return _Ranking(flags, num_eligible, "eligible weights", new_mask)
+
+  return ranking
+
+
+def _top_groups(groups: grouping.GroupSpec, budget: grouping.Budget,
+                allocation: str) -> Callable[[PyTree], _Ranking]:
+  """Gradual pruning of whole groups, ranked by their RMS under ``budget`` and ``allocation``."""
+  select = (group_selection.select_groups if allocation == "global"
+            else group_selection.uniform_selection)
+
+  def ranking(params: PyTree) -> _Ranking:
+    resolved = grouping.resolve_groups(groups, params)
+
+    def new_mask(param_leaves, inner_leaves, masks, ratio):
+      written = [jnp.asarray(p) + u if f else p
+                 for p, u, f in zip(param_leaves, inner_leaves, resolved.flags)]
+      costs = grouping.group_costs(resolved, budget, param_leaves)
+      norms = grouping.group_norms(resolved, written)
+      alive = grouping.nonzero_groups(resolved, masks)  # the groups not pruned yet
+      scores = [jnp.where(a, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
+      selection = select(resolved, scores, ratio, budget, costs)
+      expanded = grouping.expand_group_mask(resolved, selection.mask,
+                                            [jnp.shape(p) for p in param_leaves])
+      return [m for m in expanded if m is not None]
+
+    return _Ranking(resolved.flags, resolved.num_groups,
+                    "groups" if budget == "groups" else None, new_mask)
+
+  return ranking
+
+
+def _gradual_pruning(
+    inner: optax.GradientTransformationExtraArgs,
+    final_keep_ratio: float,
+    keep_ratio_at: optax.Schedule,
+    is_mask_update: Callable[[Array], Array],
+    ranking: Callable[[PyTree], _Ranking],
+) -> optax.GradientTransformationExtraArgs:
+  """The schedule and the mask's application, shared by both kinds of gradual pruning."""
 
   def init_fn(params):
     if _utils.has_no_leaves(params):  # optax.tree_map_params: the mask is shaped like params
       return GradualPruningState(jnp.zeros([], jnp.int32), params, inner.init(params))
-    flags, num_eligible, resolved = prunable(params)
-    what = "eligible weights" if resolved is None else "groups"
-    if budget == "groups":
-      _utils.check_number("final_keep_ratio", final_keep_ratio,
-                          lambda r: np.floor(r * num_eligible) >= 1,
-                          f"large enough to keep at least one of the {num_eligible} {what}"
-                          f" (>= {1 / num_eligible:.3g})")
+    ranked = ranking(params)
+    if ranked.what is not None:
+      n = ranked.num_units
+      _utils.check_number("final_keep_ratio", final_keep_ratio, lambda r: np.floor(r * n) >= 1,
+                          f"large enough to keep at least one of the {n} {ranked.what}"
+                          f" (>= {1 / n:.3g})")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     mask = [jnp.ones_like(p, dtype=bool) if f else optax.MaskedNode()
-            for p, f in zip(leaves, flags)]
+            for p, f in zip(leaves, ranked.flags)]
     return GradualPruningState(
         count=jnp.zeros([], jnp.int32),
         mask=jax.tree_util.tree_unflatten(treedef, mask),
@@ -366,7 +437,8 @@ def gradual_magnitude_pruning(
       raise _utils.missing_params_error("gradual_magnitude_pruning", "ranks weights by magnitude")
     grads, treedef = jax.tree_util.tree_flatten(updates)
     param_leaves = _utils.check_params_structure(treedef, params)
-    flags, num_eligible, resolved = prunable(params)
+    ranked = ranking(params)
+    flags = ranked.flags
     masks = treedef.flatten_up_to(state.mask)
     grads = [_masked_grad(g, m) if f else g for g, m, f in zip(grads, masks, flags)]
     inner_params = [_zero_outside(p, m) if f else p
@@ -379,33 +451,10 @@ def gradual_magnitude_pruning(
     )
     inner_leaves = treedef.flatten_up_to(inner_updates)
     old = [m for m, f in zip(masks, flags) if f]
-
-    def new_group_mask():
-      written = [jnp.asarray(p) + u if f else p
-                 for p, u, f in zip(param_leaves, inner_leaves, flags)]
-      costs = grouping.group_costs(resolved, budget, param_leaves)
-      norms = grouping.group_norms(resolved, written)
-      alive = grouping.nonzero_groups(resolved, masks)  # the groups not pruned yet
-      scores = [jnp.where(a, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
-      select = (group_selection.select_groups if allocation == "global"
-                else group_selection.uniform_selection)
-      selection = select(resolved, scores, keep_ratio_at(state.count), budget, costs)
-      expanded = grouping.expand_group_mask(resolved, selection.mask,
-                                            [jnp.shape(p) for p in param_leaves])
-      return [m for m in expanded if m is not None]
-
-    def new_mask():
-      if resolved is not None:
-        return new_group_mask()
-      scores = []
-      for p, u, m, f in zip(param_leaves, inner_leaves, masks, flags):
-        if f:
-          p = jnp.asarray(p)
-          score = magnitude((p + u).astype(p.dtype), None)  # the weight apply_updates writes
-          scores.append(jnp.where(m, score, jnp.asarray(-1, score.dtype)))
-      return global_topk_mask(scores, keep_count(keep_ratio_at(state.count), num_eligible))
-
-    new = iter(lax.cond(is_mask_update(state.count), new_mask, lambda: old))
+    new = iter(lax.cond(
+        is_mask_update(state.count),
+        lambda: ranked.new_mask(param_leaves, inner_leaves, masks, keep_ratio_at(state.count)),
+        lambda: old))
     out, state_mask = [], []
     for u, p, f in zip(inner_leaves, param_leaves, flags):
       if f:

@@ -37,8 +37,8 @@ def prune_mask(
     keep_ratio: fraction of eligible weights (or of groups, or of the groups'
       cost) to keep, in (0, 1].
     eligible: which parameters are prunable (see :func:`keep_top_gradients`).
-    groups: prune whole groups, ranked by their RMS (L2 norm per weight); see
-      :func:`gsm_optax.keep_top_groups`.
+    groups: prune whole groups, ranked by their RMS (L2 norm per weight,
+      ``"group_rms"`` of :func:`gsm_optax.keep_top_groups`).
     budget: with ``groups``: ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"`` or ``"uniform"`` (the same
@@ -102,7 +102,7 @@ def prune(
   fine-tuning.
 
   With ``groups`` whole groups are kept or zeroed (every member entry,
-  biases included), ranked by their RMS (L2 norm per weight): after
+  biases included), ranked by their RMS (L2 norm per weight, ``"group_rms"``): after
   structured GSM the result is ready for :func:`gsm_optax.narrow`.
 
   Args:
@@ -113,7 +113,7 @@ def prune(
     groups: prune whole groups (see :func:`gsm_optax.keep_top_groups`).
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_groups`;
-      groups are ranked by their RMS, the L2 norm per weight).
+      groups are ranked by their RMS, the L2 norm per weight: ``"group_rms"``).
     allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
       :func:`gsm_optax.keep_top_groups`).
 

@@ -320,12 +320,17 @@ def keep_top_groups(
     allocation: ``"global"`` (one ranking of all groups) or ``"uniform"`` (the
       same fraction of every set, each ranked within itself, as the layer-wise
       baselines of Li et al. 2017).
-    importance: a group's score. ``"group_taylor"`` (the default) is
-      ``|sum g * w|`` over the group's entries, the first-order change of the
-      loss when the group is removed (Molchanov et al. 2019); ``"taylor"`` is
-      ``sum |g * w|``, the weights' Taylor scores summed (as
-      ``importance=gsm_optax.taylor``); ``"magnitude"`` is the group's RMS
-      (its L2 norm per weight); a callable's scores are summed over each group.
+    importance: a group's score. Two are defined for groups only:
+      ``"group_taylor"`` (the default), ``|sum g * w|`` over the group's
+      entries, the first-order change of the loss when the group is removed
+      (Molchanov et al. 2019), and ``"group_rms"``, ``sqrt(sum w**2 / n)`` over
+      the group's ``n`` entries, its L2 norm per weight (the ranking of
+      :func:`gsm_optax.prune` with groups; within one set it orders the groups
+      as their L2 norms do, across sets of different group sizes it does
+      not). A weights' score is summed over each group, a string as its
+      function: ``"taylor"`` is ``sum |g * w|`` (as
+      ``importance=gsm_optax.taylor``), ``"magnitude"`` is ``sum |w|`` (as
+      ``importance=gsm_optax.magnitude``), a callable's scores are summed.
     passive_weight_decay: ``eta_p >= 0``, a float or a schedule, as for
       :func:`keep_top_gradients`, on the entries of the groups outside the top-Q.
     importance_ema: ``r`` in [0, 1), as for :func:`keep_top_gradients`; the

@@ -90,6 +90,19 @@ def test_mnist_bad_arguments_fail_before_training():
     cli.main(["mnist", "--anneal-epochs", "1000"])
 
 
+def test_structured_group_score_follows_the_weights_score():
+  """A structured run ranks groups by the group form of the weights' score unless told: the
+  Taylor recipe by "group_taylor", a magnitude ranking by "group_rms"; the config names it."""
+  def config(*flags):
+    return cli._mnist_config(cli._parser().parse_args(["mnist", "--structured", *flags]))
+  assert config().group_importance == "group_taylor"  # structured runs keep the fixed recipe
+  assert config("--importance", "magnitude").group_importance == "group_rms"
+  assert config("--recipe", "recommended").group_importance == "group_rms"
+  assert config("--recipe", "recommended",
+                "--group-importance", "magnitude").group_importance == "magnitude"
+  assert config("--group-importance", "group-rms").group_importance == "group_rms"
+
+
 def test_mnist_structured_flags():
   args = cli._parser().parse_args(["mnist", "--model", "lenet5", "--structured", "--budget", "macs",
                                    "--group-importance", "taylor"])

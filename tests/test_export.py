@@ -147,6 +147,31 @@ def test_lenet5_export_gathers_single_positions_of_the_flattened_map(rng):
   _assert_same_logits(jax.jit(small.apply)(small.variables, x), dense)
 
 
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+def test_a_batch_of_one_at_couple_fixes_the_narrow_models_batch(rng, model):
+  """Coupled at a batch of 2, the narrow LeNet runs at any batch; coupled at a batch of 1 (the
+  flatten's reshape bakes the 1 in), it runs at 1 and refuses any other batch by name, before
+  lowering, telling which shape to couple at."""
+  net = models.MODELS[model]()
+  params = net.init(_key(rng), jnp.zeros((1, 28, 28, 1)))["params"]
+  groups = models.couple_model(model, params).groups
+  pruned = gsm_optax.prune(params, 0.5, groups=groups, allocation="uniform")
+  apply = lambda v, x: net.apply(v, x)
+  for batch in (2, 1):
+    coupling = gsm_optax.couple(apply, {"params": pruned},
+                                jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32))
+    small = gsm_optax.narrow(coupling, {"params": pruned})
+    for size in (1, 3, 5):
+      x = jnp.asarray(rng.normal(size=(size, 28, 28, 1)), jnp.float32)
+      if batch == 1 and size != 1:
+        with pytest.raises(ValueError, match=rf"input 0 has shape \({size}, 28, 28, 1\).* a batch"
+                           r" of size 1.*ShapeDtypeStruct\(\(2, 28, 28, 1\)"):
+          jax.jit(small.apply)(small.variables, x)
+      else:
+        _assert_same_logits(jax.jit(small.apply)(small.variables, x),
+                            net.apply({"params": pruned}, x))
+
+
 def test_the_lenets_mac_budgets_are_their_layers_macs(rng):
   """``Coupling.mac_costs`` of the LeNets' structured groups: each layer's MACs (written here
   from the architectures) scaled by the groups of its inputs and outputs."""

@@ -75,7 +75,7 @@ def test_the_chain_coupling_knows_no_layer_can_be_emptied(rng):
 
 @pytest.mark.parametrize("budget", ["groups", "macs"])
 def test_selection_keeps_a_group_of_every_layer_of_a_chain_under_jit(rng, budget):
-  """keep_top_gradients ranks by RMS ("magnitude"); the quiet layer would be emptied."""
+  """keep_top_groups ranks by RMS ("group_rms"); the quiet layer would be emptied."""
   coupling, params, _ = _setup(rng, Chain(), "Dense_1")
   ratio = float(rng.uniform(0.15, 0.3))
   rms = _rms(params, ["Dense_0", "Dense_1"])
@@ -89,7 +89,7 @@ def test_selection_keeps_a_group_of_every_layer_of_a_chain_under_jit(rng, budget
     want, held = min_kept_selection(rms, [6, 5], [1, 1],
                                     fits=lambda kept: _chain_macs(kept) <= allowed)
   assert held.tolist() == [False, True]  # the budget alone empties Dense_1
-  tx = gsm_optax.keep_top_groups(ratio, coupling.groups, importance="magnitude", budget=spec)
+  tx = gsm_optax.keep_top_groups(ratio, coupling.groups, importance="group_rms", budget=spec)
   grads = jax.tree_util.tree_map(lambda a: jnp.ones_like(a), params)
   out, state = jax.jit(tx.update)(grads, tx.init(params), params)
   np.testing.assert_array_equal(_kept_units(out, ["Dense_0", "Dense_1"]), want)
@@ -143,7 +143,7 @@ def test_gsm_and_gradual_pruning_keep_every_layer_of_a_chain(rng):
   spec = coupling.mac_costs()
   loss = lambda q: jnp.sum(Chain().apply({"params": q}, x) ** 2)
   tx = gsm_optax.gsm(0.05, 0.2, momentum=0.9, weight_decay=1e-3, passive_weight_decay=0.3,
-                     importance="magnitude", groups=coupling.groups, budget=spec)
+                     importance="group_rms", groups=coupling.groups, budget=spec)
   gradual = gsm_optax.gradual_magnitude_pruning(optax.sgd(0.05), 0.2, begin_step=0, end_step=4,
                                                 update_every=2, groups=coupling.groups,
                                                 budget=spec)

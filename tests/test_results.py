@@ -4,7 +4,11 @@ import glob
 import json
 import os
 
-from gsm_optax.experiments.results import RENAMED_KEYS, load_results
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gsm_optax.experiments.results import RENAMED_KEYS, load_results, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,3 +59,49 @@ def test_archived_results_are_in_the_new_names():
     stale = [old for old in RENAMED_KEYS if f'"{old}"' in text]
     assert not stale, (path, stale)
     assert load_results(path) == json.loads(text)
+
+
+def test_write_json_writes_a_whole_file_or_none(rng, tmp_path):
+  """A write that fails halfway (here on a value JSON cannot hold, after 20,000 numbers were
+  written) leaves the previous file as it was, and no file where there was none: a job's
+  results.json, which marks it done, is never a truncated one."""
+  values = rng.normal(size=3)
+  path = tmp_path / "results.json"
+  write_json(str(path), {"a": np.float32(values[0]), "b": jnp.asarray(values), "c": [1, 2]})
+  got = json.loads(path.read_text())
+  assert got["a"] == pytest.approx(values[0], rel=1e-6) and got["c"] == [1, 2]
+  np.testing.assert_allclose(got["b"], values, rtol=1e-6)
+  before = path.read_text()
+  broken = {"many": list(range(20_000)), "then": object()}
+  with pytest.raises(TypeError, match="not JSON serialisable"):
+    write_json(str(path), broken)
+  assert path.read_text() == before
+  fresh = tmp_path / "fresh" / "results.json"
+  fresh.parent.mkdir()
+  with pytest.raises(TypeError):
+    write_json(str(fresh), broken)
+  assert not fresh.exists()
+
+
+def test_the_experiments_write_json_through_write_json_only():
+  """Every JSON file the experiments write (runner, sweep jobs, CLI) goes through write_json."""
+  experiments = os.path.join(ROOT, "gsm_optax", "experiments")
+  for name in sorted(os.listdir(experiments)):
+    if name.endswith(".py") and name != "results.py":
+      with open(os.path.join(experiments, name)) as f:
+        assert "json.dump(" not in f.read(), name
+
+
+def test_summarize_prints_the_tables_of_results_md():
+  """docs/results/summarize.py runs on the archived JSON (structured runs included in the
+  directory) and prints the tables docs/RESULTS.md holds, line for line."""
+  import subprocess
+  import sys
+
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "results", "summarize.py")],
+                       capture_output=True, text=True, check=True).stdout
+  with open(os.path.join(ROOT, "docs", "RESULTS.md")) as f:
+    results_md = f.read()
+  lines = [line for line in out.splitlines() if line.strip()]
+  assert len(lines) > 20
+  assert [line for line in lines if line not in results_md] == []

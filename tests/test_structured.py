@@ -264,6 +264,57 @@ def test_structured_gradual_pruning_ends_with_whole_groups(rng):
     np.testing.assert_array_equal(np.all(cols == 0, 0), np.asarray(params[layer]["bias"]) == 0)
 
 
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_structured_gradual_pruning_matches_float64_reference(rng, allocation):
+  """Zhu & Gupta with groups, step by step against NumPy: at each mask update the groups not
+  yet pruned are ranked by the RMS of the weights apply_updates is about to write (the pruned
+  ones last); "global" keeps floor(r_t * G) of them (each set its best one first), "uniform"
+  floor(r_t * size) (at least 1) of each set; every entry of a pruned group is held at 0."""
+  params = _params(rng)
+  params["conv"] = jax.tree_util.tree_map(lambda x: 3 * x, params["conv"])  # uniform != global
+  spec = _reference_spec("coupled by hand")
+  lr, final, begin, end, every = 0.5, 0.35, 0, 6, 2  # steps large enough to reorder groups
+  tx = gsm_optax.gradual_magnitude_pruning(
+      optax.sgd(lr), final, begin_step=begin, end_step=end, update_every=every,
+      groups=SPECS["coupled by hand"](params), allocation=allocation)
+  state, update = tx.init(params), jax.jit(tx.update)
+  w = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  keep = [np.ones(x.shape, bool) for x in w]  # True on out/bias, in no group, for good
+  masked = sorted(leaf for _, m in spec for leaf, _ in m)
+  sizes = [size for size, _ in spec]
+  per_group = [sum(w[leaf].size // size for leaf, _ in members) for size, members in spec]
+  pruned_once = 0
+  for t in range(9):
+    grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
+    g = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
+    written = [x - lr * np.where(k, d, 0) for x, k, d in zip(w, keep, g)]  # sgd on the mask
+    if begin <= t <= end and ((t - begin) % every == 0 or t == end):
+      r = final + (1 - final) * (1 - min(max((t - begin) / (end - begin), 0), 1)) ** 3
+      rms = [np.sqrt(s / n) for s, n in zip(group_sums([x**2 for x in written], spec), per_group)]
+      alive = [a > 0 for a in group_sums([k.astype(float) for k in keep], spec)]
+      scores = [np.where(a, s, -1.0) for s, a in zip(rms, alive)]
+      if allocation == "global":
+        kept, _ = min_kept_selection(np.concatenate(scores), sizes, [1] * len(sizes),
+                                     q=int(np.floor(r * sum(sizes))))
+        kept = np.split(kept, np.cumsum(sizes)[:-1])
+      else:
+        kept = [stable_topk_mask(s, max(int(np.floor(r * size)), 1))
+                for s, size in zip(scores, sizes)]
+      for k_set, (size, members) in zip(kept, spec):
+        for leaf, axis in members:
+          keep[leaf] = k_set[group_index(w[leaf].shape, axis, size)]
+    w = [np.where(k, x, 0.0) for x, k in zip(written, keep)]
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    for i, got in zip(masked, jax.tree_util.tree_leaves(state.mask)):  # MaskedNode elsewhere
+      np.testing.assert_array_equal(np.asarray(got), keep[i], err_msg=f"step {t}, leaf {i}")
+    for i, (got, x) in enumerate(zip(jax.tree_util.tree_leaves(params), w)):
+      np.testing.assert_allclose(np.asarray(got), x, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"step {t}, leaf {i}")
+    pruned_once = max(pruned_once, sum(int((~k).sum()) for k in keep))
+  assert pruned_once > 0
+
+
 @pytest.mark.parametrize("groups, error", [
     ([Groups("g", 4, (GroupMember("conv/kernal", -1),))], "conv/kernal"),
     ([Groups("g", 4, (GroupMember("conv/kernel", 4),))], "no axis 4"),
@@ -293,8 +344,6 @@ def test_bad_group_arguments_fail_at_construction():
                               allocation="layerwise")
   with pytest.raises(ValueError, match="keep_top_groups needs groups"):
     gsm_optax.keep_top_groups(0.5, None)  # type: ignore[arg-type]
-  with pytest.raises(ValueError, match="'group_taylor'.* scores groups"):
-    gsm_optax.keep_top_gradients(0.5, importance="group_taylor")
   with pytest.raises(ValueError, match="not among the groups"):
     gsm_optax.mac_costs([Groups("a", 2, (GroupMember("w", 0),))], [gsm_optax.MacTerm(4, ("b",))])
 
@@ -413,10 +462,14 @@ def test_structured_gsm_with_uniform_allocation_keeps_every_layer_fraction(rng):
     gsm_optax.gsm(0.1, 0.5, allocation="uniform")
 
 
-@pytest.mark.parametrize("importance", ["group_taylor", "taylor", "taylor as a callable"])
+@pytest.mark.parametrize("importance", ["group_taylor", "taylor", "taylor as a callable",
+                                        "group_rms", "magnitude", "magnitude as a callable"])
 def test_each_group_score_has_its_own_name(rng, importance):
-  """keep_top_groups keeps the top-Q groups by |sum g*w| ("group_taylor") or by sum |g*w|
-  ("taylor", the same as gsm_optax.taylor), each against a float64 reference."""
+  """keep_top_groups keeps the top-Q groups by |sum g*w| ("group_taylor"), by the RMS of the
+  group's weights ("group_rms", sqrt(sum w**2 / n)), or by a weights' score summed ("taylor",
+  sum |g*w|, and "magnitude", sum |w|: the same as gsm_optax.taylor and gsm_optax.magnitude),
+  each against a float64 reference. The sets differ in group size (a filter with its bias, 19
+  weights; an input row of the last layer, 3), where RMS and L2 norm rank differently."""
   params = _params(rng)
   grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), params)
   spec = _reference_spec("outputs and inputs")
@@ -424,19 +477,35 @@ def test_each_group_score_has_its_own_name(rng, importance):
   g = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
   if importance == "group_taylor":
     scores = np.abs(np.concatenate(group_sums([a * b for a, b in zip(g, w)], spec)))
-  else:
+  elif importance == "group_rms":
+    per_group = [sum(w[leaf].size // size for leaf, _ in members) for size, members in spec]
+    scores = np.concatenate([np.sqrt(s / n) for s, n in
+                             zip(group_sums([x**2 for x in w], spec), per_group)])
+  elif importance.startswith("taylor"):
     scores = np.concatenate(group_sums([np.abs(a * b) for a, b in zip(g, w)], spec))
+  else:
+    scores = np.concatenate(group_sums([np.abs(x) for x in w], spec))
   sizes = [size for size, _ in spec]
   q = int(0.4 * sum(sizes))
   want, _ = min_kept_selection(scores, sizes, [1] * len(sizes), q=q)
-  tx = gsm_optax.keep_top_groups(
-      0.4, SPECS["outputs and inputs"],
-      importance=gsm_optax.taylor if importance == "taylor as a callable" else importance)
+  callables = {"taylor as a callable": gsm_optax.taylor,
+               "magnitude as a callable": gsm_optax.magnitude}
+  tx = gsm_optax.keep_top_groups(0.4, SPECS["outputs and inputs"],
+                                 importance=callables.get(importance, importance))
   out, state = jax.jit(tx.update)(grads, tx.init(params), params)
   passed = [(np.asarray(o) != 0).astype(np.float64) for o in jax.tree_util.tree_leaves(out)]
   got = np.concatenate(group_sums(passed, spec)) > 0
   np.testing.assert_array_equal(got, want)
   assert int(state.keep_count) == want.sum()
+
+
+def test_group_scores_are_refused_for_weights():
+  """The scores defined for groups only name the weights' score to use instead."""
+  for group_score, weights_score in [("group_taylor", "'taylor'"), ("group_rms", "'magnitude'")]:
+    with pytest.raises(ValueError, match=f"{group_score}.* scores groups.*{weights_score}"):
+      gsm_optax.keep_top_gradients(0.5, importance=group_score)
+    with pytest.raises(ValueError, match=f"{group_score}.* scores groups"):
+      gsm_optax.gsm(0.1, 0.5, importance=group_score)
 
 
 def test_gsm_chains_the_selection_stage_its_arguments_ask_for(rng):

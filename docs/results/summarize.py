@@ -1,10 +1,14 @@
 """Prints the tables of docs/RESULTS.md from the runs' JSON files in this directory.
 
     python docs/results/summarize.py
+
+The unstructured runs only: the structured ones (``structured_*.json``, ``"structured": true``
+in their config) are summarized by ``summarize_structured.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 from collections import defaultdict
@@ -70,6 +74,8 @@ def main() -> None:
   for path in sorted(glob.glob(os.path.join(HERE, "*.json"))):
     r = load_results(path)
     c = r["config"]
+    if c.get("structured"):  # compressed in groups, not weights: summarize_structured.py
+      continue
     # Runs made before the recipe existed have none of its fields: they ran the paper's update.
     key = (c["model"], int(c["compression"]), c["base"]["epochs"], c["gsm"]["epochs"],
            c["gsm"]["weight_decay"], c.get("anneal_epochs", 0), c.get("passive_weight_decay", 0.0),
@@ -162,4 +168,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  argparse.ArgumentParser(description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
   main()

@@ -34,7 +34,8 @@ def main() -> None:
     if config.get("per_mac"):
       budget += " per MAC"
     score = ("-" if method == "gradual" else
-             {"group_taylor": "\\|Σ g·w\\|", "taylor": "Σ \\|g·w\\|"}[
+             {"group_taylor": "\\|Σ g·w\\|", "taylor": "Σ \\|g·w\\|", "group_rms": "RMS(w)",
+              "magnitude": "Σ \\|w\\|"}[
                  config.get("group_importance", "group_taylor")])
     ema = "-" if method == "gradual" else f"{config['importance_ema']:g}"
     # Structured gradual pruning always allocates uniformly; GSM's default is global.

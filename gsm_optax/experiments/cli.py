@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import optax
 from flax.training import train_state
 
 from gsm_optax import gsm, prune, selection_stats, sparsity_report
+from gsm_optax.experiments.results import write_json
 from gsm_optax.experiments.training import accuracy, make_train_epoch
 
 
@@ -109,8 +109,7 @@ def run_digits(args: argparse.Namespace) -> dict:
       "sparsity": report.to_dict(),
   }
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+    write_json(args.json, result)
   return result
 
 
@@ -155,11 +154,14 @@ def _mnist_config(args: argparse.Namespace):
   if args.structured:
     changes["structured"] = True
     changes["budget"] = args.budget
-    changes["group_importance"] = args.group_importance.replace("-", "_")
+    changes["group_importance"] = (
+        args.group_importance.replace("-", "_") if args.group_importance is not None
+        else experiments.group_importance_for(changes.get("importance", config.importance),
+                                              config.group_importance))
     changes["per_mac"] = args.per_mac
     changes["allocation"] = args.allocation
     changes.setdefault("methods", ("gsm", "gradual"))
-  elif (args.budget != "groups" or args.group_importance != "group-taylor" or args.per_mac
+  elif (args.budget != "groups" or args.group_importance is not None or args.per_mac
         or args.allocation != "global"):
     raise ValueError("--budget, --group-importance, --per-mac and --allocation need --structured")
   return dataclasses.replace(config, **changes)
@@ -368,11 +370,12 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
   m.add_argument("--budget", choices=["groups", "weights", "macs"], default="groups",
                  help="with --structured, what --compression divides: the number of groups,"
                  " their weights, or the multiply-accumulates per image")
-  m.add_argument("--group-importance", choices=["group-taylor", "taylor"],
-                 default="group-taylor",
+  m.add_argument("--group-importance",
+                 choices=["group-taylor", "group-rms", "taylor", "magnitude"],
                  help="with --structured, a group's score (gsm_optax.keep_top_groups):"
-                 " group-taylor, |sum g*w| (the loss change of removing it), or taylor,"
-                 " sum |g*w|")
+                 " group-taylor, |sum g*w| (the loss change of removing it); group-rms, the RMS"
+                 " of its weights; taylor, sum |g*w|; magnitude, sum |w| (default: group-rms"
+                 " where the weights are ranked by magnitude, group-taylor otherwise)")
   m.add_argument("--per-mac", action="store_true",
                  help="with --budget macs, rank groups by score per MAC at the widths kept")
   m.add_argument("--allocation", choices=["global", "uniform"], default="global",

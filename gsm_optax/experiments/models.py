@@ -307,8 +307,9 @@ def structured_groups(model: str, params: Any, *, per_mac: bool = False,
 def couple_model(model: str, params: Any) -> gsm_optax.Coupling:
   """:func:`gsm_optax.couple` of a LeNet (a model of :data:`MODELS` without batch statistics).
 
-  Coupled on two 28x28x1 images: with a batch of one, the batch axis could not be told from
-  the channels of size 1, and the narrow model would take a batch of one only.
+  Coupled on two 28x28x1 images: with a batch of one, the trace cannot tell the batch axis
+  from other axes of size 1 (the flatten bakes it in), and the narrow model would take a batch
+  of one only (its apply refuses another).
   """
   dense = MODELS[model]()
   return gsm_optax.couple(lambda v, x: dense.apply(v, x), {"params": params},

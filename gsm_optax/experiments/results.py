@@ -1,17 +1,23 @@
-"""Reading the experiments' JSON results, with the names older runs wrote mapped to today's.
+"""Reading and writing the experiments' JSON results, with the names older runs wrote mapped to
+today's.
 
 The experiments' JSON speaks the library's words: ``passive_weight_decay`` as in
 :func:`gsm_optax.gsm`, and the fields of :class:`gsm_optax.PruneReadiness`
 (``removed_l2_fraction``, ``num_carrying``, ``largest_removed``). Runs started
 before those names were unified (issue 23) wrote other ones, and may still be
 writing them; :func:`load_results` reads both, so ``gsm-optax sweep --summary``,
-the plots and the tables of docs/RESULTS.md work on either.
+the plots and the tables of docs/RESULTS.md work on either. :func:`write_json`
+writes them whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
+
+import jax
+import numpy as np
 
 # Old key -> today's key, wherever it occurs in a results, result or history file.
 RENAMED_KEYS = {
@@ -65,3 +71,27 @@ def load_results(path: str) -> Any:
   """
   with open(path) as f:
     return rename_keys(json.load(f))
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as JSON to ``path`` atomically: whole, or not at all.
+
+  The JSON goes to ``path + ".tmp"`` first and is moved onto ``path`` by
+  ``os.replace``, so a process killed mid-write leaves no ``path`` (or the
+  previous one): a ``results.json`` that marks a job done is always complete.
+  NumPy and JAX scalars and arrays are written as numbers and lists.
+
+  Args:
+    path: the file to write.
+    obj: the JSON value.
+  """
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+  if isinstance(x, (np.generic, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -8,8 +8,9 @@ and for the same number of epochs, the methods to compare:
 - ``oneshot``: one global magnitude prune of the base model, then fine-tuning
   with the pruned weights held at zero;
 - ``gradual``: gradual global magnitude pruning with Zhu & Gupta's cubic
-  schedule (structured runs: the same fraction of every layer's groups, ranked by L2 norm
-  within the layer, since magnitudes of different layers are not comparable);
+  schedule (structured runs: the same fraction of every layer's groups, ranked within the layer
+  by their RMS, ``"group_rms"``, which orders a layer's groups as their L2 norms do, since
+  magnitudes of different layers are not comparable);
 - ``lottery``: lottery tickets: the masks found by GSM and by magnitude pruning
   of the base model, applied to the base model's initial weights and retrained
   with the authors' base schedule (Frankle & Carbin 2019; the paper's Table 4).
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import platform
 import sys
@@ -47,7 +47,7 @@ import optax
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
 from gsm_optax.experiments import datasets, models, structured
-from gsm_optax.experiments.results import load_results
+from gsm_optax.experiments.results import load_results, write_json
 from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
 
 PyTree = Any
@@ -55,6 +55,8 @@ Array = jax.Array
 # A model's variables: {"params": ..., "batch_stats": ...} (only "params" for the LeNets).
 Variables = dict[str, PyTree]
 METHODS = ("gsm", "lottery", "oneshot", "gradual")
+# The group scores of gsm_optax.keep_top_groups a structured run may rank by.
+GROUP_IMPORTANCES = ("group_taylor", "group_rms", "taylor", "magnitude")
 
 __all__ = [
     "DEEP_PHASES", "METHODS", "RECIPES", "ExperimentConfig", "PhaseConfig", "deep_config",
@@ -118,7 +120,8 @@ class ExperimentConfig:
   structured: bool = False
   budget: str = "groups"
   # The group score, as gsm_optax.keep_top_groups names it: "group_taylor" (|sum g*w| over the
-  # group; with importance "magnitude", the group's RMS) or "taylor" (sum |g*w|).
+  # group), "group_rms" (the RMS of its weights), "taylor" (sum |g*w|) or "magnitude" (sum |w|).
+  # A recipe ranking weights by magnitude ranks groups by "group_rms" (with_recipe sets it).
   group_importance: str = "group_taylor"
   per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
   # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
@@ -167,8 +170,8 @@ class ExperimentConfig:
                        f" importance={self.importance!r}.")
     if self.budget not in ("groups", "weights", "macs"):
       raise ValueError(f"budget must be 'groups', 'weights' or 'macs'; got {self.budget!r}.")
-    if self.group_importance not in ("group_taylor", "taylor"):
-      raise ValueError("group_importance must be 'group_taylor' or 'taylor'; got"
+    if self.group_importance not in GROUP_IMPORTANCES:
+      raise ValueError(f"group_importance must be one of {GROUP_IMPORTANCES}; got"
                        f" group_importance={self.group_importance!r}.")
     if self.allocation not in ("global", "uniform"):
       raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
@@ -284,7 +287,18 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
       passive_weight_decay=settings.get("passive_weight_decay_factor", 0.0) * phase.weight_decay,
       passive_weight_decay_begin_epoch=anneal if settings.get("passive_from_anneal_end") else 0,
       importance=settings.get("importance", "taylor"),
+      group_importance=group_importance_for(settings.get("importance", "taylor"),
+                                            config.group_importance),
       importance_ema=settings.get("importance_ema", 0.0))
+
+
+def group_importance_for(importance: str, group_importance: str) -> str:
+  """The group score of a run whose weights are ranked by ``importance``: ``"group_rms"``, the
+  groups' magnitude, for ``"magnitude"`` where the group score is still the default
+  ``"group_taylor"``; ``group_importance`` otherwise."""
+  if importance == "magnitude" and group_importance == "group_taylor":
+    return "group_rms"
+  return group_importance
 
 
 def recommended_config(
@@ -376,8 +390,6 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
   eligible = None
   if groups is None:
     eligible, importance = models.eligible(config.model), config.importance
-  elif config.group_importance == "group_taylor" and config.importance == "magnitude":
-    importance = "magnitude"  # the recipe ranks by magnitude: the groups' RMS
   else:
     importance = config.group_importance
   return gsm_optax.gsm(phase.schedule(steps_per_epoch), keep_ratio, momentum=phase.momentum,
@@ -420,19 +432,6 @@ def progress_bar(label: str, total: int, initial: int, quiet: bool):
 
 
 # ----------------------------------------------------------------------------- phases
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(x: Any):
-  if isinstance(x, (np.generic, jax.Array)):
-    return np.asarray(x).tolist()
-  raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 class Runner:
@@ -587,7 +586,7 @@ class Runner:
         if (epoch + 1) % self.config.checkpoint_every == 0 or epoch + 1 == epochs:
           ckpt.save(state, step=int(state.step), force=True)
           ckpt.wait_until_finished()
-          _write_json(history_file, {"epochs": history, "seconds": time.time() - t0})
+          write_json(history_file, {"epochs": history, "seconds": time.time() - t0})
       progress.close()
     seconds = time.time() - t0
     accs = [row["test_accuracy"] for row in history]
@@ -601,7 +600,7 @@ class Runner:
     }
     variables = _join(state.params, state.model_state)
     _write_variables(directory, variables)
-    _write_json(result_file, result)
+    write_json(result_file, result)
     return variables, result
 
 
@@ -796,7 +795,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
           f" {results['lottery'][kind]['final_test_accuracy']:.4f}")
 
   results["seconds"] = time.time() - t_start
-  _write_json(os.path.join(out_dir, "results.json"), results)
+  write_json(os.path.join(out_dir, "results.json"), results)
   return results
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from gsm_optax.experiments import runner
-from gsm_optax.experiments.results import load_results
+from gsm_optax.experiments.results import load_results, write_json
 
 # (dataset, model, compression), in the order they run.
 GRID: tuple[tuple[str, str, float], ...] = (
@@ -270,8 +270,7 @@ def run_tickets(job: Job, out: str) -> dict[str, Any]:
                              "sources": {s: "gsm" for s in TICKET_SOURCES}}
   for source, mask in masks.items():
     results["lottery"][source] = r.lottery_ticket(source, init, mask)
-  with open(os.path.join(directory, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  write_json(os.path.join(directory, "results.json"), results)  # whole, or not done
   return results
 
 
@@ -415,8 +414,7 @@ def archive(out: str, dest: str) -> list[str]:
       if os.path.exists(src):
         target = os.path.join(dest, cell, method, "results.json")
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w") as f:
-          json.dump(load_results(src), f, indent=2)
+        write_json(target, load_results(src))
         copied.append(target)
   return copied
 

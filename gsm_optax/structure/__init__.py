@@ -9,7 +9,9 @@
   inlined jaxpr that both use.
 - :mod:`gsm_optax.structure.primitives`: the primitives understood, one rule
   each (how it couples axes, how zeros pass through it, how it is resized) in
-  one table, ``RULES``: the list of what is supported.
+  one table, ``RULES``: the list of what is supported. The rules live by family
+  in ``elementwise``, ``shapes``, ``contractions`` and ``indexing``, on the
+  entry type of ``rule``.
 """
 
 from gsm_optax.structure.coupling import ChannelSet, Coupling, couple

@@ -444,7 +444,11 @@ def couple(model: Any, variables: PyTree = None, *inputs: Any) -> Coupling:
       input, and the module's state is read with ``nnx.split``).
     variables: what ``model`` takes first: linen variables
       (``{"params": ..., "batch_stats": ...}``) or a params pytree.
-    *inputs: sample inputs, with the batch axis first.
+    *inputs: sample inputs, with the batch axis first: a batch of 2 or more
+      for a :func:`gsm_optax.narrow` model that runs at any batch. A trace at
+      a batch of 1 cannot tell the batch axis from other axes of size 1 (a
+      flatten's reshape bakes the 1 in), so that narrow model runs at a batch
+      of 1 only, and says so when called with another.
 
   Returns:
     A :class:`Coupling`: its ``groups`` are the paths of ``variables["params"]``

@@ -51,7 +51,8 @@ class Narrow(NamedTuple):
       except along axes that no operation reduces over (the batch axis of a
       model in inference mode): those may have any size. Another size along a
       reduced axis (a mean over tokens, BatchNorm's batch statistics in
-      training) raises a ValueError naming the operation.
+      training) raises a ValueError naming the operation, and so does another
+      size along an axis traced at size 1 (a batch of one: couple at 2 or more).
     kept: per channel set, the indices of the channels kept (original numbering).
     widths: per channel set, how many channels are kept.
     input_indices: per dense layer that reads only some of its input features (its
@@ -373,6 +374,19 @@ class _Zeros:
     return {s: (r if self.seen[s] else np.zeros_like(r)) for s, r in self.removable_acc.items()}
 
 
+def _size_one_error(k: int, d: int, traced: tuple[int, ...], shape: tuple[int, ...]) -> ValueError:
+  """The error of a narrow model called with another size along an axis coupled at size 1."""
+  what = "a batch" if d == 0 else f"axis {d}"
+  coupled = (2,) + tuple(traced[1:]) if d == 0 else traced
+  return ValueError(
+      f"the narrow model's input {k} has shape {tuple(shape)}, but couple traced it with shape"
+      f" {tuple(traced)}: {what} of size 1, which a trace cannot tell from any other axis of"
+      " size 1 (a reshape or a broadcast bakes the 1 in), so the narrow model runs at that size"
+      f" only. Call it with size 1 there, or couple the model at the size it will run at, or at"
+      f" 2 or more for any batch: couple(model, variables, jax.ShapeDtypeStruct({coupled},"
+      " dtype)).")
+
+
 class _Runner:
   """The narrow model: the coupled jaxpr re-evaluated with narrower arrays (pass three)."""
 
@@ -432,6 +446,8 @@ class _Runner:
                            f" with shape {traced}.")
         for d, (n, s) in enumerate(zip(self.g.values[v].nodes, np.shape(x))):
           r = nodes.find(n)
+          if traced[d] == 1 and s != 1:
+            raise _size_one_error(self.t.input_ids.index(v), d, traced, np.shape(x))
           if s != traced[d]:
             reducer = next((fixed[leaf] for leaf in map(nodes.find, nodes.leaves(n))
                             if leaf in fixed), None)

@@ -266,7 +266,7 @@ class Graph:
   """
 
   def __init__(self, rules: dict[str, Any]) -> None:
-    self.rules = rules  # primitive name -> primitives.Rule
+    self.rules = rules  # primitive name -> rule.Rule
     self.nodes = Nodes()
     self.values: list[Value] = []
     self.consts: dict[int, np.ndarray] = {}
