@@ -530,7 +530,9 @@ never run again.
 The default schedule (short) is the authors' (Ding et al. 2019, DingXiaoH/GSM-SGD) shortened 4x:
 50 base epochs, 70 GSM epochs with the learning rate dropping at 40, 50 and 60, and the weight
 decay raised 4x so that it removes as much as theirs. --schedule full runs their 200 + 280 epochs.
-ResNet-20 and the ViT have one schedule of their own.
+ResNet-20 and the ViT have one schedule of their own. --structured runs the structured cells
+(listed last) instead: structured GSM at half the MACs against structured gradual pruning and
+scratch (the export's narrow model from fresh weights), from the same base models.
 
 How long, on a 2-core x86 CPU (docs/RESULTS.md): a LeNet-300-100 job ~3 min a method on one idle
 core (3-11 min beside other work); a LeNet-5 job 30-45 min (~36 s an epoch); a ResNet-20 or ViT
