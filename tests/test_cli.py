@@ -145,8 +145,11 @@ def test_sweep_help_explains_every_method_and_lists_every_cell(capsys):
             "vit": "ViT"}
   datasets = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
   listed = re.findall(r"^ +(\d+): (.+)$", text, flags=re.M)
+  # The cells, then the structured cells (--structured --cells), each numbered from 0.
   assert listed == [(str(i), f"{models[m]} {c:g}x {datasets[d]}")
-                    for i, (d, m, c) in enumerate(sweep.GRID)]
+                    for grid in (sweep.GRID, sweep.STRUCTURED_GRID)
+                    for i, (d, m, c) in enumerate(grid)]
+  assert "structured cells (--structured --cells" in text
 
 
 @pytest.mark.parametrize("command", ["mnist", "train"])

@@ -267,8 +267,8 @@ def _tiny(config_fn):
   """The sweep's configs shrunk to seconds: 256 images, 1 base epoch, 2 GSM epochs; the tickets
   retrained at a learning rate of 1e-30, below every weight's float32 resolution, so that each
   must end exactly where it started."""
-  def tiny(dataset, model, compression, seed, method, schedule="short"):
-    config = config_fn(dataset, model, compression, seed, method, schedule)
+  def tiny(dataset, model, compression, seed, method, schedule="short", structured=False):
+    config = config_fn(dataset, model, compression, seed, method, schedule, structured)
     return dataclasses.replace(
         config, train_subset=256, batch_size=64, checkpoint_every=1, last_k=1,
         base=runner.PhaseConfig(1e-30 if method == "tickets" else 3e-2, 1, (), momentum=0.9),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import gsm_optax
 
 __all__ = ["MODELS", "PRUNABLE", "LeNet300100", "LeNet5", "ResNet20", "ViT", "count_params",
-           "couple_model", "eligible", "structured_groups"]
+           "couple_model", "eligible", "narrow_options", "structured_groups", "width_sets"]
 
 _xavier = nn.initializers.xavier_uniform()
 
@@ -118,20 +118,23 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 class _BasicBlock(nn.Module):
-  """Two 3x3 convolutions with BatchNorm, and a projection shortcut where the shape changes."""
+  """Two 3x3 convolutions with BatchNorm, and a projection shortcut where the shape changes.
+
+  ``inner`` channels between the two convolutions (``features`` in He et al.'s block).
+  """
 
   features: int
   stride: int
+  inner: int
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda k, s: nn.Conv(self.features, (k, k), (s, s), use_bias=False,
-                                kernel_init=_he_normal)
+    conv = lambda n, k, s: nn.Conv(n, (k, k), (s, s), use_bias=False, kernel_init=_he_normal)
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
-    h = nn.relu(norm()(conv(3, self.stride)(x)))
-    h = norm()(conv(3, 1)(h))
+    h = nn.relu(norm()(conv(self.inner, 3, self.stride)(x)))
+    h = norm()(conv(self.features, 3, 1)(h))
     if x.shape[-1] != self.features or self.stride != 1:
-      x = norm()(conv(1, self.stride)(x))
+      x = norm()(conv(self.features, 1, self.stride)(x))
     return nn.relu(h + x)
 
 
@@ -147,13 +150,18 @@ class ResNet20(nn.Module):
 
   Attributes:
     num_classes: the width of the last layer.
-    widths: the channels of the three stages.
+    widths: the channels of the three stages (the residual stream's; the first convolution's).
     blocks: basic blocks per stage (n; 9 gives ResNet-56).
+    inner_widths: the channels inside each basic block (between its two convolutions), one per
+      block in order (``3 * blocks``); None: each its stage's width. A structurally pruned
+      ResNet-20 is this model with narrower ``widths`` and ``inner_widths``
+      (:func:`narrow_options`).
   """
 
   num_classes: int = 10
   widths: tuple[int, int, int] = (16, 32, 64)
   blocks: int = 3
+  inner_widths: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -161,9 +169,14 @@ class ResNet20(nn.Module):
       x = x[..., None]
     x = nn.Conv(self.widths[0], (3, 3), use_bias=False, kernel_init=_he_normal)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    inner = self.inner_widths or tuple(w for w in self.widths for _ in range(self.blocks))
+    if len(inner) != 3 * self.blocks:
+      raise ValueError(f"inner_widths needs one width per block (3 * blocks = {3 * self.blocks});"
+                       f" got inner_widths={self.inner_widths!r}.")
     for stage, width in enumerate(self.widths):
       for block in range(self.blocks):
-        x = _BasicBlock(width, 2 if stage > 0 and block == 0 else 1)(x, train)
+        x = _BasicBlock(width, 2 if stage > 0 and block == 0 else 1,
+                        inner[stage * self.blocks + block])(x, train)
     return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
@@ -171,14 +184,17 @@ class _EncoderBlock(nn.Module):
   """A pre-LayerNorm transformer block: self-attention, then a GELU MLP, each residual."""
 
   heads: int
+  head_dim: int
   mlp_width: int
   dropout: float
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = nn.LayerNorm(name="norm_attention")(x)
-    h = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
-                                        deterministic=not train, name="attention")(h)
+    h = nn.MultiHeadDotProductAttention(num_heads=self.heads,
+                                        qkv_features=self.heads * self.head_dim,
+                                        dropout_rate=self.dropout, deterministic=not train,
+                                        name="attention")(h)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.LayerNorm(name="norm_mlp")(x)
     h = nn.gelu(nn.Dense(self.mlp_width, name="mlp_in")(h))
@@ -199,19 +215,23 @@ class ViT(nn.Module):
     num_classes: the width of the head.
     width: the residual stream's channels.
     depth: encoder blocks.
-    heads: attention heads per block.
-    mlp_width: hidden units of each block's MLP.
+    heads: attention heads per block, or a tuple of one per block.
+    mlp_width: hidden units of each block's MLP, or a tuple of one per block.
     patch: the patch's side, in pixels.
     dropout: the dropout rate in training.
+    head_dim: the channels of each head; None: ``width // heads`` (``heads`` an int). A
+      structurally pruned ViT is this model with fewer heads and MLP units per block and the
+      dense model's ``head_dim`` (:func:`narrow_options`).
   """
 
   num_classes: int = 10
   width: int = 128
   depth: int = 4
-  heads: int = 4
-  mlp_width: int = 256
+  heads: int | tuple[int, ...] = 4
+  mlp_width: int | tuple[int, ...] = 256
   patch: int = 4
   dropout: float = 0.0
+  head_dim: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -223,10 +243,24 @@ class ViT(nn.Module):
     x = nn.Dense(self.width, name="patch_embedding")(x.reshape(n, (h // p) * (w // p), p * p * c))
     x = x + self.param("position_embedding", nn.initializers.normal(0.02), (1, *x.shape[1:]))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    heads = _per_block(self.heads, self.depth, "heads")
+    mlp = _per_block(self.mlp_width, self.depth, "mlp_width")
+    if self.head_dim is None and not isinstance(self.heads, int):
+      raise ValueError(f"heads={self.heads!r} per block needs head_dim.")
+    head_dim = self.head_dim or self.width // heads[0]
     for i in range(self.depth):
-      x = _EncoderBlock(self.heads, self.mlp_width, self.dropout, name=f"block{i}")(x, train)
+      x = _EncoderBlock(heads[i], head_dim, mlp[i], self.dropout, name=f"block{i}")(x, train)
     x = nn.LayerNorm(name="norm")(x).mean(axis=1)
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+def _per_block(value: int | tuple[int, ...], depth: int, name: str) -> tuple[int, ...]:
+  """``value`` for every block: an int repeated, or a tuple of ``depth`` ints."""
+  if isinstance(value, int):
+    return (value,) * depth
+  if len(value) != depth:
+    raise ValueError(f"{name} needs one value per block (depth={depth}); got {name}={value!r}.")
+  return tuple(value)
 
 
 _he_normal = nn.initializers.he_normal()
@@ -272,9 +306,10 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-def structured_groups(model: str, params: Any, *, per_mac: bool = False,
+def structured_groups(model: str, params: Any, *, model_state: dict[str, Any] | None = None,
+                      options: dict[str, Any] | None = None, per_mac: bool = False,
                       ) -> tuple[tuple[gsm_optax.Groups, ...], gsm_optax.MacCost]:
-  """The groups structured GSM ranks in the paper's models, and a budget in their MACs.
+  """The groups structured GSM ranks in the experiments' models, and a budget in their MACs.
 
   LeNet-300-100: the input features of its three dense layers (the pixels, then the hidden
   units of each layer, which are unused once their row is pruned). LeNet-5: the filters of its
@@ -283,34 +318,127 @@ def structured_groups(model: str, params: Any, *, per_mac: bool = False,
   features are :func:`gsm_optax.input_groups`: single pixels and single positions of conv2's
   flattened map are no channels of :func:`gsm_optax.couple`, which groups whole channels.
 
+  ResNet-20 and the ViT: every group set that :func:`gsm_optax.couple` reads from the model
+  (:attr:`gsm_optax.Coupling.groups`), which are the sets :func:`width_sets` names:
+
+  - ResNet-20: each basic block's inner filters (its first convolution's outputs, with their
+    BatchNorm's scale and offset), and each stage's residual stream: the channels that the
+    stage's blocks add to, coupled into one set with every convolution that writes to it (the
+    first convolution for the first stage, each block's second convolution and the projection
+    shortcut where a stage starts), their BatchNorms, and the next stage's projection and
+    first convolution that read it. The classifier's outputs (the classes) are left whole.
+  - ViT: each block's attention heads (query, key and value, with their biases) and its MLP's
+    hidden units. The residual stream (the patch embedding's outputs) is left whole: every
+    LayerNorm reduces over it, so a removed channel would change the others' normalisation
+    (``couple`` says so); so are the patch embedding's inputs (the pixels of a patch) and the
+    head's outputs (the classes). The head dimension within each head is not ranked: a head's
+    query/key/value kernels belong to its head group.
+
+  Every set keeps at least one group (:class:`gsm_optax.Groups`' ``min_kept=1``, couple's
+  default). Emptying a residual stream would cut the outputs off the inputs
+  (``ChannelSet.can_empty`` is False); a block's inner filters, heads or MLP units could go
+  whole (:meth:`gsm_optax.Coupling.allow_empty`), but the block left would be no block of
+  :class:`ResNet20` or :class:`ViT`, which the same narrow architecture trained from scratch
+  (the runner's ``scratch`` method) needs.
+
+  Args:
+    model: a name of :data:`MODELS`.
+    params: its parameters.
+    model_state: its other collections (``{"batch_stats": ...}`` for ResNet-20).
+    options: the attributes of the model's module (``ExperimentConfig.model_options``).
+    per_mac: rank groups by score per MAC.
+
   Returns:
     The groups, and ``Coupling.mac_costs`` of them, read from the model by
     :func:`gsm_optax.couple`: the multiply-accumulates per image of every layer, scaled by
     the fractions of its input and output units kept (groups ranked by score per MAC with
-    ``per_mac``).
+    ``per_mac``). A layer that no group scales (the ViT's patch embedding and head) is left out
+    of the budget: its MACs are the same at every width.
   """
-  if model not in ("lenet300", "lenet5"):
-    raise ValueError(f"no structured groups for model={model!r}; choose 'lenet300' or"
-                     " 'lenet5'.")
-  coupling = couple_model(model, params)
+  if model not in MODELS:
+    raise ValueError(f"model must be one of {sorted(MODELS)}; got model={model!r}.")
+  coupling = couple_model(model, params, model_state=model_state, options=options)
   if model == "lenet300":
     groups = gsm_optax.input_groups(params)
-  else:
+  elif model == "lenet5":
     def dense(p):
       return {k: {kk: k in ("fc1", "fc2") and kk == "kernel" for kk in v} for k, v in p.items()}
 
     filters = tuple(g for g in coupling.groups if g.name in ("conv1", "conv2"))
     groups = filters + gsm_optax.input_groups(params, eligible=dense)
+  else:
+    groups = coupling.groups
   return groups, coupling.mac_costs(groups, per_mac=per_mac)
 
 
-def couple_model(model: str, params: Any) -> gsm_optax.Coupling:
-  """:func:`gsm_optax.couple` of a LeNet (a model of :data:`MODELS` without batch statistics).
+def couple_model(model: str, params: Any, *, model_state: dict[str, Any] | None = None,
+                 options: dict[str, Any] | None = None) -> gsm_optax.Coupling:
+  """:func:`gsm_optax.couple` of a model of :data:`MODELS`, in evaluation mode.
 
   Coupled on two 28x28x1 images: with a batch of one, the trace cannot tell the batch axis
   from other axes of size 1 (the flatten bakes it in), and the narrow model would take a batch
-  of one only (its apply refuses another).
+  of one only (its apply refuses another). In evaluation mode (BatchNorm with its running
+  statistics, no dropout) the narrow model takes any batch of two or more.
+
+  Args:
+    model: a name of :data:`MODELS`.
+    params: its parameters.
+    model_state: its other collections: ResNet-20's ``{"batch_stats": ...}``, which
+      :func:`gsm_optax.narrow` then cuts along with the channels.
+    options: the attributes of the model's module (``ExperimentConfig.model_options``).
   """
-  dense = MODELS[model]()
-  return gsm_optax.couple(lambda v, x: dense.apply(v, x), {"params": params},
+  module = MODELS[model](**(options or {}))
+  variables = {"params": params, **(model_state or {})}
+  if model == "resnet20" and "batch_stats" not in variables:
+    raise ValueError("couple_model: resnet20 has BatchNorm statistics; pass"
+                     " model_state={'batch_stats': ...} (the run's, or model.init's).")
+  return gsm_optax.couple(lambda v, x: module.apply(v, x), variables,
                           jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
+
+
+def width_sets(model: str, coupling: gsm_optax.Coupling,
+               options: dict[str, Any] | None = None) -> dict[str, str]:
+  """The group sets of a deep model, by the width of the module each is: name -> set name.
+
+  ResNet-20: ``"stage1"``, ``"stage2"``, ``"stage3"`` (the residual streams: ``widths``) and
+  ``"block1"`` ... ``"block9"`` (each basic block's inner filters: ``inner_widths``). ViT:
+  ``"block0 heads"``, ``"block0 mlp"``, ... (``heads`` and ``mlp_width`` of each block).
+  Found by the kernel each set holds, not by the names ``couple`` gives.
+  """
+  module = MODELS[model](**(options or {}))
+  if model == "resnet20":
+    n = module.blocks
+    owners = {f"stage{s + 1}": f"_BasicBlock_{s * n}/Conv_1/kernel" for s in range(3)}
+    owners |= {f"block{k + 1}": f"_BasicBlock_{k}/Conv_0/kernel" for k in range(3 * n)}
+  elif model == "vit":
+    owners = {}
+    for i in range(module.depth):
+      owners[f"block{i} heads"] = f"block{i}/attention/query/kernel"
+      owners[f"block{i} mlp"] = f"block{i}/mlp_in/kernel"
+  else:
+    raise ValueError(f"width_sets names the sets of 'resnet20' and 'vit'; got model={model!r}.")
+  by_kernel = {m.path: g.name for g in coupling.groups for m in g.members}
+  return {name: by_kernel[kernel] for name, kernel in owners.items()}
+
+
+def narrow_options(model: str, options: dict[str, Any] | None,
+                   widths: dict[str, int]) -> dict[str, Any]:
+  """The module attributes of a deep model narrowed to ``widths`` (by :func:`width_sets`' names).
+
+  The same architecture as :func:`gsm_optax.narrow`'s export of the pruned model: ResNet-20
+  with ``widths`` (the streams) and ``inner_widths`` (the blocks); the ViT with ``heads`` and
+  ``mlp_width`` per block and the dense model's ``head_dim``.
+  """
+  options = dict(options or {})
+  module = MODELS[model](**options)
+  if model == "resnet20":
+    return options | {"widths": tuple(widths[f"stage{s + 1}"] for s in range(3)),
+                      "inner_widths": tuple(widths[f"block{k + 1}"]
+                                            for k in range(3 * module.blocks))}
+  if model == "vit":
+    head_dim = module.head_dim or module.width // _per_block(module.heads, module.depth,
+                                                              "heads")[0]
+    return options | {"heads": tuple(widths[f"block{i} heads"] for i in range(module.depth)),
+                      "mlp_width": tuple(widths[f"block{i} mlp"] for i in range(module.depth)),
+                      "head_dim": head_dim}
+  raise ValueError(f"narrow_options narrows 'resnet20' and 'vit'; got model={model!r}.")

@@ -13,7 +13,12 @@ and for the same number of epochs, the methods to compare:
   magnitudes of different layers are not comparable);
 - ``lottery``: lottery tickets: the masks found by GSM and by magnitude pruning
   of the base model, applied to the base model's initial weights and retrained
-  with the authors' base schedule (Frankle & Carbin 2019; the paper's Table 4).
+  with the authors' base schedule (Frankle & Carbin 2019; the paper's Table 4);
+- ``scratch`` (structured runs of ResNet-20 and the ViT): the same narrow architecture
+  trained from scratch for the same total epochs (Liu et al., "Rethinking the Value of
+  Network Pruning", ICLR 2019): the widths of structured GSM's export, freshly
+  initialised, trained with the base phase's optimizer for the base and GSM phases'
+  epochs together (:func:`scratch_phase`).
 
 The model is any of :data:`models.MODELS` (the LeNets, ResNet-20, a ViT), pruned where
 :func:`models.eligible` says. Every phase is one ``TrainState`` (Flax's, with the model's
@@ -54,14 +59,15 @@ PyTree = Any
 Array = jax.Array
 # A model's variables: {"params": ..., "batch_stats": ...} (only "params" for the LeNets).
 Variables = dict[str, PyTree]
-METHODS = ("gsm", "lottery", "oneshot", "gradual")
+METHODS = ("gsm", "lottery", "oneshot", "gradual", "scratch")
+STRUCTURED_METHODS = ("gsm", "gradual", "scratch")  # what a structured run compares
 # The group scores of gsm_optax.keep_top_groups a structured run may rank by.
 GROUP_IMPORTANCES = ("group_taylor", "group_rms", "taylor", "magnitude")
 
 __all__ = [
-    "DEEP_PHASES", "METHODS", "RECIPES", "ExperimentConfig", "PhaseConfig", "deep_config",
-    "fast_config", "load_phase_params",
-    "load_phase_variables", "paper_config", "recommended_config", "run", "with_recipe",
+    "DEEP_PHASES", "METHODS", "RECIPES", "STRUCTURED_METHODS", "ExperimentConfig",
+    "PhaseConfig", "deep_config", "fast_config", "load_phase_params", "load_phase_variables",
+    "paper_config", "recommended_config", "run", "scratch_phase", "with_recipe",
 ]
 
 
@@ -105,7 +111,7 @@ class ExperimentConfig:
   dataset: str = "mnist"
   seed: int = 0
   batch_size: int = 256
-  methods: tuple[str, ...] = METHODS
+  methods: tuple[str, ...] = ("gsm", "lottery", "oneshot", "gradual")  # scratch: structured only
   base: PhaseConfig = PhaseConfig(3e-2, 200, (40, 80, 120, 160), momentum=0.9)
   gsm: PhaseConfig = PhaseConfig(1e-2, 280, (160, 200, 240), momentum=0.99, nesterov=True)
   # GSM beyond the paper (0 is the paper's update; see gsm_optax.gsm):
@@ -134,6 +140,8 @@ class ExperimentConfig:
   train_subset: int | None = None  # use only the first N training images (smoke tests)
   checkpoint_every: int = 10  # epochs
   last_k: int = 5  # also report the mean test accuracy of the last k epochs
+  # Structured runs time the exported model against the dense one this many times (medians).
+  timing_repeats: int = 15
 
   def __post_init__(self):
     if self.model not in models.MODELS:
@@ -150,7 +158,7 @@ class ExperimentConfig:
     unknown = [m for m in self.methods if m not in METHODS]
     if unknown or not self.methods:
       raise ValueError(f"methods must be a non-empty subset of {METHODS}; got {self.methods!r}.")
-    for name in ("batch_size", "checkpoint_every", "last_k"):
+    for name in ("batch_size", "checkpoint_every", "last_k", "timing_repeats"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)!r}.")
     if not 0 <= self.passive_weight_decay < float("inf"):
@@ -179,9 +187,17 @@ class ExperimentConfig:
       raise ValueError(f"per_mac needs budget='macs'; got budget={self.budget!r}.")
     if self.budget != "groups" and not self.structured:
       raise ValueError(f"budget={self.budget!r} needs structured=True.")
-    if self.structured and set(self.methods) - {"gsm", "gradual"}:
-      raise ValueError("structured runs compare methods 'gsm' and 'gradual' only; got"
+    if self.structured and set(self.methods) - set(STRUCTURED_METHODS):
+      raise ValueError(f"structured runs compare methods {STRUCTURED_METHODS} only; got"
                        f" methods={self.methods!r}.")
+    if "scratch" in self.methods:
+      if self.model not in DEEP_PHASES or not self.structured:
+        raise ValueError("method 'scratch' trains the widths of a structured GSM export of"
+                         f" {sorted(DEEP_PHASES)}: it needs structured=True and one of those"
+                         f" models; got model={self.model!r}, structured={self.structured!r}.")
+      if "gsm" not in self.methods:
+        raise ValueError("method 'scratch' trains the widths that structured GSM's export"
+                         f" has: methods must include 'gsm'; got methods={self.methods!r}.")
     for name in ("base", "gsm"):
       phase = getattr(self, name)
       if phase.epochs < 1:
@@ -228,6 +244,15 @@ DEEP_PHASES: dict[str, dict[str, Any]] = {
                         warmup_epochs=1)),
 }
 
+
+
+def scratch_phase(base: PhaseConfig, gsm: PhaseConfig) -> PhaseConfig:
+  """The ``scratch`` method's schedule: the base phase's optimizer for ``base.epochs +
+  gsm.epochs`` epochs (the same total as a pruned model's), its learning-rate drops at the same
+  fractions of the longer phase (rounded to whole epochs), the same warm-up."""
+  total = base.epochs + gsm.epochs
+  return dataclasses.replace(base, epochs=total, boundaries=tuple(
+      round(b * total / base.epochs) for b in base.boundaries))
 
 
 def deep_config(model: str = "resnet20", compression: float = 10.0,
@@ -455,15 +480,17 @@ class Runner:
     self.budget: str | gsm_optax.MacCost = "groups"
     self.allocation = "global"
     if config.structured:
+      params, model_state = _split(self.init_variables())
       self.groups, macs = models.structured_groups(
-          config.model, self.init_variables()["params"], per_mac=config.per_mac)
+          config.model, params, model_state=model_state, options=config.model_options,
+          per_mac=config.per_mac)
       self.budget = macs if config.budget == "macs" else config.budget
       self.allocation = config.allocation
 
-  def evaluate(self, variables: Variables) -> float:
-    """Test accuracy, BatchNorm with its running statistics."""
+  def evaluate(self, variables: Variables, model: Any = None) -> float:
+    """Test accuracy of the run's model (or ``model``), BatchNorm with its running statistics."""
     params, model_state = _split(variables)
-    return accuracy(self.model.apply, params, self.x_test, self.y_test, model_state)
+    return accuracy((model or self.model).apply, params, self.x_test, self.y_test, model_state)
 
   @property
   def selection_args(self) -> dict[str, Any]:
@@ -505,14 +532,56 @@ class Runner:
       return self.eligible(params)
     return gsm_optax.grouping.member_mask(self.groups, params)
 
-  def export_report(self, pruned: PyTree) -> dict[str, Any]:
-    """The exported narrow model of structurally pruned parameters, measured; or the reason
-    it cannot be exported (a layer with no unit left)."""
+  def export_report(self, pruned: PyTree, model_state: dict[str, PyTree] | None = None
+                    ) -> dict[str, Any]:
+    """The exported narrow model of structurally pruned parameters (with the model's BatchNorm
+    statistics, which the export cuts along), measured; or the reason it cannot be exported
+    (a layer with no unit left)."""
     try:
-      return structured.structured_report(self.config.model, pruned, self.x_test, self.y_test)
+      return structured.structured_report(self.config.model, pruned, self.x_test, self.y_test,
+                                          model_state=model_state,
+                                          options=self.config.model_options,
+                                          repeats=self.config.timing_repeats)
     except ValueError as e:
       self.log(f"no export: {e}")
       return {"error": str(e)}
+
+  def scratch_variables(self, options: dict[str, Any]) -> Variables:
+    """The fresh initial variables of the ``scratch`` method's model (the module with
+    ``options``, :func:`models.narrow_options`): drawn as the dense model's are
+    (:meth:`init_variables`' key), at the narrow shapes."""
+    model = models.MODELS[self.config.model](**options)
+    return dict(model.init(jax.random.fold_in(self.key, 0), self.x_train[:1]))
+
+  def scratch(self, export: dict[str, Any]) -> dict[str, Any]:
+    """The same narrow architecture trained from scratch (Liu et al. 2019) as the phase
+    ``scratch``: the model at the widths of a structured GSM ``export``
+    (:meth:`export_report`), freshly initialised (:meth:`scratch_variables`), trained with the
+    base phase's optimizer for the base and GSM phases' epochs (:func:`scratch_phase`).
+
+    Returns:
+      The phase's result, with the narrow model's ``model_options`` (to load it), its
+      ``kept_widths``, MACs and parameters, and its seconds per batch beside the dense model's
+      (at the base model's weights; the speed depends on the shapes alone).
+    """
+    if "error" in export:
+      raise ValueError(f"scratch needs the widths of GSM's export, which failed: {export['error']}")
+    config, spe = self.config, self.steps_per_epoch
+    options = models.narrow_options(config.model, config.model_options, export["kept_widths"])
+    model = models.MODELS[config.model](**options)
+    phase = scratch_phase(config.base, config.gsm)
+    variables, result = self.phase("scratch", self.scratch_variables(options),
+                                   momentum_sgd(phase, spe, self.eligible), phase.epochs,
+                                   model=model)
+    params, model_state = _split(variables)
+    coupling = models.couple_model(config.model, params, model_state=model_state,
+                                   options=options)
+    timing = structured.speedups(jax.jit(self.model.apply), self.init_variables(),
+                                 jax.jit(model.apply), variables, self.x_test,
+                                 repeats=config.timing_repeats)
+    return _summary(result, config.last_k) | {
+        "model_options": options, "kept_widths": dict(export["kept_widths"]),
+        "macs": coupling.macs, "params": models.count_params(params), "timing": timing}
 
   def kept_groups(self, params: PyTree) -> dict[str, int]:
     """How many groups of each set have a non-zero entry (structured runs)."""
@@ -537,13 +606,16 @@ class Runner:
       epochs: int,
       *,
       extra: Callable[[TrainState], dict[str, Any]] | None = None,
+      model: Any = None,
   ) -> tuple[Variables, dict[str, Any]]:
     """Trains ``variables`` (the params with ``tx``, BatchNorm's statistics by their running
     averages) for ``epochs``; resumes or reuses finished work.
 
     After every epoch the test accuracy is logged, or, given ``extra``, whatever it returns
-    (which must include ``test_accuracy``).
+    (which must include ``test_accuracy``). ``model``: the module trained, if not the run's
+    (the ``scratch`` method's narrow one).
     """
+    model = model or self.model
     directory = os.path.join(self.out_dir, name)
     result_file = os.path.join(directory, "result.json")
     if os.path.exists(result_file) and os.path.exists(os.path.join(directory, "params.msgpack")):
@@ -553,7 +625,7 @@ class Runner:
       return variables, result
     os.makedirs(directory, exist_ok=True)
     params, model_state = _split(variables)
-    state = TrainState.create(apply_fn=self.model.apply, params=params, tx=tx,
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                               model_state=model_state)
     history_file = os.path.join(directory, "history.json")
     history: list[dict[str, Any]] = []
@@ -578,7 +650,8 @@ class Runner:
         # The training alone (the first epoch includes compiling), apart from the evaluation.
         row = {"epoch": epoch + 1, "loss": float(loss), "train_seconds": time.perf_counter() - tick}
         row.update(extra(state) if extra is not None
-                   else {"test_accuracy": self.evaluate(_join(state.params, state.model_state))})
+                   else {"test_accuracy": self.evaluate(_join(state.params, state.model_state),
+                                                        model)})
         history.append(row)
         progress.set_postfix({k: v for k, v in row.items() if k not in ("epoch", "train_seconds")},
                              refresh=False)
@@ -745,7 +818,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     say(str(report))
     if config.structured:
       g["kept_groups"] = runner.kept_groups(runner.prune(gsm_params, keep))
-      g["export"] = runner.export_report(runner.prune(gsm_params, keep))
+      g["export"] = runner.export_report(runner.prune(gsm_params, keep), gsm_state)
       say(f"gsm: {_export_line(g['export'])}")
     say(f"gsm: test accuracy {g['accuracy_before_prune']:.4f} before the final prune,"
         f" {g['accuracy_after_prune']:.4f} after; the prune removed"
@@ -775,16 +848,23 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
         momentum_sgd(config.gsm, spe, decayed), keep, begin_step=0,
         end_step=max(end_epoch * spe - 1, 1), update_every=every, **selection)
     gradual_vars, gr = runner.phase("gradual", base_vars, tx, config.gsm.epochs)
-    gradual_params = gradual_vars["params"]
+    gradual_params, gradual_state = _split(gradual_vars)
     results["gradual"] = _summary(gr, config.last_k) | {
         "nonzeros": gsm_optax.sparsity_report(gradual_params,
                                               eligible=runner.prunable).eligible_nonzeros,
         "end_epoch": end_epoch, "update_every_steps": every}
     if config.structured:
       results["gradual"]["kept_groups"] = runner.kept_groups(gradual_params)
-      results["gradual"]["export"] = runner.export_report(gradual_params)
+      results["gradual"]["export"] = runner.export_report(gradual_params, gradual_state)
       say(f"gradual: {_export_line(results['gradual']['export'])}")
     say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
+
+  if "scratch" in config.methods:
+    results["scratch"] = runner.scratch(results["gsm"]["export"])
+    timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster"
+                       for b, t in results["scratch"]["timing"].items())
+    say(f"the same narrow architecture from scratch:"
+        f" {results['scratch']['final_test_accuracy']:.4f} ({timing})")
 
   if "lottery" in config.methods:
     tickets = {"gsm": runner.prune_mask(gsm_params, keep), "magnitude": base_mask}
@@ -804,9 +884,11 @@ def _export_line(report: dict[str, Any]) -> str:
     return f"not exported: {report['error']}"
   widths = "-".join(str(v) for v in report["kept_widths"].values())
   timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster" for b, t in report["timing"].items())
+  exact = "exact" if report["exact"] else f"NOT EXACT (> {structured.EXACT:g})"
   return (f"exported widths {widths}, {report['mac_reduction']:.1f}x fewer MACs,"
           f" {report['params_exported']:,} parameters; accuracy {report['accuracy_masked']:.4f}"
-          f" masked, {report['accuracy_exported']:.4f} exported; {timing}")
+          f" masked, {report['accuracy_exported']:.4f} exported; logits"
+          f" {report['max_relative_logit_difference']:.2g} apart relative, {exact}; {timing}")
 
 
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:

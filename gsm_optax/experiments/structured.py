@@ -20,21 +20,35 @@ from gsm_optax.experiments.training import accuracy
 
 PyTree = Any
 
-__all__ = ["kept_widths", "structured_report", "time_side_by_side"]
+__all__ = ["EXACT", "kept_widths", "speedups", "structured_report", "time_side_by_side"]
+
+# The largest difference of the exported model's logits from the masked model's, relative to
+# the largest masked logit, that counts as the same model (float32 arithmetic in another order).
+EXACT = 1e-5
 
 
-def kept_widths(model: str, small: gsm_optax.Narrow) -> dict[str, int]:
+def kept_widths(model: str, small: gsm_optax.Narrow,
+                coupling: gsm_optax.Coupling | None = None,
+                options: dict[str, Any] | None = None) -> dict[str, int]:
   """The widths in the notation of the papers' tables.
 
   LeNet-300-100: input pixels, hidden units of fc1 and of fc2. LeNet-5: filters of conv1
   and conv2, input features of fc1 (the flattened conv2 maps it reads) and of fc2 (the units
-  of fc1), as reported by Wen et al. (SSL) and Neklyudov et al. (SBP).
+  of fc1), as reported by Wen et al. (SSL) and Neklyudov et al. (SBP). ResNet-20 and the
+  ViT: the width of each set :func:`models.width_sets` names (``stage1``..., ``block1``...;
+  ``block0 heads``, ``block0 mlp``...), which :func:`models.narrow_options` takes.
 
   Args:
-    model: ``"lenet300"`` or ``"lenet5"``.
+    model: a name of :data:`models.MODELS`.
     small: :func:`gsm_optax.narrow` of that model's pruned parameters.
+    coupling: the coupling ``small`` was narrowed with (ResNet-20 and the ViT).
+    options: the model's module attributes (ResNet-20 and the ViT).
   """
   w = small.widths
+  if model in ("resnet20", "vit"):
+    if coupling is None:
+      raise ValueError(f"kept_widths of {model} needs the coupling it was narrowed with.")
+    return {name: w[s] for name, s in models.width_sets(model, coupling, options).items()}
   fc1_in = small.input_indices.get("fc1/kernel")
   if model == "lenet300":
     pixels = 784 if fc1_in is None else len(fc1_in)
@@ -71,15 +85,20 @@ def time_side_by_side(fns: dict[str, Any], args: dict[str, tuple], *, repeats: i
 
 
 def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax.Array, *,
+                      model_state: dict[str, PyTree] | None = None,
+                      options: dict[str, Any] | None = None,
                       batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 15
                       ) -> dict[str, Any]:
-  """Exports structurally pruned ``params`` of a paper model and measures both models.
+  """Exports structurally pruned ``params`` of a model and measures both models.
 
   Args:
-    model: ``"lenet300"`` or ``"lenet5"``.
+    model: a name of :data:`models.MODELS`.
     params: its pruned parameters (whole units zeroed, as ``gsm_optax.prune(...,
       groups=...)`` leaves them).
     x_test: test images; y_test: their labels.
+    model_state: its other collections (ResNet-20's ``batch_stats``: the export cuts the
+      running statistics of the removed channels with them).
+    options: the model's module attributes (``ExperimentConfig.model_options``).
     batch_sizes: the batch sizes to time.
     repeats: timing repeats (medians are reported).
 
@@ -87,36 +106,56 @@ def structured_report(model: str, params: PyTree, x_test: jax.Array, y_test: jax
     A JSON-ready dict: the kept widths (:func:`kept_widths`) and those of the groups' layers
     (``layer_widths``, by channel set), MACs and parameters of the dense and the exported
     model, the test accuracy of the masked dense model and of the exported one, the largest
-    difference of their logits on the first 1,000 test images, and the seconds per batch of
-    both, with the speed-up.
+    difference of their logits on the first 1,000 test images (``max_logit_difference``) and
+    that over the largest masked logit (``max_relative_logit_difference``; ``exact``: at most
+    :data:`EXACT`), and the seconds per batch of both, with the speed-up.
   """
-  dense = models.MODELS[model]()
-  coupling = models.couple_model(model, params)
-  small = gsm_optax.narrow(coupling, {"params": params})
-  narrow_params = small.variables["params"]
-  apply_dense = jax.jit(lambda p, x: dense.apply({"params": p}, x))
-  apply_narrow = jax.jit(lambda p, x: small.apply({"params": p}, x))
-  diff = float(np.max(np.abs(np.asarray(apply_dense(params, x_test[:1000]))
-                             - np.asarray(apply_narrow(narrow_params, x_test[:1000])))))
+  dense = models.MODELS[model](**(options or {}))
+  model_state = model_state or {}
+  coupling = models.couple_model(model, params, model_state=model_state, options=options)
+  small = gsm_optax.narrow(coupling, {"params": params, **model_state})
+  narrow_vars = small.variables
+  dense_vars = {"params": params, **model_state}
+  apply_dense = jax.jit(dense.apply)
+  apply_narrow = jax.jit(small.apply)
+  masked = np.asarray(apply_dense(dense_vars, x_test[:1000]), np.float64)
+  exported = np.asarray(apply_narrow(narrow_vars, x_test[:1000]), np.float64)
+  diff = float(np.max(np.abs(masked - exported)))
+  relative = diff / float(np.max(np.abs(masked)))
+  narrow_state = {k: v for k, v in narrow_vars.items() if k != "params"}
   report: dict[str, Any] = {
-      "kept_widths": kept_widths(model, small),
+      "kept_widths": kept_widths(model, small, coupling, options),
       "layer_widths": {g.name: small.widths[g.name] for g in coupling.groups},
       "macs_dense": coupling.macs,
       "macs_exported": small.macs,
       "params_dense": models.count_params(params),
-      "params_exported": models.count_params(narrow_params),
-      "accuracy_masked": accuracy(dense.apply, params, x_test, y_test),
-      "accuracy_exported": accuracy(small.apply, narrow_params, x_test, y_test),
+      "params_exported": models.count_params(narrow_vars["params"]),
+      "accuracy_masked": accuracy(dense.apply, params, x_test, y_test, model_state),
+      "accuracy_exported": accuracy(lambda v, x: small.apply(v, x), narrow_vars["params"],
+                                    x_test, y_test, narrow_state),
       "max_logit_difference": diff,
+      "max_relative_logit_difference": relative,
+      "exact": relative <= EXACT,
       "timing": {},
   }
   report["mac_reduction"] = report["macs_dense"] / report["macs_exported"]
+  report["timing"] = speedups(apply_dense, dense_vars, apply_narrow, narrow_vars, x_test,
+                              batch_sizes=batch_sizes, repeats=repeats)
+  return report
+
+
+def speedups(apply_dense: Any, dense_vars: PyTree, apply_small: Any, small_vars: PyTree,
+             x_test: jax.Array, *, batch_sizes: tuple[int, ...] = (1, 256),
+             repeats: int = 15) -> dict[str, dict[str, float]]:
+  """Seconds per batch of the dense and the small model, side by side, at each batch size:
+  ``{"1": {"dense_seconds", "exported_seconds", "speedup"}, ...}``."""
+  timing = {}
   for batch in batch_sizes:
     x = x_test[:batch]
-    seconds = time_side_by_side({"dense": apply_dense, "exported": apply_narrow},
-                                {"dense": (params, x), "exported": (narrow_params, x)},
+    seconds = time_side_by_side({"dense": apply_dense, "exported": apply_small},
+                                {"dense": (dense_vars, x), "exported": (small_vars, x)},
                                 repeats=repeats)
-    report["timing"][str(batch)] = {
+    timing[str(batch)] = {
         "dense_seconds": seconds["dense"], "exported_seconds": seconds["exported"],
         "speedup": seconds["dense"] / seconds["exported"]}
-  return report
+  return timing

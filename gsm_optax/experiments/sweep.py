@@ -19,6 +19,14 @@ runs the authors' own schedule (200 base epochs, 280 GSM epochs) to check a shor
 finding where the paper's figures were measured:
 
     gsm-optax sweep --out runs/full --schedule full --cells 1 --seeds 0 1 2 --methods recommended
+
+``--structured`` runs the cells of :data:`STRUCTURED_GRID` instead: structured GSM (whole
+filters, channels, heads and MLP units; ``compression`` counts MACs) against structured gradual
+pruning and the same narrow architecture trained from scratch (``scratch``, which waits for the
+structured ``recommended`` run whose export's widths it trains), from the same base models as
+the unstructured cells:
+
+    gsm-optax sweep --out runs/sweep --structured --methods recommended gradual scratch --seeds 0
 """
 
 from __future__ import annotations
@@ -60,6 +68,13 @@ GRID: tuple[tuple[str, str, float], ...] = (
     ("fashion_mnist", "vit", 20.0),
 )
 
+# Structured cells (--structured): half the MACs of ResNet-20 and the ViT, on their own
+# schedules (runner.DEEP_PHASES), from the same base models as GRID's deep cells.
+STRUCTURED_GRID: tuple[tuple[str, str, float], ...] = (
+    ("fashion_mnist", "resnet20", 2.0),
+    ("fashion_mnist", "vit", 2.0),
+)
+
 # A method is a GSM recipe (runner.RECIPES, or settings of runner.with_recipe), "gradual":
 # gradual magnitude pruning with the GSM phase's optimizer and schedule, or "oneshot": one
 # magnitude prune of the base model, then fine-tuning for as many epochs as the GSM phase.
@@ -70,6 +85,7 @@ METHODS: dict[str, Any] = {
     "gradual": "gradual",
     "oneshot": "oneshot",
     "tickets": "tickets",
+    "scratch": "scratch",
     # Candidates measured while choosing the default (docs/RESULTS.md says which lost and why);
     "late": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
              "passive_from_anneal_end": True},
@@ -97,6 +113,9 @@ METHOD_HELP: dict[str, str] = {
     "tickets": "lottery tickets (the paper's Table 4): the initial weights retrained under the"
                " final mask of each of TICKET_SOURCES' finished runs in the cell and under a"
                " magnitude prune of the base model",
+    "scratch": "baseline, --structured only: the narrow architecture of the cell's recommended"
+               " run's export, freshly initialised and trained for base + GSM epochs (Liu et al."
+               " 2019)",
     "late": "candidate: as fixed, the passive decay only once the anneal has ended",
     "ema": "candidate: as late, ranked by a moving average of the scores (rate 0.99)",
     "ema999": "candidate: as late, ranked by a moving average of the scores (rate 0.999)",
@@ -109,6 +128,10 @@ BASELINES = ("gradual", "oneshot")  # methods that are not GSM recipes
 # A "tickets" job retrains the initial weights under the final mask of these methods' runs of
 # its cell and seed (which must have finished first), and under the magnitude mask of the base.
 TICKET_SOURCES = ("recommended", "paper")
+# A "scratch" job trains the widths of this method's structured export (of its cell and seed).
+SCRATCH_SOURCE = "recommended"
+# What a structured cell compares: GSM recipes, and these baselines.
+STRUCTURED_BASELINES = ("gradual", "scratch")
 
 _NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -121,17 +144,30 @@ def cell_name(cell: tuple[str, str, float]) -> str:
 
 
 def sweep_config(dataset: str, model: str, compression: float, seed: int,
-                 method: str, schedule: str = "short") -> runner.ExperimentConfig:
+                 method: str, schedule: str = "short",
+                 structured: bool = False) -> runner.ExperimentConfig:
   """One job's experiment: the schedule (the authors' shortened 4x, or theirs; a deep network's
-  own), then the method."""
+  own), then the method. ``structured``: structured GSM with a budget of MACs
+  (``compression`` 2: half the dense model's), its baselines structured gradual pruning and
+  ``scratch``."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule must be one of {SCHEDULES}; got schedule={schedule!r}.")
-  methods = (method,) if method in BASELINES else ("lottery",) if method == "tickets" else ("gsm",)
+  if structured and method in ("oneshot", "tickets"):
+    raise ValueError(f"structured cells compare GSM recipes and {STRUCTURED_BASELINES}; got"
+                     f" method={method!r}.")
+  if method == "scratch" and not structured:
+    raise ValueError("method 'scratch' trains a structured export's widths: it needs"
+                     " structured=True.")
+  methods: tuple[str, ...] = (
+      (method,) if method in BASELINES else ("lottery",) if method == "tickets" else ("gsm",))
+  if method == "scratch":
+    methods = ("gsm", "scratch")  # the widths of the cell's GSM run (SCRATCH_SOURCE)
+  kind: dict[str, Any] = dict(structured=True, budget="macs") if structured else {}
   if model in runner.DEEP_PHASES:
     if schedule == "full":
       raise ValueError(f"{model} has one schedule (runner.DEEP_PHASES): the authors' 1,100"
                        " epochs do not fit one CPU core; got schedule='full'.")
-    config = runner.deep_config(model, compression, dataset, seed=seed, methods=methods)
+    config = runner.deep_config(model, compression, dataset, seed=seed, methods=methods, **kind)
   else:
     phases: dict[str, Any] = {}
     if schedule == "short":
@@ -141,18 +177,21 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
                                  weight_decay=2e-3, warmup_epochs=2))
     config = runner.ExperimentConfig(
         model=model, compression=compression, dataset=dataset, seed=seed, **phases,
-        methods=methods, checkpoint_every=10, last_k=5)
-  if method not in BASELINES and method != "tickets":
+        methods=methods, checkpoint_every=10, last_k=5, **kind)
+  if method == "scratch":
+    config = runner.with_recipe(config, METHODS[SCRATCH_SOURCE])
+  elif method not in BASELINES and method != "tickets":
     config = runner.with_recipe(config, METHODS[method])
   return config
 
 
-def _cell_prefix(dataset: str, model: str, compression: float) -> str:
-  return f"{dataset}_{model}_{compression:g}x_seed"
+def _cell_prefix(dataset: str, model: str, compression: float, structured: bool = False) -> str:
+  return f"{dataset}_{model}_{compression:g}x_{'structured_' if structured else ''}seed"
 
 
-def _cell_name(dataset: str, model: str, compression: float, seed: int) -> str:
-  return f"{_cell_prefix(dataset, model, compression)}{seed}"
+def _cell_name(dataset: str, model: str, compression: float, seed: int,
+               structured: bool = False) -> str:
+  return f"{_cell_prefix(dataset, model, compression, structured)}{seed}"
 
 
 def _base_dir(out: str, dataset: str, model: str, seed: int) -> str:
@@ -160,8 +199,8 @@ def _base_dir(out: str, dataset: str, model: str, seed: int) -> str:
 
 
 def job_dir(out: str, dataset: str, model: str, compression: float, seed: int,
-            method: str) -> str:
-  return os.path.join(out, _cell_name(dataset, model, compression, seed), method)
+            method: str, structured: bool = False) -> str:
+  return os.path.join(out, _cell_name(dataset, model, compression, seed, structured), method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,11 +211,13 @@ class Job:
   seed: int
   method: str  # a key of METHODS, or "base"
   schedule: str = "short"  # a key of SCHEDULES
+  structured: bool = False  # a cell of STRUCTURED_GRID (the base models are shared)
 
   def directory(self, out: str) -> str:
     if self.method == "base":
       return _base_dir(out, self.dataset, self.model, self.seed)
-    return job_dir(out, self.dataset, self.model, self.compression, self.seed, self.method)
+    return job_dir(out, self.dataset, self.model, self.compression, self.seed, self.method,
+                   self.structured)
 
   def done(self, out: str) -> bool:
     marker = "base/result.json" if self.method == "base" else "results.json"
@@ -187,6 +228,8 @@ class Job:
     if self.method == "base":
       return []
     base = Job(self.dataset, self.model, 1.0, self.seed, "base", self.schedule)
+    if self.method == "scratch":
+      return [base, dataclasses.replace(self, method=SCRATCH_SOURCE)]
     if self.method != "tickets":
       return [base]
     return [base] + [dataclasses.replace(self, method=m) for m in TICKET_SOURCES]
@@ -203,13 +246,17 @@ class Job:
 
 
 def plan(cells: Sequence[tuple[str, str, float]], seeds: Sequence[int],
-         methods: Sequence[str], schedule: str = "short") -> list[Job]:
-  """Every base model first, then the methods cell by cell (seeds inside a cell)."""
+         methods: Sequence[str], schedule: str = "short", structured: bool = False) -> list[Job]:
+  """Every base model first, then the methods cell by cell (seeds inside a cell).
+
+  ``structured``: the cells are structured ones (:data:`STRUCTURED_GRID`); their base models
+  are the same jobs as the unstructured cells'.
+  """
   bases = {(d, m, s) for d, m, _ in cells for s in seeds}
   jobs = [Job(d, m, 1.0, s, "base", schedule) for d, m, s in sorted(bases, key=str)]
   for d, m, c in cells:
     for s in seeds:
-      jobs += [Job(d, m, c, s, method, schedule) for method in methods]
+      jobs += [Job(d, m, c, s, method, schedule, structured) for method in methods]
   return jobs
 
 
@@ -223,6 +270,9 @@ def run_job(job: Job, out: str) -> None:
     _link_base(job, out, directory)
     run_tickets(job, out)
     return
+  if job.method == "scratch":
+    run_scratch(job, out)
+    return
   if job.method == "base":
     # Only the base phase, which every method's config shares (the paper's is one of them).
     config = sweep_config(job.dataset, job.model, job.compression, job.seed, "paper",
@@ -233,7 +283,7 @@ def run_job(job: Job, out: str) -> None:
     return
   _link_base(job, out, directory)
   config = sweep_config(job.dataset, job.model, job.compression, job.seed, job.method,
-                        job.schedule)
+                        job.schedule, job.structured)
   runner.run(config, directory, quiet=True)
 
 
@@ -271,6 +321,27 @@ def run_tickets(job: Job, out: str) -> dict[str, Any]:
   for source, mask in masks.items():
     results["lottery"][source] = r.lottery_ticket(source, init, mask)
   write_json(os.path.join(directory, "results.json"), results)  # whole, or not done
+  return results
+
+
+def run_scratch(job: Job, out: str) -> dict[str, Any]:
+  """The same narrow architecture trained from scratch (Liu et al. 2019) of one structured cell
+  and seed: the widths of the export of its :data:`SCRATCH_SOURCE` run (which must have
+  finished), freshly initialised and trained for the base and GSM phases' epochs
+  (``runner.Runner.scratch``). ``results.json`` holds ``{"scratch": result}``, the source's
+  export and the base's result, read from the source's ``results.json``.
+  """
+  directory = job.directory(out)
+  config = sweep_config(job.dataset, job.model, job.compression, job.seed, "scratch",
+                        job.schedule, job.structured)
+  source = load_results(os.path.join(dataclasses.replace(job, method=SCRATCH_SOURCE)
+                                     .directory(out), "results.json"))
+  r = runner.Runner(config, directory, quiet=True)
+  results: dict[str, Any] = {"config": config.to_dict(), "base": source["base"],
+                             "source": SCRATCH_SOURCE, "export": source["gsm"]["export"],
+                             "scratch": r.scratch(source["gsm"]["export"])}
+  with open(os.path.join(directory, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
   return results
 
 
@@ -314,18 +385,21 @@ def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
 def _label(job: Job) -> str:
   if job.method == "base":
     return f"{job.dataset} {job.model} seed{job.seed} base"
-  return f"{_cell_name(job.dataset, job.model, job.compression, job.seed)} {job.method}"
+  cell = _cell_name(job.dataset, job.model, job.compression, job.seed, job.structured)
+  return f"{cell} {job.method}"
 
 
 # ----------------------------------------------------------------------------- summary
 
 
-def collect(out: str) -> dict[tuple[str, str, float], dict[str, dict[int, dict[str, float]]]]:
-  """``{cell: {method: {seed: {"before", "after", "base"}}}}`` from the finished jobs."""
+def collect(out: str, structured: bool = False
+            ) -> dict[tuple[str, str, float], dict[str, dict[int, dict[str, float]]]]:
+  """``{cell: {method: {seed: {"before", "after", "base"}}}}`` from the finished jobs (of
+  :data:`STRUCTURED_GRID` with ``structured``)."""
   table: dict = {}
   names = os.listdir(out) if os.path.isdir(out) else []
-  for d, m, c in GRID:
-    prefix = _cell_prefix(d, m, c)
+  for d, m, c in STRUCTURED_GRID if structured else GRID:
+    prefix = _cell_prefix(d, m, c, structured)
     for name in names:
       if not name.startswith(prefix):
         continue
@@ -335,7 +409,7 @@ def collect(out: str) -> dict[tuple[str, str, float], dict[str, dict[int, dict[s
         if method == "tickets" or not os.path.exists(path):
           continue
         r = load_results(path)
-        if method in BASELINES:
+        if method in BASELINES or method == "scratch":
           after = before = r[method]["final_test_accuracy"]
         else:
           before, after = r["gsm"]["accuracy_before_prune"], r["gsm"]["accuracy_after_prune"]
@@ -352,27 +426,32 @@ def _mean_sd(values: list[float]) -> str:
   return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
-def summarize(out: str, methods: Sequence[str], default: str = "recommended") -> str:
+def summarize(out: str, methods: Sequence[str], default: str = "recommended",
+              structured: bool = False) -> str:
   """A markdown table: after-prune accuracy (mean ± sd over seeds), prune cost, goal checks.
 
   Each cell is summarised over the seeds that every listed method has finished, so that the
-  differences are taken between runs from the same base models.
+  differences are taken between runs from the same base models. ``structured``: the cells of
+  :data:`STRUCTURED_GRID`, compared with gradual pruning and ``scratch``.
   """
+  others = STRUCTURED_BASELINES if structured else ("paper", "gradual")
   head = ("| cell | seeds | dense | " + " | ".join(methods)
-          + f" | {default}: prune cost | {default} - paper | {default} - gradual |")
+          + f" | {default}: prune cost | " + " | ".join(f"{default} - {o}" for o in others)
+          + " |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
-  for (d, m, c), runs in collect(out).items():
+  for (d, m, c), runs in collect(out, structured).items():
     seeds = sorted(set.intersection(*(set(runs.get(k, {})) for k in methods)))
     if not seeds:
       continue
     row = {k: [runs[k][s] for s in seeds] for k in methods}
     after = {k: np.asarray([r["after"] for r in rows]) for k, rows in row.items()}
     gaps = [f"{np.mean(after[default] - after[other]):+.2f}"
-            if default in after and other in after else "-" for other in ("paper", "gradual")]
+            if default in after and other in after else "-" for other in others]
     cost = (f"{np.mean([r['before'] - r['after'] for r in row[default]]):.2f}"
             if default in row else "-")
     dense = _mean_sd([r["base"] for r in row[methods[0]]])
-    lines.append(f"| {cell_name((d, m, c))} | {len(seeds)} | {dense} | "
+    name = cell_name((d, m, c)) + (" structured (MACs)" if structured else "")
+    lines.append(f"| {name} | {len(seeds)} | {dense} | "
                  + " | ".join(_mean_sd(list(after[k])) for k in methods)
                  + f" | {cost} | " + " | ".join(gaps) + " |")
   return "\n".join(lines)
@@ -449,7 +528,9 @@ never run again.
 The default schedule (short) is the authors' (Ding et al. 2019, DingXiaoH/GSM-SGD) shortened 4x:
 50 base epochs, 70 GSM epochs with the learning rate dropping at 40, 50 and 60, and the weight
 decay raised 4x so that it removes as much as theirs. --schedule full runs their 200 + 280 epochs.
-ResNet-20 and the ViT have one schedule of their own.
+ResNet-20 and the ViT have one schedule of their own. --structured runs the structured cells
+(listed last) instead: structured GSM at half the MACs against structured gradual pruning and
+scratch (the export's narrow model from fresh weights), from the same base models.
 
 How long, on a 2-core x86 CPU (docs/RESULTS.md): a LeNet-300-100 job ~3 min a method on one idle
 core (3-11 min beside other work); a LeNet-5 job 30-45 min (~36 s an epoch); a ResNet-20 or ViT
@@ -462,29 +543,33 @@ def _epilog() -> str:
   methods = "\n".join(textwrap.fill(f"  {name:<{width}}  {METHOD_HELP[name]}", 100,
                                     subsequent_indent=" " * (width + 4)) for name in METHODS)
   cells = "\n".join(f"  {i:>2}: {cell_name(cell)}" for i, cell in enumerate(GRID))
+  structured = "\n".join(f"  {i:>2}: {cell_name(cell)}"
+                         for i, cell in enumerate(STRUCTURED_GRID))
   return ("methods (--methods). Passive decay: an extra weight decay of the weights outside the Q"
           " that GSM keeps,\nas a multiple of the weight decay.\n"
-          f"{methods}\n\ncells (--cells, by index or by name):\n{cells}")
+          f"{methods}\n\ncells (--cells, by index or by name):\n{cells}\n\n"
+          "structured cells (--structured --cells; compression counts MACs; methods: GSM"
+          f" recipes, {', '.join(STRUCTURED_BASELINES)}):\n{structured}")
 
 
-def _cell(text: str) -> int:
-  """A cell of :data:`GRID` from the command line: its index or its name, as the help lists."""
-  if text.isdigit() and int(text) < len(GRID):
+def _cell(text: str, grid: Sequence[tuple[str, str, float]] = GRID) -> int:
+  """A cell of ``grid`` from the command line: its index or its name, as the help lists."""
+  if text.isdigit() and int(text) < len(grid):
     return int(text)
-  names = [" ".join(cell_name(cell).lower().split()) for cell in GRID]
+  names = [" ".join(cell_name(cell).lower().split()) for cell in grid]
   name = " ".join(text.lower().split())
   if name in names:
     return names.index(name)
   raise argparse.ArgumentTypeError(
-      f"no cell {text!r}: give an index 0-{len(GRID) - 1} or a name such as"
-      f" {cell_name(GRID[6])!r} (gsm-optax sweep --help lists them)")
+      f"no cell {text!r}: give an index 0-{len(grid) - 1} or a name such as"
+      f" {cell_name(grid[-1])!r} (gsm-optax sweep --help lists them)")
 
 
 def _nothing_to_summarize(args: argparse.Namespace) -> str:
   """What to say when ``--summary`` finds no seed that every listed method has finished."""
-  found = collect(args.out)
-  run = (f"gsm-optax sweep --out {args.out} --methods {' '.join(args.methods)}"
-         f" --seeds {' '.join(map(str, args.seeds))}")
+  found = collect(args.out, args.structured)
+  run = (f"gsm-optax sweep --out {args.out}{' --structured' if args.structured else ''}"
+         f" --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}")
   if args.cells:
     run += " --cells " + " ".join(map(str, args.cells))
   if args.schedule != "short":
@@ -509,8 +594,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                       default=["paper", "recommended", "gradual"],
                       help="among those listed below (default paper recommended gradual)")
-  parser.add_argument("--cells", nargs="+", type=_cell, metavar="CELL",
+  parser.add_argument("--cells", nargs="+", metavar="CELL",
                       help="indices or names of the cells listed below (default: all, in order)")
+  parser.add_argument("--structured", action="store_true",
+                      help="the structured cells listed below: structured GSM at a budget of"
+                      " MACs against structured gradual pruning and scratch")
   parser.add_argument("--schedule", choices=SCHEDULES, default="short",
                       help="short: the authors' schedule shortened 4x (default); full: theirs")
   parser.add_argument("--summary", action="store_true",
@@ -521,6 +609,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="copy the finished jobs' results.json files to DEST and exit")
   parser.add_argument("--job", help=argparse.SUPPRESS)  # the worker side
   args = parser.parse_args(argv)
+  grid = STRUCTURED_GRID if args.structured else GRID
+  try:
+    args.cells = [_cell(text, grid) for text in args.cells or []]
+  except argparse.ArgumentTypeError as e:
+    parser.error(f"argument --cells: {e}")
+  if args.structured:
+    wrong, why = [m for m in args.methods if m in ("oneshot", "tickets")], "no structured run"
+  else:
+    wrong, why = [m for m in args.methods if m == "scratch"], "structured runs only (--structured)"
+  if wrong:
+    parser.error(f"argument --methods: {', '.join(wrong)}: {why}")
   if args.job:
     run_job(Job(**json.loads(args.job)), args.out)
     return 0
@@ -528,11 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"copied {len(archive(args.out, args.archive))} results to {args.archive}")
     return 0
   if not args.summary:
-    cells = [GRID[i] for i in args.cells] if args.cells else list(GRID)
-    run_sweep(plan(cells, args.seeds, args.methods, args.schedule), args.out, args.cores)
+    cells = [grid[i] for i in args.cells] if args.cells else list(grid)
+    run_sweep(plan(cells, args.seeds, args.methods, args.schedule, args.structured), args.out,
+              args.cores)
   tickets = "tickets" in args.methods
   methods = [m for m in args.methods if m != "tickets"]
-  table = summarize(args.out, methods) if methods else ""
+  table = summarize(args.out, methods, structured=args.structured) if methods else ""
   if tickets:
     found = tickets_table(args.out)
     if len(found.splitlines()) > 2:
