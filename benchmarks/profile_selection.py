@@ -50,9 +50,10 @@ def main():
   k = int(args.keep * n)
 
   order = selection._Order(jnp.float32, jnp.uint32)
+  starts = tuple(int(x) for x in np.cumsum([0] + [params[name].size for name in names[:-1]]))
 
   def keys(g, p):
-    return selection._flat_keys(scores(g, p), order, n)
+    return selection._flat_keys(scores(g, p), order, n, starts)
 
   def scores(g, p):
     return [jnp.abs(g[name] * p[name]) for name in names]

@@ -10,6 +10,15 @@ the plain step, and XLA's temporaries as a multiple of the weights' bytes.
 
   git show c3e37e5:gsm_optax/selection.py > /tmp/selection_c3e37e5.py
   python -m benchmarks.selection_versions /tmp/selection_c3e37e5.py --sizes 25.6M --ratios 0.1
+
+A package (``gsm_optax/selection/``, after c3e37e5) is exported with its
+imports of each other made relative:
+
+  mkdir /tmp/selection_b7202cf
+  for f in __init__ counting radix sharded; do
+    git show b7202cf:gsm_optax/selection/$f.py > /tmp/selection_b7202cf/$f.py; done
+  sed -i 's/^from gsm_optax.selection import /from . import /' /tmp/selection_b7202cf/*.py
+  python -m benchmarks.selection_versions /tmp/selection_b7202cf --sizes 25.6M --ratios 0.1
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +48,15 @@ from gsm_optax import transform
 
 
 def load_selection(path: str):
-  spec = importlib.util.spec_from_file_location("selection_other", path)
+  """A ``selection.py`` file, or a ``selection/`` package folder whose modules
+  import each other relatively (``from . import radix``)."""
+  if os.path.isdir(path):
+    spec = importlib.util.spec_from_file_location(
+        "selection_other", os.path.join(path, "__init__.py"), submodule_search_locations=[path])
+  else:
+    spec = importlib.util.spec_from_file_location("selection_other", path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules["selection_other"] = module  # for the package's relative imports
   spec.loader.exec_module(module)
   return module
 
@@ -66,7 +84,7 @@ def compiled_step(tx, params, grads):
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("other", help="path of another version's selection.py")
+  parser.add_argument("other", help="path of another version's selection.py or selection/")
   parser.add_argument("--sizes", nargs="+", default=["25.6M"], choices=list(SIZES))
   parser.add_argument("--ratios", nargs="+", type=float, default=[0.1])
   parser.add_argument("--rounds", type=int, default=3)

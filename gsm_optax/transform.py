@@ -261,9 +261,15 @@ def keep_top_gradients(
     if params is None:
       raise _utils.missing_params_error("keep_top_gradients", "ranks weights by importance")
     treedef = jax.tree_util.tree_structure(updates)
-    _utils.check_params_structure(treedef, params)
+    param_leaves = _utils.check_params_structure(treedef, params)
     flags, num_eligible = eligibility.eligible_leaves(eligible, params)
-    scores = treedef.flatten_up_to(score_fn(params, updates))
+    if isinstance(importance, str):  # a built-in score is leaf by leaf: score the eligible only
+      eligible_scores = iter(score_fn(
+          [p for p, f in zip(param_leaves, flags) if f],
+          [g for g, f in zip(jax.tree_util.tree_leaves(updates), flags) if f]))
+      scores = [next(eligible_scores) if f else None for f in flags]
+    else:
+      scores = treedef.flatten_up_to(score_fn(params, updates))
     # Whether averages are kept was settled by init (a concrete 0 keeps none), so that an
     # importance_ema injected by optax.inject_hyperparams (traced here) keeps the state's shape.
     average_scores = state.average_scores

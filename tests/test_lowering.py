@@ -2,6 +2,7 @@
 jax.export (no device needed), holds no weight-sized scatter or sort: on TPUs a
 scatter runs largely as a loop over its updates, on GPUs as one atomic each."""
 
+import contextlib
 import re
 
 import jax
@@ -110,13 +111,15 @@ def test_temporaries_are_one_buffer_of_keys():
   assert compiled.memory_analysis().temp_size_in_bytes <= 4 * n + 2**20
 
 
-def _distinct_cpu_kernels(num_leaves: int) -> int:
+def _distinct_cpu_kernels(num_leaves: int, mesh: jax.sharding.Mesh | None = None) -> int:
   """Distinct fused computations in the CPU executable of a gsm update on
-  ``num_leaves`` leaves of one shape (names and metadata aside)."""
+  ``num_leaves`` leaves of one shape (names and metadata aside); under ``mesh``
+  (``jax.set_mesh``) the leaves may be sharded and take the sharded path."""
   params = [jax.ShapeDtypeStruct((64, 48), jnp.float32)] * num_leaves
   tx = gsm_optax.gsm(0.1, 0.1, momentum=0.9)
   state = jax.eval_shape(tx.init, params)
-  text = jax.jit(tx.update).lower(params, state, params).compile().as_text()
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    text = jax.jit(tx.update).lower(params, state, params).compile().as_text()
   bodies = re.findall(r"^%fused\S* .*?\{\n(.*?)\n\}", text, re.M | re.S)
   assert bodies  # the parser sees the fused computations
   return len({re.sub(r"%[\w.-]+", "%x", re.sub(r"metadata=\{.*?\}", "", body))
@@ -128,3 +131,10 @@ def test_leaves_of_one_shape_share_their_cpu_kernels():
   position written in as a constant would make every leaf's kernels distinct,
   and the compile time grow with the leaves (docs/PERFORMANCE.md)."""
   assert _distinct_cpu_kernels(12) == _distinct_cpu_kernels(3)
+
+
+def test_leaves_that_may_be_sharded_share_their_cpu_kernels():
+  """The same on the sharded path (a mesh in context): its tie search and its
+  masks take each leaf's position as an operand too."""
+  mesh = jax.make_mesh((1,), ("x",))
+  assert _distinct_cpu_kernels(12, mesh) == _distinct_cpu_kernels(3, mesh)

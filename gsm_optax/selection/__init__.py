@@ -104,16 +104,21 @@ def _key_dtypes(leaves: list[Array]) -> tuple[Any, Any]:
 
 
 def _to_key(x: Array, float_dtype: Any, key_dtype: Any) -> Array:
-  """Maps floats to unsigned keys with the same order; -0 == +0, NaN lowest.
+  """Maps floats to unsigned keys with the same order; -0 == +0, NaN lowest."""
+  return _bits_to_key(lax.bitcast_convert_type(x.astype(float_dtype), key_dtype))
+
+
+def _bits_to_key(bits: Array) -> Array:
+  """Maps the bit patterns of floats to unsigned keys with the same order.
 
   Works on the bit patterns alone: XLA on CPU may treat subnormal floats as
   zero in float comparisons, which would tie them with 0.
   """
+  key_dtype = bits.dtype
   nbits = np.iinfo(key_dtype).bits
   sign = jnp.asarray(1 << (nbits - 1), key_dtype)
   exponent_bits = {32: 8, 64: 11}[nbits]
   inf_bits = jnp.asarray(((1 << exponent_bits) - 1) << (nbits - 1 - exponent_bits), key_dtype)
-  bits = lax.bitcast_convert_type(x.astype(float_dtype), key_dtype)
   bits = jnp.where(bits == sign, jnp.zeros((), key_dtype), bits)  # -0 -> +0
   key = jnp.where((bits & sign) != 0, ~bits, bits | sign)
   # Every NaN (either sign) becomes 0; every other value maps above 0.
@@ -164,14 +169,38 @@ class _Found(NamedTuple):
 def _flat_keys(leaves: list[Array], order: _Order, n: int, starts: tuple[Array, ...]) -> Array:
   """Every leaf's keys, in order, in one buffer padded with zero keys (NaN's,
   the lowest; the padding comes last, so it loses every tie) to a multiple of
-  ``radix.CHUNK``. Each leaf's keys are written in place into the buffer at
+  ``radix.CHUNK``. Each leaf's bits are written in place into the buffer at
   its start (an operand: see ``_utils.int_operands``), so that XLA computes
-  them there rather than leaf by leaf before a copy."""
-  keys = jnp.zeros((-(-n // radix.CHUNK) * radix.CHUNK,), order.key_dtype)
+  them there rather than leaf by leaf before a copy, and the buffer is mapped
+  to keys once, in place: a leaf adds a write, not the key's operations."""
+  nan_bits = lax.bitcast_convert_type(jnp.asarray(jnp.nan, order.float_dtype), order.key_dtype)
+  bits = jnp.full((-(-n // radix.CHUNK) * radix.CHUNK,), nan_bits, order.key_dtype)
   for leaf, start in zip(leaves, starts):
-    keys = lax.dynamic_update_slice_in_dim(keys, order.key(leaf).reshape(-1), start, 0,
+    leaf_bits = lax.bitcast_convert_type(leaf.astype(order.float_dtype), order.key_dtype)
+    bits = lax.dynamic_update_slice_in_dim(bits, leaf_bits.reshape(-1), start, 0,
                                            allow_negative_indices=False)
-  return keys
+
+  # Mapped in place, a slice at a time: an elementwise map of the whole buffer
+  # would be written to a second one. Slices of up to 16 chunks keep the loop
+  # short (a kernel launch each on accelerators).
+  width = radix.CHUNK * math.gcd(bits.size // radix.CHUNK, 16)
+
+  def to_keys(i, bits):
+    return lax.dynamic_update_slice_in_dim(
+        bits, _bits_to_key(lax.dynamic_slice_in_dim(bits, i * width, width)), i * width, 0)
+
+  return lax.fori_loop(0, bits.size // width, to_keys, bits)
+
+
+def _flat_masks(keys: Array, leaves: list[Array], starts: tuple[Array, ...], kth: Array,
+                last: Array) -> list[Array]:
+  """Each leaf's mask, given the buffer of every key: the keys above ``kth``
+  and the ties up to position ``last`` are marked once over the buffer, and
+  each leaf's mask is its slice of the marks (XLA computes each slice where
+  the mask is used: no buffer of marks is held)."""
+  marks = (keys > kth) | ((keys == kth) & (lax.iota(jnp.int32, keys.size) <= last))
+  return [lax.dynamic_slice_in_dim(marks, start, leaf.size, allow_negative_indices=False)
+          .reshape(leaf.shape) for leaf, start in zip(leaves, starts)]
 
 
 def _find_kth_flat(keys: Array, k: Array, method: str) -> _Found:
@@ -215,23 +244,22 @@ def _select(scores: PyTree, k: int | Array,
 
   order = _Order(float_dtype, key_dtype)
   selected = k > 0
-  offsets = [int(start) for start in np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])]
+  # With k = 0 no key reaches the largest key value (+inf's is below it): nothing is kept.
+  top = jnp.asarray(np.iinfo(key_dtype).max, key_dtype)
   if _leaves_may_be_sharded():
-    found = _Found(*sharded.find_kth(leaves, order.key, jnp.maximum(k, 1), n, key_dtype))
-    starts = _utils.int_operands(offsets, found.last == radix.INT32_MAX)
-    leaf_keys = [order.key(leaf) for leaf in leaves]
+    found_tuple, starts = sharded.find_kth(leaves, order.key, jnp.maximum(k, 1), n, key_dtype)
+    found = _Found(*found_tuple)
+    kth = jnp.where(selected, found.kth, top)
+    masks = [mask.reshape(leaf.shape) for mask, leaf in zip(
+        sharded.masks([order.key(leaf) for leaf in leaves], starts, kth, found.last), leaves)]
   else:
     # Any runtime value will do for the cond that makes the starts operands.
     first = next(leaf for leaf in leaves if leaf.size).reshape(-1)[0]
+    offsets = [int(start) for start in np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])]
     starts = _utils.int_operands(offsets, jnp.isnan(first))
     keys = _flat_keys(leaves, order, n, starts)
     found = _find_kth_flat(keys, jnp.maximum(k, 1), method)
-    leaf_keys = [lax.dynamic_slice_in_dim(keys, start, leaf.size, allow_negative_indices=False)
-                 for leaf, start in zip(leaves, starts)]
-  # With k = 0 no key reaches the largest key value (+inf's is below it): nothing is kept.
-  kth = jnp.where(selected, found.kth, jnp.asarray(np.iinfo(key_dtype).max, key_dtype))
-  masks = [mask.reshape(leaf.shape)
-           for mask, leaf in zip(sharded.masks(leaf_keys, starts, kth, found.last), leaves)]
+    masks = _flat_masks(keys, leaves, starts, jnp.where(selected, found.kth, top), found.last)
   threshold = jnp.where(selected, order.value(found.kth), nan)
   num_greater = jnp.where(selected, found.above, 0)
   return Selection(jax.tree_util.tree_unflatten(treedef, masks), threshold, num_greater), found

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gsm_optax import _utils
 from gsm_optax.selection import counting
 
 Array = jax.Array
@@ -32,17 +33,16 @@ def flat_index(shape: tuple[int, ...]) -> Array:
   return index
 
 
-def _nth_tie(leaves: list[Array], key: Keys, kth: Array, rank: Array, n: int) -> Array:
+def _nth_tie(leaves: list[Array], starts: tuple[Array, ...], key: Keys, kth: Array,
+             rank: Array, n: int) -> Array:
   """Global position of the rank-th key equal to ``kth``, by counting passes
-  over positions (scalar reductions only)."""
-  starts = np.cumsum([0] + [leaf.size for leaf in leaves])
-
+  over positions (scalar reductions only), given each leaf's first position."""
   def counts(probes):  # count(key == kth and position <= p)
     total = jnp.zeros((counting.PROBES,), jnp.int32)
     for leaf, start in zip(leaves, starts):
       tie = key(leaf) == kth
-      pos = flat_index(leaf.shape) + int(start)
-      total = total + jnp.stack([jnp.sum(tie & (pos <= probes[b]), dtype=jnp.int32)
+      pos = flat_index(leaf.shape)
+      total = total + jnp.stack([jnp.sum(tie & (pos <= probes[b] - start), dtype=jnp.int32)
                                  for b in range(counting.PROBES)])
     return total
 
@@ -61,25 +61,31 @@ def _nth_tie(leaves: list[Array], key: Keys, kth: Array, rank: Array, n: int) ->
   return lax.while_loop(more, one_pass, (jnp.int32(0), jnp.int32(n - 1)))[1]
 
 
-def find_kth(leaves: list[Array], key: Keys, k: Array, n: int, key_dtype) -> tuple[Array, ...]:
+def find_kth(leaves: list[Array], key: Keys, k: Array, n: int,
+             key_dtype) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
   """The k-th largest key over all leaves (``1 <= k <= n``), the number of keys
   above it, the global position of the last tie kept (``INT32_MAX`` when every
-  tie is kept) and the counting passes made."""
-  leaves = [leaf for leaf in leaves if leaf.size]  # empty leaves hold no position
+  tie is kept) and the counting passes made; and each leaf's first position,
+  an operand of the kernels (see ``_utils.int_operands``), for :func:`masks`."""
+  offsets = [int(start) for start in np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])]
+  sized = [i for i, leaf in enumerate(leaves) if leaf.size]  # empty leaves hold no position
 
   def count_above(thresholds):
     total = jnp.zeros((counting.PROBES,), jnp.int32)
-    for leaf in leaves:
-      keys = key(leaf)
+    for i in sized:
+      keys = key(leaves[i])
       total = total + jnp.stack([jnp.sum(keys > thresholds[b], dtype=jnp.int32)
                                  for b in range(counting.PROBES)])
     return total
 
   b = counting.bracket_kth(count_above, k, n, key_dtype, None, 0)
   rank = k - b.above_hi
-  last = lax.cond(rank == b.at_least_lo - b.above_hi, lambda: jnp.int32(counting.INT32_MAX),
-                  lambda: _nth_tie(leaves, key, b.lo, rank, n))
-  return b.lo, b.above_hi, last, b.passes
+  every_tie = rank == b.at_least_lo - b.above_hi
+  starts = _utils.int_operands(offsets, every_tie)
+  last = lax.cond(every_tie, lambda: jnp.int32(counting.INT32_MAX),
+                  lambda: _nth_tie([leaves[i] for i in sized], tuple(starts[i] for i in sized),
+                                   key, b.lo, rank, n))
+  return (b.lo, b.above_hi, last, b.passes), starts
 
 
 def masks(leaf_keys: list[Array], starts: tuple[Array, ...], kth: Array,
