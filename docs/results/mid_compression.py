@@ -30,6 +30,24 @@ def _loss(model, params, x, y, batch=2000):
   return total / x.shape[0]
 
 
+def extra_method_job(description: str, method: str) -> tuple[str, tuple[str, str, float], int]:
+  """The command line of a script that runs one more ``method`` in a finished sweep cell, and
+  that job's directory (made, its ``base`` linked to the cell's base model), cell and seed."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("out", help="the sweep's --out")
+  parser.add_argument("--cell", type=int, default=4, help="index into the sweep's GRID")
+  parser.add_argument("--seed", type=int, default=1)
+  args = parser.parse_args()
+  dataset, model, compression = sweep.GRID[args.cell]
+  directory = sweep.job_dir(args.out, dataset, model, compression, args.seed, method)
+  os.makedirs(directory, exist_ok=True)
+  link = os.path.join(directory, "base")
+  if not os.path.exists(link):
+    base = sweep.Job(dataset, model, 1.0, args.seed, "base").directory(args.out)
+    os.symlink(os.path.relpath(os.path.join(base, "base"), directory), link)
+  return directory, (dataset, model, compression), args.seed
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")

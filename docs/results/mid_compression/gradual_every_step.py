@@ -8,29 +8,20 @@ from the cell's own base model: the sweep's gradual pruning, its mask updated ev
 of every epoch. Whether the decisions' frequency is what sets GSM's training loss apart.
 """
 
-import argparse
 import dataclasses
 import os
+import sys
 
 from gsm_optax.experiments import runner, sweep
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mid_compression import extra_method_job  # noqa: E402  (the sibling analysis)
+
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("out", help="the sweep's --out")
-  parser.add_argument("--cell", type=int, default=4, help="index into the sweep's GRID")
-  parser.add_argument("--seed", type=int, default=1)
-  args = parser.parse_args()
-  dataset, model, compression = sweep.GRID[args.cell]
-  directory = sweep.job_dir(args.out, dataset, model, compression, args.seed,
-                            "gradual_every_step")
-  os.makedirs(directory, exist_ok=True)
-  link = os.path.join(directory, "base")
-  if not os.path.exists(link):
-    base = sweep.Job(dataset, model, 1.0, args.seed, "base").directory(args.out)
-    os.symlink(os.path.relpath(os.path.join(base, "base"), directory), link)
+  directory, cell, seed = extra_method_job(__doc__.splitlines()[0], "gradual_every_step")
   config = dataclasses.replace(
-      sweep.sweep_config(dataset, model, compression, args.seed, "gradual"),
+      sweep.sweep_config(*cell, seed, "gradual"),
       gradual_update_every=1)
   result = runner.run(config, directory, quiet=True)
   print(f"gradual, mask every step: {result['gradual']['final_test_accuracy']:.4f}")

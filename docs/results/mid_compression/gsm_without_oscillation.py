@@ -19,7 +19,6 @@ If the training loss lands on gradual pruning's, the oscillation is what costs G
 0.005-0.009 of training loss at this cell; if it stays on GSM's, it is not.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ from gsm_optax.experiments import models, runner, sweep
 from gsm_optax.experiments.training import accuracy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mid_compression import _loss  # noqa: E402  (the sibling analysis' full-training-set loss)
+from mid_compression import _loss, extra_method_job  # noqa: E402  (the sibling analysis)
 
 
 class _MomentumState(NamedTuple):
@@ -154,21 +153,10 @@ def _check_kept(config: runner.ExperimentConfig, params: Any) -> tuple[int, int]
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("out", help="the sweep's --out")
-  parser.add_argument("--cell", type=int, default=4, help="index into the sweep's GRID")
-  parser.add_argument("--seed", type=int, default=1)
-  args = parser.parse_args()
-  dataset, model, compression = sweep.GRID[args.cell]
-  method = "gsm_without_oscillation"
-  directory = sweep.job_dir(args.out, dataset, model, compression, args.seed, method)
-  os.makedirs(directory, exist_ok=True)
-  link = os.path.join(directory, "base")
-  if not os.path.exists(link):
-    base = sweep.Job(dataset, model, 1.0, args.seed, "base").directory(args.out)
-    os.symlink(os.path.relpath(os.path.join(base, "base"), directory), link)
-  config = sweep.sweep_config(dataset, model, compression, args.seed, "recommended")
-  probe = runner.Runner(config, os.path.join(args.out, "_analysis"), quiet=True)
+  directory, cell, seed = extra_method_job(__doc__.splitlines()[0], "gsm_without_oscillation")
+  out = os.path.dirname(os.path.dirname(directory))
+  config = sweep.sweep_config(*cell, seed, "recommended")
+  probe = runner.Runner(config, os.path.join(out, "_analysis"), quiet=True)
   spe = probe.x_train.shape[0] // config.batch_size
   base_params = runner.load_phase_params(directory, "base", config)
   worst = _check_against_gsm(config, base_params, spe)
