@@ -340,8 +340,7 @@ def run_scratch(job: Job, out: str) -> dict[str, Any]:
   results: dict[str, Any] = {"config": config.to_dict(), "base": source["base"],
                              "source": SCRATCH_SOURCE, "export": source["gsm"]["export"],
                              "scratch": r.scratch(source["gsm"]["export"])}
-  with open(os.path.join(directory, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  write_json(os.path.join(directory, "results.json"), results)
   return results
 
 
