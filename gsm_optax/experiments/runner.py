@@ -546,18 +546,12 @@ class Runner:
       self.log(f"no export: {e}")
       return {"error": str(e)}
 
-  def scratch_variables(self, options: dict[str, Any]) -> Variables:
-    """The fresh initial variables of the ``scratch`` method's model (the module with
-    ``options``, :func:`models.narrow_options`): drawn as the dense model's are
-    (:meth:`init_variables`' key), at the narrow shapes."""
-    model = models.MODELS[self.config.model](**options)
-    return dict(model.init(jax.random.fold_in(self.key, 0), self.x_train[:1]))
-
   def scratch(self, export: dict[str, Any]) -> dict[str, Any]:
     """The same narrow architecture trained from scratch (Liu et al. 2019) as the phase
     ``scratch``: the model at the widths of a structured GSM ``export``
-    (:meth:`export_report`), freshly initialised (:meth:`scratch_variables`), trained with the
-    base phase's optimizer for the base and GSM phases' epochs (:func:`scratch_phase`).
+    (:meth:`export_report`), freshly initialised (:meth:`init_variables` of the narrow module:
+    the dense model's key, the narrow shapes), trained with the base phase's optimizer for the
+    base and GSM phases' epochs (:func:`scratch_phase`).
 
     Returns:
       The phase's result, with the narrow model's ``model_options`` (to load it), its
@@ -570,7 +564,7 @@ class Runner:
     options = models.narrow_options(config.model, config.model_options, export["kept_widths"])
     model = models.MODELS[config.model](**options)
     phase = scratch_phase(config.base, config.gsm)
-    variables, result = self.phase("scratch", self.scratch_variables(options),
+    variables, result = self.phase("scratch", self.init_variables(model),
                                    momentum_sgd(phase, spe, self.eligible), phase.epochs,
                                    model=model)
     params, model_state = _split(variables)
@@ -593,9 +587,11 @@ class Runner:
     alive = gsm_optax.grouping.nonzero_groups(resolved, leaves)
     return {g.name: int(jnp.sum(a)) for g, a in zip(self.groups, alive)}
 
-  def init_variables(self) -> Variables:
-    """The model's initial variables: ``params``, and ``batch_stats`` where it has BatchNorm."""
-    variables = self.model.init(jax.random.fold_in(self.key, 0), self.x_train[:1])
+  def init_variables(self, model: Any = None) -> Variables:
+    """The model's initial variables: ``params``, and ``batch_stats`` where it has BatchNorm.
+    ``model``: another module to draw them for with the same key (the ``scratch`` method's
+    narrow one); the run's model by default."""
+    variables = (model or self.model).init(jax.random.fold_in(self.key, 0), self.x_train[:1])
     return dict(variables)
 
   def phase(
