@@ -105,3 +105,45 @@ def test_summarize_prints_the_tables_of_results_md():
   lines = [line for line in out.splitlines() if line.strip()]
   assert len(lines) > 20
   assert [line for line in lines if line not in results_md] == []
+
+
+def test_layer_density_counts_what_each_method_kept(rng, tmp_path):
+  """docs/results/layer_density.py: a GSM job's layers come from its results.json; a
+  gradual job's are the non-zeros of its saved parameters, over the same prunable leaves."""
+  import importlib.util
+
+  from flax import serialization
+
+  spec = importlib.util.spec_from_file_location(
+      "layer_density", os.path.join(ROOT, "docs", "results", "layer_density.py"))
+  layer_density = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(layer_density)
+
+  shapes = {"conv": (3, 3, 2, int(rng.integers(2, 6))), "dense": (int(rng.integers(5, 40)), 7)}
+  params = {name: {"kernel": np.where(rng.uniform(size=s) < rng.uniform(0.05, 0.9),
+                                      rng.normal(size=s), 0.0).astype(np.float32),
+                   "bias": rng.normal(size=s[-1:]).astype(np.float32)}
+            for name, s in shapes.items()}
+  gsm_kept = {name: int(rng.integers(0, np.prod(s))) for name, s in shapes.items()}
+  leaves = []
+  for name, s in shapes.items():  # flattening order: bias before kernel
+    leaves.append({"path": f"['{name}']['bias']", "size": s[-1], "nonzeros": s[-1],
+                   "eligible": False})
+    leaves.append({"path": f"['{name}']['kernel']", "size": int(np.prod(s)),
+                   "nonzeros": gsm_kept[name], "eligible": True})
+  cell = tmp_path / "mnist_lenet5_125x_seed0"
+  for job in ("recommended", "gradual/gradual", "paper"):  # paper has not finished
+    os.makedirs(cell / job)
+  write_json(str(cell / "recommended" / "results.json"), {"gsm": {"layers": {"leaves": leaves}}})
+  write_json(str(cell / "gradual" / "results.json"), {"gradual": {"nonzeros": 0}})
+  (cell / "gradual" / "gradual" / "params.msgpack").write_bytes(
+      serialization.msgpack_serialize(params))
+
+  out = tmp_path / "layers.json"
+  assert layer_density.main([str(cell), "--json", str(out)]) == 0
+  got = json.loads(out.read_text())
+  assert [layer["path"] for layer in got["layers"]] == ["['conv']['kernel']", "['dense']['kernel']"]
+  assert got["methods"]["recommended"] == [gsm_kept["conv"], gsm_kept["dense"]]
+  assert got["methods"]["gradual"] == [int(np.count_nonzero(params[n]["kernel"]))
+                                       for n in ("conv", "dense")]
+  assert sorted(got["methods"]) == ["gradual", "recommended"]
