@@ -41,13 +41,18 @@ def plot_layer_density(results: dict[str, Any], path: str) -> str:
   names = [_short(leaf["path"]) for leaf in layers]
   density = [100 * leaf["nonzeros"] / leaf["size"] for leaf in layers]
   overall = 100 * results["gsm"]["nonzeros"] / results["eligible_weights"]
-  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.6))
+  many = len(names) > 8  # a deep network: narrower bars, labels turned
+  fig, ax = plt.subplots(figsize=(min(max(4, (0.5 if many else 1.2) * len(names) + 2), 14),
+                                  4.6 if many else 3.6))
   bars = ax.bar(range(len(names)), density, color="tab:blue")
   for bar, leaf in zip(bars, layers):
     ax.annotate(f"{leaf['nonzeros']:,}/{leaf['size']:,}", (bar.get_x() + bar.get_width() / 2,
-                bar.get_height()), ha="center", va="bottom", fontsize=8)
+                bar.get_height()), ha="center", va="bottom", fontsize=6 if many else 8,
+                rotation=90 if many else 0)
   ax.axhline(overall, color="tab:red", ls="--", lw=1, label=f"overall {overall:.2f}%")
-  ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+  ax.set_xticks(range(len(names)), names, rotation=60 if many else 20, ha="right",
+                fontsize=7 if many else 8)
+  ax.set_ylim(0, min(100, 1.25 * max(density + [overall])))
   ax.set_ylabel("weights kept (%)")
   config = results["config"]
   ax.set_title(f"Per-layer density found by GSM: {config['model']}, {config['compression']:g}x")
