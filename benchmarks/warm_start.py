@@ -102,16 +102,6 @@ def key_buffer(scores: list[jax.Array]) -> jax.Array:
   return jnp.pad(keys, (0, -(-keys.size // radix.CHUNK) * radix.CHUNK - keys.size))
 
 
-def cpu_seconds(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.process_time()
-    jax.block_until_ready(fn(*args))
-    times.append(time.process_time() - start)
-  return float(np.median(times))
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--width", type=int, default=256)
@@ -174,8 +164,8 @@ def main():
           f" {hits(estimates, exact_keys):>12.2f}")
 
   cold = jax.jit(lambda keys: radix.kth_key(keys, k)[0])
-  print(f"\nthe k-th key's search on the last step's {keys.size:,} keys, CPU ms"
-        f" (median of {args.repeats}) and lower+compile CPU s")
+  print(f"\nthe k-th key's search on the last step's {keys.size:,} keys: CPU ms (median of"
+        f" {args.repeats}, the rows interleaved) and lower+compile CPU s")
   rows = {"two passes (today)": (cold, ())}
   for window in WINDOWS:
     warm = jax.jit(lambda keys, guess, w=window: warm_kth_key(keys, k, guess, w))
@@ -183,19 +173,25 @@ def main():
     rows[f"warm, window {window}, miss"] = (warm, (jnp.uint32(0xFF000000),))
     rows[f"warm, window {window}, + sample"] = (
         jax.jit(lambda keys, w=window: warm_kth_key(keys, k, sample_estimate(keys, k), w)), ())
-  compiled = set()
+  compile_s, compiled, times = {}, set(), {name: [] for name in rows}
   for name, (fn, extra) in rows.items():
-    compile_s = "-"  # the hit's function, already compiled (and cached)
-    if fn not in compiled:
+    if fn not in compiled:  # a miss row shares its hit row's function
       start = time.process_time()
       fn.lower(keys, *extra).compile()
-      compile_s = f"{time.process_time() - start:.2f} s"
+      compile_s[name] = time.process_time() - start
       compiled.add(fn)
-    out = fn(keys, *extra)
-    assert int(jax.tree.leaves(out)[0]) == exact[-1]
-    ms = 1e3 * cpu_seconds(fn, keys, *extra, repeats=args.repeats)
-    print(f"{name:>32} {ms:8.2f} ms {compile_s:>7}", flush=True)
-
+    assert int(jax.tree.leaves(fn(keys, *extra))[0]) == exact[-1]
+  for _ in range(args.repeats):  # the rows interleaved, so that a busier moment hits all
+    for name, (fn, extra) in rows.items():
+      start = time.process_time()
+      jax.block_until_ready(fn(keys, *extra))
+      times[name].append(time.process_time() - start)
+  today = np.median(times["two passes (today)"])
+  print(f"{'':>32} {'CPU ms':>8} {'/ today':>8} {'compile s':>10}")
+  for name in rows:
+    ms = np.median(times[name])
+    seconds = f"{compile_s[name]:.2f}" if name in compile_s else "-"
+    print(f"{name:>32} {1e3 * ms:8.2f} {ms / today:7.2f}x {seconds:>10}", flush=True)
 
 if __name__ == "__main__":
   main()
