@@ -163,7 +163,7 @@ class _Found(NamedTuple):
   kth: Array  # the k-th largest key
   above: Array  # count(key > kth)
   last: Array  # global position of the last kept key equal to kth (INT32_MAX: every one)
-  passes: Array  # passes made to find kth: counting passes, or radix histogram passes
+  passes: Array  # counting passes made (0 for the radix select)
 
 
 def _flat_keys(leaves: list[Array], order: _Order, n: int, starts: tuple[Array, ...]) -> Array:
@@ -206,7 +206,7 @@ def _flat_masks(keys: Array, leaves: list[Array], starts: tuple[Array, ...], kth
 def _find_kth_flat(keys: Array, k: Array, method: str) -> _Found:
   """The k-th largest of one flat buffer of keys (1 <= k <= keys.size)."""
   def by_radix():
-    return _Found(*radix.find_kth(keys, k))
+    return _Found(*radix.find_kth(keys, k), jnp.int32(0))
 
   def by_counting():
     return _Found(*counting.find_kth(keys, k))
