@@ -36,11 +36,11 @@ def test_mnist_overrides_reach_the_config():
 
 def test_train_takes_any_model_and_dataset():
   """`train` runs the registry's deep networks on their own schedule; `mnist` stays the paper's."""
-  from gsm_optax.experiments import runner
+  from gsm_optax.experiments.config import DEEP_PHASES
 
   vit = cli._mnist_config(cli._parser().parse_args(["train", "--model", "vit"]))
   assert (vit.model, vit.dataset, vit.compression) == ("vit", "fashion_mnist", 10.0)
-  phases = runner.DEEP_PHASES["vit"]
+  phases = DEEP_PHASES["vit"]
   assert (vit.base, vit.gsm) == (phases["base"], phases["gsm"])
   assert vit.anneal_epochs == vit.gsm.boundaries[0] and vit.importance == "magnitude"
   resnet = cli._mnist_config(cli._parser().parse_args(

@@ -45,6 +45,13 @@ from typing import Any
 import numpy as np
 
 from gsm_optax.experiments import runner
+from gsm_optax.experiments.config import (
+  DEEP_PHASES,
+  ExperimentConfig,
+  PhaseConfig,
+  deep_config,
+  with_recipe,
+)
 from gsm_optax.experiments.results import load_results, write_json
 
 # (dataset, model, compression), in the order they run.
@@ -61,7 +68,7 @@ GRID: tuple[tuple[str, str, float], ...] = (
     ("fashion_mnist", "lenet5", 125.0),
     # The paper's second LeNet-5 row (Ding et al. 2019, Table 1: 300x, 99.06).
     ("mnist", "lenet5", 300.0),
-    # Deep networks, on their own schedules (runner.DEEP_PHASES).
+    # Deep networks, on their own schedules (DEEP_PHASES).
     ("fashion_mnist", "resnet20", 10.0),
     ("fashion_mnist", "resnet20", 20.0),
     ("fashion_mnist", "vit", 10.0),
@@ -69,13 +76,13 @@ GRID: tuple[tuple[str, str, float], ...] = (
 )
 
 # Structured cells (--structured): half the MACs of ResNet-20 and the ViT, on their own
-# schedules (runner.DEEP_PHASES), from the same base models as GRID's deep cells.
+# schedules (DEEP_PHASES), from the same base models as GRID's deep cells.
 STRUCTURED_GRID: tuple[tuple[str, str, float], ...] = (
     ("fashion_mnist", "resnet20", 2.0),
     ("fashion_mnist", "vit", 2.0),
 )
 
-# A method is a GSM recipe (runner.RECIPES, or settings of runner.with_recipe), "gradual":
+# A method is a GSM recipe (experiments.config.RECIPES, or settings of with_recipe), "gradual":
 # gradual magnitude pruning with the GSM phase's optimizer and schedule, or "oneshot": one
 # magnitude prune of the base model, then fine-tuning for as many epochs as the GSM phase.
 METHODS: dict[str, Any] = {
@@ -145,7 +152,7 @@ def cell_name(cell: tuple[str, str, float]) -> str:
 
 def sweep_config(dataset: str, model: str, compression: float, seed: int,
                  method: str, schedule: str = "short",
-                 structured: bool = False) -> runner.ExperimentConfig:
+                 structured: bool = False) -> ExperimentConfig:
   """One job's experiment: the schedule (the authors' shortened 4x, or theirs; a deep network's
   own), then the method. ``structured``: structured GSM with a budget of MACs
   (``compression`` 2: half the dense model's), its baselines structured gradual pruning and
@@ -163,25 +170,25 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
   if method == "scratch":
     methods = ("gsm", "scratch")  # the widths of the cell's GSM run (SCRATCH_SOURCE)
   kind: dict[str, Any] = dict(structured=True, budget="macs") if structured else {}
-  if model in runner.DEEP_PHASES:
+  if model in DEEP_PHASES:
     if schedule == "full":
-      raise ValueError(f"{model} has one schedule (runner.DEEP_PHASES): the authors' 1,100"
+      raise ValueError(f"{model} has one schedule (experiments.DEEP_PHASES): the authors' 1,100"
                        " epochs do not fit one CPU core; got schedule='full'.")
-    config = runner.deep_config(model, compression, dataset, seed=seed, methods=methods, **kind)
+    config = deep_config(model, compression, dataset, seed=seed, methods=methods, **kind)
   else:
     phases: dict[str, Any] = {}
     if schedule == "short":
       phases = dict(
-          base=runner.PhaseConfig(3e-2, 50, (10, 20, 30, 40), momentum=0.9, warmup_epochs=2),
-          gsm=runner.PhaseConfig(1e-2, 70, (40, 50, 60), momentum=0.99, nesterov=True,
-                                 weight_decay=2e-3, warmup_epochs=2))
-    config = runner.ExperimentConfig(
+          base=PhaseConfig(3e-2, 50, (10, 20, 30, 40), momentum=0.9, warmup_epochs=2),
+          gsm=PhaseConfig(1e-2, 70, (40, 50, 60), momentum=0.99, nesterov=True,
+                          weight_decay=2e-3, warmup_epochs=2))
+    config = ExperimentConfig(
         model=model, compression=compression, dataset=dataset, seed=seed, **phases,
         methods=methods, checkpoint_every=10, last_k=5, **kind)
   if method == "scratch":
-    config = runner.with_recipe(config, METHODS[SCRATCH_SOURCE])
+    config = with_recipe(config, METHODS[SCRATCH_SOURCE])
   elif method not in BASELINES and method != "tickets":
-    config = runner.with_recipe(config, METHODS[method])
+    config = with_recipe(config, METHODS[method])
   return config
 
 
