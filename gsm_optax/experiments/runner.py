@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -52,8 +51,14 @@ import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
 from gsm_optax.experiments import datasets, models, structured
 from gsm_optax.experiments.config import ExperimentConfig, PhaseConfig, scratch_phase
-from gsm_optax.experiments.results import load_results, write_json
-from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
+from gsm_optax.experiments.results import load_results, readiness_row, write_json
+from gsm_optax.experiments.training import (
+  TrainState,
+  accuracy,
+  correct_count,
+  make_train_epoch,
+  progress_bar,
+)
 
 PyTree = Any
 Array = jax.Array
@@ -119,37 +124,6 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
                        importance_ema=config.importance_ema, importance=importance,
                        eligible=eligible, groups=groups, budget=budget,
                        allocation=config.allocation if groups is not None else "global")
-
-
-# ----------------------------------------------------------------------------- measurements
-
-
-def readiness_row(r: gsm_optax.PruneReadiness, num_test: int) -> dict[str, Any]:
-  """A :class:`gsm_optax.PruneReadiness` (``eval_fn`` counting correct answers) as JSON fields."""
-  return {
-      "test_accuracy": int(r.metric_before) / num_test,
-      "pruned_test_accuracy": int(r.metric_after) / num_test,
-      "removed_l2_fraction": float(r.removed_l2_fraction),
-      "removed_l1_fraction": float(r.removed_l1_fraction),
-      "largest_removed": float(r.largest_removed),
-      "num_carrying": int(r.num_carrying),
-  }
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-def progress_bar(label: str, total: int, initial: int, quiet: bool):
-  """tqdm's bar (``tqdm.auto``: a widget in notebooks); in a log file a line every 30 s."""
-  try:
-    from tqdm.auto import tqdm
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("the experiments need tqdm: pip install 'gsm-optax[experiments]'") from e
-
-  tty = sys.stderr.isatty()
-  return tqdm(total=total, initial=initial, desc=label, unit="epoch", disable=quiet,
-              file=sys.stderr, mininterval=0.1 if tty else 30.0, dynamic_ncols=tty,
-              ascii=not tty)
 
 
 # ----------------------------------------------------------------------------- phases
@@ -272,6 +246,110 @@ class Runner:
     return _summary(result, config.last_k) | {
         "model_options": options, "kept_widths": dict(export["kept_widths"]),
         "macs": coupling.macs, "params": models.count_params(params), "timing": timing}
+
+  def predict_shrink(self) -> float:
+    """How far GSM's decay shrinks the last weight to leave the top-Q (as the anneal ends) by
+    the end of the phase: the envelope of its decay, weight decay with the passive decay added
+    from its first epoch (under-damped, it oscillates as it falls). Logs it, and the library's
+    warning where it is too little."""
+    config, spe = self.config, self.steps_per_epoch
+    phase = config.gsm
+    lr = phase.schedule(spe)
+    anneal_end, begin = config.anneal_epochs * spe, config.passive_weight_decay_begin_epoch * spe
+    decay: float | Callable[[Array], Array] = phase.weight_decay
+    if config.passive_weight_decay:
+      decay = lambda t: jnp.where(t + anneal_end >= begin,
+                                  phase.weight_decay + config.passive_weight_decay,
+                                  phase.weight_decay)
+    shrink = gsm_optax.decay_shrink_factor(
+        lambda t: lr(t + anneal_end), phase.epochs * spe - anneal_end, momentum=phase.momentum,
+        weight_decay=decay, nesterov=phase.nesterov)
+    when = "at the end of the anneal" if anneal_end else "at the start"
+    self.log(f"gsm: a weight that leaves the top-Q {when} falls to {shrink:.3g} of its size by"
+             " the end (the envelope of its decay)")
+    warning = gsm_optax.shrink_warning(shrink)
+    if warning:
+      self.log("WARNING: " + warning)
+    return shrink
+
+  def gsm(self, base: Variables) -> tuple[dict[str, Any], PyTree]:
+    """GSM from the ``base`` model (the phase ``gsm``), then the final prune, no fine-tuning.
+
+    Returns:
+      The phase's result, with the test accuracy before and after the prune, the pruned
+      model's nonzeros, compression and layers (:func:`gsm_optax.sparsity_report`) and the
+      prune's readiness (:func:`readiness_row`); in a structured run also its
+      ``kept_groups`` and ``export`` (:meth:`export_report`). And the trained parameters.
+    """
+    config, keep = self.config, self.config.keep_ratio
+
+    def extra(state):
+      stats = gsm_optax.selection_stats(state.opt_state)
+      row = readiness_row(self.readiness(state.params, keep, state.model_state), self.num_test)
+      return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
+
+    variables, trained = self.phase(
+        "gsm", base, gsm_optimizer(config, self.steps_per_epoch, self.groups, self.budget),
+        config.gsm.epochs, extra=extra)
+    params, model_state = _split(variables)
+    report = gsm_optax.sparsity_report(self.prune(params, keep), eligible=self.prunable)
+    ready = readiness_row(self.readiness(params, keep, model_state), self.num_test)
+    result = _summary(trained, config.last_k) | {
+        "accuracy_before_prune": ready.pop("test_accuracy"),
+        "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
+        "nonzeros": report.eligible_nonzeros,
+        "compression": report.compression,
+        "layers": report.to_dict(),
+        **ready,
+    }
+    self.log(str(report))
+    if config.structured:
+      result["kept_groups"] = self.kept_groups(self.prune(params, keep))
+      result["export"] = self.export_report(self.prune(params, keep), model_state)
+      self.log(f"gsm: {structured.export_line(result['export'])}")
+    self.log(f"gsm: test accuracy {result['accuracy_before_prune']:.4f} before the final prune,"
+             f" {result['accuracy_after_prune']:.4f} after; the prune removed"
+             f" {100 * result['removed_l2_fraction']:.2f}% of the weights' L2 norm")
+    return result, params
+
+  def oneshot(self, base: Variables, mask: PyTree) -> dict[str, Any]:
+    """One global magnitude prune of the ``base`` model (its ``mask``), fine-tuned with the
+    GSM phase's schedule and the pruned weights held at zero (the phase ``oneshot``)."""
+    pruned = _join(_apply_mask(base["params"], mask), _split(base)[1])
+    tx = gsm_optax.hold_mask(momentum_sgd(self.config.gsm, self.steps_per_epoch, self.eligible),
+                             mask)
+    _, tuned = self.phase("oneshot", pruned, tx, self.config.gsm.epochs)
+    result = _summary(tuned, self.config.last_k) | {
+        "accuracy_before_finetune": self.evaluate(pruned)}
+    self.log(f"one-shot prune + fine-tune: {result['accuracy_before_finetune']:.4f}"
+             f" -> {tuned['final_test_accuracy']:.4f}")
+    return result
+
+  def gradual(self, base: Variables) -> dict[str, Any]:
+    """Gradual magnitude pruning of the ``base`` model with the GSM phase's schedule (the phase
+    ``gradual``), to ``gradual_end_epoch``; structured runs allocate uniformly."""
+    config, spe = self.config, self.steps_per_epoch
+    end_epoch = config.gradual_end_epoch
+    if end_epoch is None:
+      end_epoch = config.gsm.boundaries[0] if config.gsm.boundaries else config.gsm.epochs
+    every = config.gradual_update_every or spe
+    selection = dict(self.selection_args)
+    if config.structured:
+      selection["allocation"] = "uniform"
+    tx = gsm_optax.gradual_magnitude_pruning(
+        momentum_sgd(config.gsm, spe, self.eligible), config.keep_ratio, begin_step=0,
+        end_step=max(end_epoch * spe - 1, 1), update_every=every, **selection)
+    variables, trained = self.phase("gradual", base, tx, config.gsm.epochs)
+    params, model_state = _split(variables)
+    result = _summary(trained, config.last_k) | {
+        "nonzeros": gsm_optax.sparsity_report(params, eligible=self.prunable).eligible_nonzeros,
+        "end_epoch": end_epoch, "update_every_steps": every}
+    if config.structured:
+      result["kept_groups"] = self.kept_groups(params)
+      result["export"] = self.export_report(params, model_state)
+      self.log(f"gradual: {structured.export_line(result['export'])}")
+    self.log(f"gradual magnitude pruning: {trained['final_test_accuracy']:.4f}")
+    return result
 
   def kept_groups(self, params: PyTree) -> dict[str, int]:
     """How many groups of each set have a non-zero entry (structured runs)."""
@@ -455,101 +533,21 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
       f" {eligible_total:,} prunable; keeping {results['target_nonzeros']:,}"
       f" (keep_ratio {keep:.4g}, {config.compression:g}x), seed {config.seed}")
 
-  decayed = runner.eligible
-  base_vars, base = runner.phase("base", init, momentum_sgd(config.base, spe, decayed),
+  base_vars, base = runner.phase("base", init, momentum_sgd(config.base, spe, runner.eligible),
                                  config.base.epochs)
   base_params = base_vars["params"]
   results["base"] = _summary(base, config.last_k)
   say(f"base: test accuracy {base['final_test_accuracy']:.4f}")
 
   if "gsm" in config.methods or "lottery" in config.methods:
-    gsm_phase = config.gsm
-    lr = gsm_phase.schedule(spe)
-    steps = gsm_phase.epochs * spe
-    # The envelope of the last weight to leave the top-Q (as the anneal ends): weight decay,
-    # with the passive decay added from its first epoch (under-damped, it oscillates as it falls).
-    anneal_end, begin = config.anneal_epochs * spe, config.passive_weight_decay_begin_epoch * spe
-    decay: float | Callable[[Array], Array] = gsm_phase.weight_decay
-    if config.passive_weight_decay:
-      decay = lambda t: jnp.where(t + anneal_end >= begin,
-                                  gsm_phase.weight_decay + config.passive_weight_decay,
-                                  gsm_phase.weight_decay)
-    shrink = gsm_optax.decay_shrink_factor(
-        lambda t: lr(t + anneal_end), steps - anneal_end, momentum=gsm_phase.momentum,
-        weight_decay=decay, nesterov=gsm_phase.nesterov)
-    results["predicted_shrink_factor"] = shrink
-    when = "at the end of the anneal" if anneal_end else "at the start"
-    say(f"gsm: a weight that leaves the top-Q {when} falls to {shrink:.3g} of its size by the"
-        " end (the envelope of its decay)")
-    warning = gsm_optax.shrink_warning(shrink)
-    if warning:
-      say("WARNING: " + warning)
-
-    def gsm_extra(state):
-      stats = gsm_optax.selection_stats(state.opt_state)
-      row = readiness_row(runner.readiness(state.params, keep, state.model_state),
-                          runner.num_test)
-      return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
-
-    gsm_vars, trained = runner.phase("gsm", base_vars,
-                                     gsm_optimizer(config, spe, runner.groups, runner.budget),
-                                     gsm_phase.epochs, extra=gsm_extra)
-    gsm_params, gsm_state = _split(gsm_vars)
-    report = gsm_optax.sparsity_report(runner.prune(gsm_params, keep),
-                                       eligible=runner.prunable)
-    ready = readiness_row(runner.readiness(gsm_params, keep, gsm_state), runner.num_test)
-    results["gsm"] = _summary(trained, config.last_k) | {
-        "accuracy_before_prune": ready.pop("test_accuracy"),
-        "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
-        "nonzeros": report.eligible_nonzeros,
-        "compression": report.compression,
-        "layers": report.to_dict(),
-        **ready,
-    }
-    g = results["gsm"]
-    say(str(report))
-    if config.structured:
-      g["kept_groups"] = runner.kept_groups(runner.prune(gsm_params, keep))
-      g["export"] = runner.export_report(runner.prune(gsm_params, keep), gsm_state)
-      say(f"gsm: {_export_line(g['export'])}")
-    say(f"gsm: test accuracy {g['accuracy_before_prune']:.4f} before the final prune,"
-        f" {g['accuracy_after_prune']:.4f} after; the prune removed"
-        f" {100 * g['removed_l2_fraction']:.2f}% of the weights' L2 norm")
-
+    results["predicted_shrink_factor"] = runner.predict_shrink()
+    results["gsm"], gsm_params = runner.gsm(base_vars)
   if "oneshot" in config.methods or "lottery" in config.methods:
     base_mask = runner.prune_mask(base_params, keep)
-
   if "oneshot" in config.methods:
-    pruned_base = _join(_apply_mask(base_params, base_mask), _split(base_vars)[1])
-    tx = gsm_optax.hold_mask(momentum_sgd(config.gsm, spe, decayed), base_mask)
-    _, ft = runner.phase("oneshot", pruned_base, tx, config.gsm.epochs)
-    results["oneshot"] = _summary(ft, config.last_k) | {
-        "accuracy_before_finetune": runner.evaluate(pruned_base)}
-    say(f"one-shot prune + fine-tune: {results['oneshot']['accuracy_before_finetune']:.4f}"
-        f" -> {ft['final_test_accuracy']:.4f}")
-
+    results["oneshot"] = runner.oneshot(base_vars, base_mask)
   if "gradual" in config.methods:
-    end_epoch = config.gradual_end_epoch
-    if end_epoch is None:
-      end_epoch = config.gsm.boundaries[0] if config.gsm.boundaries else config.gsm.epochs
-    every = config.gradual_update_every or spe
-    selection = dict(runner.selection_args)
-    if config.structured:
-      selection["allocation"] = "uniform"
-    tx = gsm_optax.gradual_magnitude_pruning(
-        momentum_sgd(config.gsm, spe, decayed), keep, begin_step=0,
-        end_step=max(end_epoch * spe - 1, 1), update_every=every, **selection)
-    gradual_vars, gr = runner.phase("gradual", base_vars, tx, config.gsm.epochs)
-    gradual_params, gradual_state = _split(gradual_vars)
-    results["gradual"] = _summary(gr, config.last_k) | {
-        "nonzeros": gsm_optax.sparsity_report(gradual_params,
-                                              eligible=runner.prunable).eligible_nonzeros,
-        "end_epoch": end_epoch, "update_every_steps": every}
-    if config.structured:
-      results["gradual"]["kept_groups"] = runner.kept_groups(gradual_params)
-      results["gradual"]["export"] = runner.export_report(gradual_params, gradual_state)
-      say(f"gradual: {_export_line(results['gradual']['export'])}")
-    say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
+    results["gradual"] = runner.gradual(base_vars)
 
   if "scratch" in config.methods:
     results["scratch"] = runner.scratch(results["gsm"]["export"])
@@ -569,18 +567,6 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   results["seconds"] = time.time() - t_start
   write_json(os.path.join(out_dir, "results.json"), results)
   return results
-
-
-def _export_line(report: dict[str, Any]) -> str:
-  if "error" in report:
-    return f"not exported: {report['error']}"
-  widths = "-".join(str(v) for v in report["kept_widths"].values())
-  timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster" for b, t in report["timing"].items())
-  exact = "exact" if report["exact"] else f"NOT EXACT (> {structured.EXACT:g})"
-  return (f"exported widths {widths}, {report['mac_reduction']:.1f}x fewer MACs,"
-          f" {report['params_exported']:,} parameters; accuracy {report['accuracy_masked']:.4f}"
-          f" masked, {report['accuracy_exported']:.4f} exported; logits"
-          f" {report['max_relative_logit_difference']:.2g} apart relative, {exact}; {timing}")
 
 
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
