@@ -163,13 +163,13 @@ def test_model_help_says_what_each_model_prunes(command, capsys):
 
 
 def test_sweep_takes_cells_by_name_or_index(tmp_path, capsys):
-  from gsm_optax.experiments import sweep
+  from gsm_optax.experiments import sweep, sweep_cli
 
-  assert sweep.main(["--summary", "--out", str(tmp_path), "--cells", "lenet-5  125X mnist",
-                     "3"]) == 1
+  assert sweep_cli.main(["--summary", "--out", str(tmp_path), "--cells", "lenet-5  125X mnist",
+                         "3"]) == 1
   assert "--cells 6 3" in capsys.readouterr().out
   with pytest.raises(SystemExit):
-    sweep.main(["--summary", "--out", str(tmp_path), "--cells", str(len(sweep.GRID))])
+    sweep_cli.main(["--summary", "--out", str(tmp_path), "--cells", str(len(sweep.GRID))])
   assert "no cell" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gsm_optax
-from gsm_optax.experiments import runner, sweep
+from gsm_optax.experiments import runner, sweep, sweep_cli
 from gsm_optax.experiments.config import DEEP_PHASES, PhaseConfig, paper_config, with_recipe
 
 
@@ -229,17 +229,17 @@ def test_summary_without_runs_says_how_to_make_them(tmp_path, capsys):
   results = tmp_path / "RESULTS.md"
   results.write_text(f"{sweep.BEGIN}\nold table\n{sweep.END}\n")
   out = str(tmp_path / "empty")
-  assert sweep.main(["--summary", "--out", out, "--write", str(results)]) == 1
+  assert sweep_cli.main(["--summary", "--out", out, "--write", str(results)]) == 1
   text = capsys.readouterr().out
   assert f"no finished runs in {out}" in text and "| cell |" not in text
   assert f"gsm-optax sweep --out {out} --methods paper recommended gradual --seeds 0 1" in text
   assert "old table" in results.read_text()  # nothing written over the published table
   # Runs of other methods only: say which there are.
   _write_result(out, "mnist_lenet300_10x_seed0", "gradual", 0.9, 0.9, 0.95)
-  assert sweep.main(["--summary", "--out", out, "--methods", "paper", "gradual"]) == 1
+  assert sweep_cli.main(["--summary", "--out", out, "--methods", "paper", "gradual"]) == 1
   text = capsys.readouterr().out
   assert "finished: gradual" in text and "| cell |" not in text
-  assert sweep.main(["--summary", "--out", out, "--methods", "gradual"]) == 0
+  assert sweep_cli.main(["--summary", "--out", out, "--methods", "gradual"]) == 0
   assert "| LeNet-300-100 10x MNIST | 1 |" in capsys.readouterr().out
 
 

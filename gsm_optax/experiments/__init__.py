@@ -4,8 +4,8 @@ Not imported by ``import gsm_optax``: data loaders (:mod:`.datasets`), the
 models and what each prunes (:mod:`.models`: the LeNets, ResNet-20, a ViT), a
 jitted training loop (:mod:`.training`), an experiment's configuration and presets
 (:mod:`.config`), the experiment runner behind ``gsm-optax mnist`` and
-``gsm-optax train`` (:mod:`.runner`), the sweep
-(:mod:`.sweep`), plots (:mod:`.plotting`, needs matplotlib) and the command line
+``gsm-optax train`` (:mod:`.runner`), the sweep (:mod:`.sweep`; its command line
+:mod:`.sweep_cli`), plots (:mod:`.plotting`, needs matplotlib) and the command line
 (:mod:`.cli`).
 """
 

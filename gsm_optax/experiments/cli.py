@@ -410,10 +410,10 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ["sweep"]:  # its own parser: gsm_optax.experiments.sweep
-    from gsm_optax.experiments import sweep
+  if argv[:1] == ["sweep"]:  # its own parser: gsm_optax.experiments.sweep_cli
+    from gsm_optax.experiments import sweep_cli
 
-    return sweep.main(argv[1:])
+    return sweep_cli.main(argv[1:])
   args = _parser().parse_args(argv)
   if not args.compression >= 1:
     raise SystemExit(f"--compression must be >= 1; got {args.compression}")
