@@ -103,16 +103,6 @@ def _check_stage_options(factory: str, keep_ratio: KeepRatio,
   return isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
 
 
-def _check_group_stage_options(groups: grouping.GroupSpec, budget: grouping.Budget,
-                               allocation: str, importance: importance_lib.Importance) -> None:
-  """Checks the options only :func:`keep_top_groups` has: the groups' spec and score."""
-  if groups is None:
-    raise ValueError("keep_top_groups needs groups; to rank single weights use"
-                     " keep_top_gradients.")
-  grouping.check_group_options(groups, budget, allocation)
-  grouping.check_group_importance(importance)
-
-
 def _check_gsm_options(learning_rate: optax.ScalarOrSchedule, momentum: float,
                        weight_decay: float, importance_ema: float) -> None:
   """Checks the options of :func:`gsm` (its selection stage checks the others)."""
@@ -397,7 +387,7 @@ def keep_top_groups(
   """
   averaging = _check_stage_options("keep_top_groups", keep_ratio, passive_weight_decay,
                                    importance_ema)
-  _check_group_stage_options(groups, budget, allocation, importance)
+  grouping.check_ranked_group_options(groups, budget, allocation, importance)
 
   def init_fn(params):
     if _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
