@@ -21,6 +21,7 @@ import os
 import jax
 
 from gsm_optax.experiments import models, runner
+from gsm_optax.experiments.config import DEEP_PHASES, scratch_phase
 from gsm_optax.experiments.structured import time_side_by_side
 from gsm_optax.experiments.training import TrainState, make_train_epoch
 
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
       module = models.MODELS[name](**options)
       variables = dict(module.init(jax.random.PRNGKey(2), x[:1]))
       params = variables.pop("params")
-      phase = runner.DEEP_PHASES[name]["base"]
+      phase = DEEP_PHASES[name]["base"]
       states[kind] = TrainState.create(
           apply_fn=module.apply, params=params, model_state=variables,
           tx=runner.momentum_sgd(phase, 468, models.eligible(name)))
@@ -60,8 +61,8 @@ def main(argv=None) -> None:
         {kind: (state, x, y, jax.random.PRNGKey(3)) for kind, state in states.items()},
         repeats=args.repeats)
     dense, narrow = seconds["dense"] / args.steps, seconds["narrow"] / args.steps
-    phases = runner.DEEP_PHASES[name]
-    epochs = runner.scratch_phase(phases["base"], phases["gsm"]).epochs
+    phases = DEEP_PHASES[name]
+    epochs = scratch_phase(phases["base"], phases["gsm"]).epochs
     print(f"{name:>8}  {macs['narrow'] / macs['dense']:>10.3f}  {dense:>12.3f}  {narrow:>13.3f}"
           f"  {narrow / dense:>6.2f}  {epochs * 468 * narrow / 60:>15.0f}")
 

@@ -21,7 +21,8 @@ import numpy as np
 
 import gsm_optax
 from gsm_optax.experiments import datasets, models
-from gsm_optax.experiments.runner import ExperimentConfig, load_phase_params
+from gsm_optax.experiments.config import ExperimentConfig
+from gsm_optax.experiments.runner import load_phase_params
 from gsm_optax.experiments.structured import kept_widths, time_side_by_side
 
 

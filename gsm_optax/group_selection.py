@@ -95,6 +95,17 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
   return _group_selection(scores, mask, held)
 
 
+def allocate(allocation: str, resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
+             budget: Budget, costs: list[float],
+             fractions: Sequence[Array] | None = None) -> GroupSelection:
+  """The kept groups under ``allocation``: one ranking of all groups (``"global"``,
+  :func:`select_groups`, which takes ``fractions``) or the same fraction of every set
+  (``"uniform"``, :func:`uniform_selection`)."""
+  if allocation == "uniform":
+    return uniform_selection(resolved, scores, keep_ratio, budget, costs)
+  return select_groups(resolved, scores, keep_ratio, budget, costs, fractions=fractions)
+
+
 def _best_in_set(scores: Array, count: int) -> Array:
   """The ``count`` best of one set's scores (NaN last, the earlier first on ties)."""
   if count == 0:
@@ -165,8 +176,8 @@ def magnitude_selection(
 ) -> tuple[GroupSelection, list[Array | None]]:
   """The groups :func:`gsm_optax.prune` keeps (by RMS) and, per leaf, their entry mask."""
   costs = group_costs(resolved, budget, leaves)
-  select = select_groups if allocation == "global" else uniform_selection
-  selection = select(resolved, group_norms(resolved, leaves), keep_ratio, budget, costs)
+  selection = allocate(allocation, resolved, group_norms(resolved, leaves), keep_ratio, budget,
+                       costs)
   masks = expand_group_mask(resolved, selection.mask, [jnp.shape(x) for x in leaves])
   return selection, masks
 

@@ -500,6 +500,18 @@ def check_group_importance(importance: Any) -> None:
     resolve_importance(importance)
 
 
+def check_ranked_group_options(groups: GroupSpec | None, budget: Budget, allocation: str,
+                               importance: Any) -> None:
+  """The options of a stage that ranks groups by ``importance`` (:func:`gsm_optax.keep_top_groups`):
+  groups given, the group options (:func:`check_group_options`) and a score of groups
+  (:func:`check_group_importance`)."""
+  if groups is None:
+    raise ValueError("keep_top_groups needs groups; to rank single weights use"
+                     " keep_top_gradients.")
+  check_group_options(groups, budget, allocation)
+  check_group_importance(importance)
+
+
 def member_mask(groups: GroupSpec, params: PyTree) -> PyTree:
   """A pytree of bools like ``params``: True on every leaf that belongs to a group."""
   flags = resolve_groups(groups, params).flags

@@ -381,8 +381,6 @@ def _top_weights(eligible: eligibility.Eligible) -> Callable[[PyTree], _Ranking]
 def _top_groups(groups: grouping.GroupSpec, budget: grouping.Budget,
                 allocation: str) -> Callable[[PyTree], _Ranking]:
   """Gradual pruning of whole groups, ranked by their RMS under ``budget`` and ``allocation``."""
-  select = (group_selection.select_groups if allocation == "global"
-            else group_selection.uniform_selection)
 
   def ranking(params: PyTree) -> _Ranking:
     resolved = grouping.resolve_groups(groups, params)
@@ -394,7 +392,7 @@ def _top_groups(groups: grouping.GroupSpec, budget: grouping.Budget,
       norms = grouping.group_norms(resolved, written)
       alive = grouping.nonzero_groups(resolved, masks)  # the groups not pruned yet
       scores = [jnp.where(a, n, jnp.asarray(-1, n.dtype)) for n, a in zip(norms, alive)]
-      selection = select(resolved, scores, ratio, budget, costs)
+      selection = group_selection.allocate(allocation, resolved, scores, ratio, budget, costs)
       expanded = grouping.expand_group_mask(resolved, selection.mask,
                                             [jnp.shape(p) for p in param_leaves])
       return [m for m in expanded if m is not None]

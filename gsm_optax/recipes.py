@@ -10,7 +10,7 @@ from gsm_optax import _utils, eligibility
 from gsm_optax.schedules import cubic_keep_ratio_schedule
 from gsm_optax.transform import gsm
 
-# The recipe the robustness sweep chose (gsm_optax.experiments.runner.RECIPES["recommended"]).
+# The recipe the robustness sweep chose (gsm_optax.experiments.config.RECIPES["recommended"]).
 PASSIVE_DECAY_FACTOR = 100.0
 
 

@@ -103,6 +103,20 @@ def _check_stage_options(factory: str, keep_ratio: KeepRatio,
   return isinstance(importance_ema, jax.core.Tracer) or float(importance_ema) > 0
 
 
+def _check_gsm_options(learning_rate: optax.ScalarOrSchedule, momentum: float,
+                       weight_decay: float, importance_ema: float) -> None:
+  """Checks the options of :func:`gsm` (its selection stage checks the others)."""
+  _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
+                      "a positive float or a schedule", allow_schedule=True)
+  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "momentum"))
+  _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
+                      "a finite number >= 0",
+                      schedule_hint=_utils.inject_hint("gsm", "weight_decay"))
+  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
+                      schedule_hint=_utils.inject_hint("gsm", "importance_ema"))
+
+
 def _value_at(value: ScalarOrSchedule, count: Array) -> Any:
   return value(count) if callable(value) else value
 
@@ -116,6 +130,17 @@ def _ranking_dtype(leaves: list[Any], flags: list[bool]) -> Any:
 def _average(rate: Array, average: Array, scores: Array) -> Array:
   """One step of the moving average ``S <- r * S + (1 - r) * T`` in ``S``'s dtype."""
   return (rate * average + (1 - rate) * scores).astype(average.dtype)
+
+
+def _averaged_groups(importance_ema: Any, averages: tuple[Array, ...] | None,
+                     sums: list[Array]) -> tuple[list[Array], tuple[Array, ...] | None]:
+  """The groups' summed scores to rank by, and the state's new averages: ``sums`` averaged into
+  ``averages`` where the state keeps them (:func:`_average`), ``sums`` as they are where not."""
+  if averages is None:
+    return sums, None
+  rate = jnp.asarray(importance_ema, jnp.float32)
+  averaged = [_average(rate, a, s) for a, s in zip(averages, sums)]
+  return averaged, tuple(averaged)
 
 
 def _initial_state(threshold_dtype: Any, average_scores: PyTree = None,
@@ -362,12 +387,7 @@ def keep_top_groups(
   """
   averaging = _check_stage_options("keep_top_groups", keep_ratio, passive_weight_decay,
                                    importance_ema)
-  if groups is None:
-    raise ValueError("keep_top_groups needs groups; to rank single weights use"
-                     " keep_top_gradients.")
-  grouping.check_group_options(groups, budget, allocation)
-  grouping.check_group_importance(importance)
-  per_mac = getattr(budget, "per_mac", False)
+  grouping.check_ranked_group_options(groups, budget, allocation, importance)
 
   def init_fn(params):
     if _utils.has_no_leaves(params):  # optax.tree_map_params passes a placeholder
@@ -384,7 +404,7 @@ def keep_top_groups(
         average_scores=(tuple(jnp.zeros((g.size,), dtype) for g in resolved.groups)
                         if averaging else None),
         kept_fractions=(tuple(jnp.ones([], jnp.float32) for _ in resolved.groups)
-                        if per_mac else None),
+                        if getattr(budget, "per_mac", False) else None),
         held_sets=jnp.zeros([len(resolved.groups)], bool))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -395,19 +415,12 @@ def keep_top_groups(
     param_leaves = _utils.check_params_structure(treedef, params)
     resolved = grouping.resolve_groups(groups, params)
     sums = grouping.group_values(importance, resolved, params, updates, treedef)
-    average_scores = state.average_scores
-    if average_scores is not None:
-      rate = jnp.asarray(importance_ema, jnp.float32)
-      sums = [_average(rate, a, s) for a, s in zip(average_scores, sums)]
-      average_scores = tuple(sums)
+    sums, average_scores = _averaged_groups(importance_ema, state.average_scores, sums)
     costs = grouping.group_costs(resolved, budget, param_leaves)
     scores = grouping.finish_group_scores(importance, sums)
-    ratio = _value_at(keep_ratio, state.count)
-    if allocation == "uniform":
-      selection = group_selection.uniform_selection(resolved, scores, ratio, budget, costs)
-    else:
-      selection = group_selection.select_groups(resolved, scores, ratio, budget, costs,
-                                                fractions=state.kept_fractions)
+    selection = group_selection.allocate(allocation, resolved, scores,
+                                         _value_at(keep_ratio, state.count), budget, costs,
+                                         fractions=state.kept_fractions)
     kept_fractions = state.kept_fractions
     if kept_fractions is not None:
       kept_fractions = tuple(jnp.mean(m.astype(jnp.float32)) for m in selection.mask)
@@ -516,15 +529,7 @@ def gsm(
     >>> params = optax.apply_updates(params, updates)
     >>> pruned = prune(params, 1 / 3)
   """
-  _utils.check_number("learning_rate", learning_rate, lambda x: x > 0,
-                      "a positive float or a schedule", allow_schedule=True)
-  _utils.check_number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)",
-                      schedule_hint=_utils.inject_hint("gsm", "momentum"))
-  _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
-                      "a finite number >= 0",
-                      schedule_hint=_utils.inject_hint("gsm", "weight_decay"))
-  _utils.check_number("importance_ema", importance_ema, lambda x: 0 <= x < 1, "in [0, 1)",
-                      schedule_hint=_utils.inject_hint("gsm", "importance_ema"))
+  _check_gsm_options(learning_rate, momentum, weight_decay, importance_ema)
   grouping.check_group_options(groups, budget, allocation, eligible)
   selection: optax.GradientTransformationExtraArgs
   if groups is None:

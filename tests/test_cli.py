@@ -36,11 +36,11 @@ def test_mnist_overrides_reach_the_config():
 
 def test_train_takes_any_model_and_dataset():
   """`train` runs the registry's deep networks on their own schedule; `mnist` stays the paper's."""
-  from gsm_optax.experiments import runner
+  from gsm_optax.experiments.config import DEEP_PHASES
 
   vit = cli._mnist_config(cli._parser().parse_args(["train", "--model", "vit"]))
   assert (vit.model, vit.dataset, vit.compression) == ("vit", "fashion_mnist", 10.0)
-  phases = runner.DEEP_PHASES["vit"]
+  phases = DEEP_PHASES["vit"]
   assert (vit.base, vit.gsm) == (phases["base"], phases["gsm"])
   assert vit.anneal_epochs == vit.gsm.boundaries[0] and vit.importance == "magnitude"
   resnet = cli._mnist_config(cli._parser().parse_args(
@@ -163,13 +163,13 @@ def test_model_help_says_what_each_model_prunes(command, capsys):
 
 
 def test_sweep_takes_cells_by_name_or_index(tmp_path, capsys):
-  from gsm_optax.experiments import sweep
+  from gsm_optax.experiments import sweep, sweep_cli
 
-  assert sweep.main(["--summary", "--out", str(tmp_path), "--cells", "lenet-5  125X mnist",
-                     "3"]) == 1
+  assert sweep_cli.main(["--summary", "--out", str(tmp_path), "--cells", "lenet-5  125X mnist",
+                         "3"]) == 1
   assert "--cells 6 3" in capsys.readouterr().out
   with pytest.raises(SystemExit):
-    sweep.main(["--summary", "--out", str(tmp_path), "--cells", str(len(sweep.GRID))])
+    sweep_cli.main(["--summary", "--out", str(tmp_path), "--cells", str(len(sweep.GRID))])
   assert "no cell" in capsys.readouterr().err
 
 

@@ -14,6 +14,7 @@ from flax import traverse_util
 import gsm_optax
 from gsm_optax import experiments
 from gsm_optax.experiments import PhaseConfig, models, runner, sweep
+from gsm_optax.experiments.config import DEEP_PHASES, scratch_phase, with_recipe
 
 RESNET = {"widths": (4, 8, 8), "blocks": 2}
 VIT = {"width": 16, "depth": 2, "heads": 2, "mlp_width": 12}
@@ -237,9 +238,9 @@ def test_scratch_needs_a_structured_gsm_run():
 
 
 def test_scratch_trains_the_base_schedule_over_base_and_gsm_epochs():
-  for phases in runner.DEEP_PHASES.values():
+  for phases in DEEP_PHASES.values():
     base, gsm = phases["base"], phases["gsm"]
-    scratch = runner.scratch_phase(base, gsm)
+    scratch = scratch_phase(base, gsm)
     assert scratch.epochs == base.epochs + gsm.epochs
     assert (scratch.learning_rate, scratch.momentum, scratch.weight_decay) == (
         base.learning_rate, base.momentum, base.weight_decay)
@@ -275,13 +276,13 @@ def test_sweep_plans_structured_cells_after_their_sources():
       assert needs[1:] == []
     config = sweep.sweep_config(job.dataset, job.model, job.compression, 0, job.method,
                                 structured=True)
-    phases = runner.DEEP_PHASES[job.model]
+    phases = DEEP_PHASES[job.model]
     assert config.structured and config.budget == "macs" and config.keep_ratio == 0.5
     assert (config.base, config.gsm) == (phases["base"], phases["gsm"])
     if job.method == "gradual":
       assert config.methods == ("gradual",)
     else:  # GSM with the recommended recipe; scratch trains the widths of that run
-      recommended = runner.with_recipe(config, "recommended")
+      recommended = with_recipe(config, "recommended")
       assert config == recommended and config.importance == "magnitude"
       assert config.methods == (("gsm", "scratch") if job.method == "scratch" else ("gsm",))
   with pytest.raises(ValueError, match="structured"):

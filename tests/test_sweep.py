@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import gsm_optax
-from gsm_optax.experiments import runner, sweep
+from gsm_optax.experiments import runner, sweep, sweep_cli
+from gsm_optax.experiments.config import DEEP_PHASES, PhaseConfig, paper_config, with_recipe
 
 
 def test_plan_trains_each_base_once_before_its_methods():
@@ -34,7 +35,7 @@ def test_sweep_schedule_keeps_the_authors_total_decay():
   drop (sum lr * eta) is the authors', and a passive weight's envelope
   (gsm_optax.decay_shrink_factor) falls at least as far."""
   ours = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
-  paper = runner.paper_config("lenet300", 60.0)
+  paper = paper_config("lenet300", 60.0)
   spe = 234
 
   def summed(phase):
@@ -54,9 +55,9 @@ def test_sweep_schedule_keeps_the_authors_total_decay():
 
 def test_full_schedule_is_the_authors():
   full = sweep.sweep_config("mnist", "lenet300", 60.0, 2, "recommended", schedule="full")
-  paper = runner.paper_config("lenet300", 60.0)
+  paper = paper_config("lenet300", 60.0)
   assert (full.base, full.gsm) == (paper.base, paper.gsm)
-  assert full == runner.with_recipe(dataclasses.replace(
+  assert full == with_recipe(dataclasses.replace(
       paper, seed=2, methods=("gsm",), checkpoint_every=10, last_k=5), "recommended")
   # The plan carries the schedule to every job (a full-schedule sweep gets its own --out).
   jobs = sweep.plan([("mnist", "lenet300", 60.0)], [0], ["paper"], schedule="full")
@@ -76,7 +77,7 @@ def test_methods_differ_only_in_the_gsm_update(method):
 
 def test_recipe_settings_scale_with_the_schedule():
   config = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
-  late = runner.with_recipe(config, {"anneal_fraction": 0.5, "passive_weight_decay_factor": 3.0,
+  late = with_recipe(config, {"anneal_fraction": 0.5, "passive_weight_decay_factor": 3.0,
                                      "passive_from_anneal_end": True, "importance": "magnitude",
                                      "importance_ema": 0.9})
   first_drop = config.gsm.boundaries[0]
@@ -84,13 +85,13 @@ def test_recipe_settings_scale_with_the_schedule():
   assert late.passive_weight_decay_begin_epoch == late.anneal_epochs
   assert late.passive_weight_decay == pytest.approx(3.0 * config.gsm.weight_decay)
   assert (late.importance, late.importance_ema) == ("magnitude", 0.9)
-  assert runner.with_recipe(config, "paper") == config
+  assert with_recipe(config, "paper") == config
   with pytest.raises(ValueError, match="passive_weight_decay"):
-    runner.with_recipe(config, {"passive_weight_decay": 1e-3})  # a factor, not an absolute decay
+    with_recipe(config, {"passive_weight_decay": 1e-3})  # a factor, not an absolute decay
   with pytest.raises(ValueError, match="recipe"):
-    runner.with_recipe(config, "fancy")
+    with_recipe(config, "fancy")
   with pytest.raises(ValueError, match="importance"):
-    runner.with_recipe(config, {"importance": "hessian"})
+    with_recipe(config, {"importance": "hessian"})
 
 
 def _write_result(out, cell, method, before, after, base):
@@ -184,7 +185,7 @@ def test_deep_cells_run_on_their_own_schedule():
   deep = [(d, m, c) for d, m, c in sweep.GRID if m in ("resnet20", "vit")]
   assert {(m, c) for _, m, c in deep} == {(m, c) for m in ("resnet20", "vit") for c in (10, 20)}
   for _, model, _ in deep:
-    phases = runner.DEEP_PHASES[model]
+    phases = DEEP_PHASES[model]
     rec = sweep.sweep_config("fashion_mnist", model, 10.0, 0, "recommended")
     assert (rec.base, rec.gsm, rec.batch_size) == (phases["base"], phases["gsm"], 128)
     assert rec.anneal_epochs == phases["gsm"].boundaries[0]  # up to the first drop
@@ -228,17 +229,17 @@ def test_summary_without_runs_says_how_to_make_them(tmp_path, capsys):
   results = tmp_path / "RESULTS.md"
   results.write_text(f"{sweep.BEGIN}\nold table\n{sweep.END}\n")
   out = str(tmp_path / "empty")
-  assert sweep.main(["--summary", "--out", out, "--write", str(results)]) == 1
+  assert sweep_cli.main(["--summary", "--out", out, "--write", str(results)]) == 1
   text = capsys.readouterr().out
   assert f"no finished runs in {out}" in text and "| cell |" not in text
   assert f"gsm-optax sweep --out {out} --methods paper recommended gradual --seeds 0 1" in text
   assert "old table" in results.read_text()  # nothing written over the published table
   # Runs of other methods only: say which there are.
   _write_result(out, "mnist_lenet300_10x_seed0", "gradual", 0.9, 0.9, 0.95)
-  assert sweep.main(["--summary", "--out", out, "--methods", "paper", "gradual"]) == 1
+  assert sweep_cli.main(["--summary", "--out", out, "--methods", "paper", "gradual"]) == 1
   text = capsys.readouterr().out
   assert "finished: gradual" in text and "| cell |" not in text
-  assert sweep.main(["--summary", "--out", out, "--methods", "gradual"]) == 0
+  assert sweep_cli.main(["--summary", "--out", out, "--methods", "gradual"]) == 0
   assert "| LeNet-300-100 10x MNIST | 1 |" in capsys.readouterr().out
 
 
@@ -271,8 +272,8 @@ def _tiny(config_fn):
     config = config_fn(dataset, model, compression, seed, method, schedule, structured)
     return dataclasses.replace(
         config, train_subset=256, batch_size=64, checkpoint_every=1, last_k=1,
-        base=runner.PhaseConfig(1e-30 if method == "tickets" else 3e-2, 1, (), momentum=0.9),
-        gsm=runner.PhaseConfig(1e-2, 2, (1,), momentum=0.9, weight_decay=1e-2),
+        base=PhaseConfig(1e-30 if method == "tickets" else 3e-2, 1, (), momentum=0.9),
+        gsm=PhaseConfig(1e-2, 2, (1,), momentum=0.9, weight_decay=1e-2),
         anneal_epochs=min(config.anneal_epochs, 1), passive_weight_decay_begin_epoch=0)
   return tiny
 

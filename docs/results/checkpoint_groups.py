@@ -19,22 +19,21 @@ from flax.training import train_state
 
 from gsm_optax import grouping
 from gsm_optax.checkpointing import Checkpointer
-from gsm_optax.experiments import models
-from gsm_optax.experiments import runner as experiments
+from gsm_optax.experiments import models, runner
+from gsm_optax.experiments.config import ExperimentConfig, PhaseConfig
 
 
 def main(run_dir: str, compression: str, *flags: str) -> None:
   per_mac = "--per-mac" in flags
-  config = experiments.ExperimentConfig(
+  config = ExperimentConfig(
       model="lenet5", compression=float(compression), structured=True, methods=("gsm",),
       budget="macs", per_mac=per_mac, importance_ema=0.999, passive_weight_decay=5e-3,
       anneal_epochs=32,
-      gsm=experiments.PhaseConfig(1e-2, 90, (51, 64, 77), momentum=0.99, nesterov=True,
-                                  warmup_epochs=2))
+      gsm=PhaseConfig(1e-2, 90, (51, 64, 77), momentum=0.99, nesterov=True, warmup_epochs=2))
   net = models.LeNet5()
   params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
   groups, macs = models.structured_groups("lenet5", params, per_mac=per_mac)
-  tx = experiments.gsm_optimizer(config, 234, groups, macs)
+  tx = runner.gsm_optimizer(config, 234, groups, macs)
   state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=tx)
   with Checkpointer(f"{run_dir}/gsm/checkpoints") as checkpoints:
     step = checkpoints.latest_step()

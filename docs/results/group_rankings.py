@@ -23,7 +23,8 @@ import numpy as np
 import gsm_optax
 from gsm_optax import group_selection, grouping
 from gsm_optax.experiments import datasets, models, training
-from gsm_optax.experiments.runner import ExperimentConfig, load_phase_params
+from gsm_optax.experiments.config import ExperimentConfig
+from gsm_optax.experiments.runner import load_phase_params
 
 
 def main(run_dir: str, model: str) -> None:

@@ -115,14 +115,21 @@ def run_digits(args: argparse.Namespace) -> dict:
 
 def _mnist_config(args: argparse.Namespace):
   """The experiment configuration: the paper's (or the fast preset), then the overrides."""
-  from gsm_optax.experiments import runner as experiments
+  from gsm_optax.experiments.config import (
+    DEEP_PHASES,
+    deep_config,
+    fast_config,
+    group_importance_for,
+    paper_config,
+    with_recipe,
+  )
 
   if args.fast:
-    preset = experiments.fast_config
-  elif args.model in experiments.DEEP_PHASES:
-    preset = experiments.deep_config
+    preset = fast_config
+  elif args.model in DEEP_PHASES:
+    preset = deep_config
   else:
-    preset = experiments.paper_config
+    preset = paper_config
   config = preset(args.model, args.compression)
   phases = {}
   for name in ("base", "gsm"):
@@ -140,7 +147,7 @@ def _mnist_config(args: argparse.Namespace):
   # The recipe sweep covered unstructured GSM: structured runs keep the recipe they were
   # measured with (docs/RESULTS.md, "Structured GSM") unless one is named.
   recipe = args.recipe or ("fixed" if args.structured else "recommended")
-  config = experiments.with_recipe(dataclasses.replace(config, **phases), recipe)
+  config = with_recipe(dataclasses.replace(config, **phases), recipe)
   changes = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
                                ("train_subset", args.train_subset),
                                ("checkpoint_every", args.checkpoint_every),
@@ -156,8 +163,8 @@ def _mnist_config(args: argparse.Namespace):
     changes["budget"] = args.budget
     changes["group_importance"] = (
         args.group_importance.replace("-", "_") if args.group_importance is not None
-        else experiments.group_importance_for(changes.get("importance", config.importance),
-                                              config.group_importance))
+        else group_importance_for(changes.get("importance", config.importance),
+                                  config.group_importance))
     changes["per_mac"] = args.per_mac
     changes["allocation"] = args.allocation
     changes.setdefault("methods", ("gsm", "gradual"))
@@ -272,7 +279,7 @@ half the MACs)."""
 
 
 def _parser() -> argparse.ArgumentParser:
-  from gsm_optax.experiments.runner import RECIPES
+  from gsm_optax.experiments.config import RECIPES
 
   raw = argparse.RawDescriptionHelpFormatter
   parser = argparse.ArgumentParser(prog="gsm-optax", description=DESCRIPTION, formatter_class=raw)
@@ -403,10 +410,10 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ["sweep"]:  # its own parser: gsm_optax.experiments.sweep
-    from gsm_optax.experiments import sweep
+  if argv[:1] == ["sweep"]:  # its own parser: gsm_optax.experiments.sweep_cli
+    from gsm_optax.experiments import sweep_cli
 
-    return sweep.main(argv[1:])
+    return sweep_cli.main(argv[1:])
   args = _parser().parse_args(argv)
   if not args.compression >= 1:
     raise SystemExit(f"--compression must be >= 1; got {args.compression}")

@@ -7,7 +7,7 @@ The experiments' JSON speaks the library's words: ``passive_weight_decay`` as in
 before those names were unified (issue 23) wrote other ones, and may still be
 writing them; :func:`load_results` reads both, so ``gsm-optax sweep --summary``,
 the plots and the tables of docs/RESULTS.md work on either. :func:`write_json`
-writes them whole or not at all.
+writes them whole or not at all; :func:`readiness_row` gives a readiness its JSON fields.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+import gsm_optax
 
 # Old key -> today's key, wherever it occurs in a results, result or history file.
 RENAMED_KEYS = {
@@ -89,6 +91,18 @@ def write_json(path: str, obj: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, default=_json_default)
   os.replace(tmp, path)
+
+
+def readiness_row(r: gsm_optax.PruneReadiness, num_test: int) -> dict[str, Any]:
+  """A :class:`gsm_optax.PruneReadiness` (``eval_fn`` counting correct answers) as JSON fields."""
+  return {
+      "test_accuracy": int(r.metric_before) / num_test,
+      "pruned_test_accuracy": int(r.metric_after) / num_test,
+      "removed_l2_fraction": float(r.removed_l2_fraction),
+      "removed_l1_fraction": float(r.removed_l1_fraction),
+      "largest_removed": float(r.largest_removed),
+      "num_carrying": int(r.num_carrying),
+  }
 
 
 def _json_default(x: Any) -> Any:

@@ -33,11 +33,9 @@ Each finished phase leaves ``<out>/<phase>/params.msgpack`` (with
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import platform
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -52,319 +50,22 @@ import optax
 import gsm_optax
 from gsm_optax.checkpointing import Checkpointer
 from gsm_optax.experiments import datasets, models, structured
-from gsm_optax.experiments.results import load_results, write_json
-from gsm_optax.experiments.training import TrainState, accuracy, correct_count, make_train_epoch
+from gsm_optax.experiments.config import ExperimentConfig, PhaseConfig, scratch_phase
+from gsm_optax.experiments.results import load_results, readiness_row, write_json
+from gsm_optax.experiments.training import (
+  TrainState,
+  accuracy,
+  correct_count,
+  make_train_epoch,
+  progress_bar,
+)
 
 PyTree = Any
 Array = jax.Array
 # A model's variables: {"params": ..., "batch_stats": ...} (only "params" for the LeNets).
 Variables = dict[str, PyTree]
-METHODS = ("gsm", "lottery", "oneshot", "gradual", "scratch")
-STRUCTURED_METHODS = ("gsm", "gradual", "scratch")  # what a structured run compares
-# The group scores of gsm_optax.keep_top_groups a structured run may rank by.
-GROUP_IMPORTANCES = ("group_taylor", "group_rms", "taylor", "magnitude")
 
-__all__ = [
-    "DEEP_PHASES", "METHODS", "RECIPES", "STRUCTURED_METHODS", "ExperimentConfig",
-    "PhaseConfig", "deep_config", "fast_config", "load_phase_params", "load_phase_variables",
-    "paper_config", "recommended_config", "run", "scratch_phase", "with_recipe",
-]
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseConfig:
-  """One training phase's optimizer and schedule (epochs counted from its start)."""
-
-  learning_rate: float
-  epochs: int
-  boundaries: tuple[int, ...]
-  momentum: float
-  nesterov: bool = False
-  weight_decay: float = 5e-4
-  warmup_epochs: int = 5
-  lr_factor: float = 0.1
-
-  def schedule(self, steps_per_epoch: int) -> optax.Schedule:
-    return gsm_optax.warmup_piecewise_schedule(
-        self.learning_rate,
-        warmup_steps=self.warmup_epochs * steps_per_epoch,
-        boundaries=[b * steps_per_epoch for b in self.boundaries],
-        factor=self.lr_factor,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  """Everything one run depends on.
-
-  The defaults are the authors' LeNet settings (Ding et al. 2019, Section 4.1, and their public
-  code, DingXiaoH/GSM-SGD): batch 256; base: lr 3e-2, momentum 0.9, weight decay 5e-4, 200
-  epochs, x0.1 at 40/80/120/160; GSM: lr 1e-2, Nesterov momentum 0.99, weight decay 5e-4, 280
-  epochs, x0.1 at 160/200/240; a 5-epoch linear warm-up in both.
-  """
-
-  model: str = "lenet300"
-  # Attributes of the model's module (models.MODELS), e.g. {"width": 192, "depth": 6} for the
-  # ViT; {} for its defaults.
-  model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-  compression: float = 60.0
-  dataset: str = "mnist"
-  seed: int = 0
-  batch_size: int = 256
-  methods: tuple[str, ...] = ("gsm", "lottery", "oneshot", "gradual")  # scratch: structured only
-  base: PhaseConfig = PhaseConfig(3e-2, 200, (40, 80, 120, 160), momentum=0.9)
-  gsm: PhaseConfig = PhaseConfig(1e-2, 280, (160, 200, 240), momentum=0.99, nesterov=True)
-  # GSM beyond the paper (0 is the paper's update; see gsm_optax.gsm):
-  passive_weight_decay: float = 0.0  # extra decay of the weights outside the top-Q
-  passive_weight_decay_begin_epoch: int = 0  # ... from this GSM epoch on (0 before it)
-  importance_ema: float = 0.0  # rank by a moving average of the Taylor scores
-  anneal_epochs: int = 0  # keep ratio from 1 to 1/compression by a cubic over these GSM epochs
-  importance: str = "taylor"  # the weights' score: "taylor" (|g * w|, the paper) or "magnitude"
-  # Structured GSM: rank and prune the groups of models.structured_groups (neurons, filters,
-  # input features) instead of weights; compression is then counted in `budget`: "groups",
-  # "weights" or "macs" (multiply-accumulates per image at the widths kept).
-  structured: bool = False
-  budget: str = "groups"
-  # The group score, as gsm_optax.keep_top_groups names it: "group_taylor" (|sum g*w| over the
-  # group), "group_rms" (the RMS of its weights), "taylor" (sum |g*w|) or "magnitude" (sum |w|).
-  # A recipe ranking weights by magnitude ranks groups by "group_rms" (with_recipe sets it).
-  group_importance: str = "group_taylor"
-  per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
-  # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
-  # gradual pruning always allocates uniformly: magnitudes of different layers do not compare).
-  allocation: str = "global"
-  # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
-  # (None: the GSM phase's first learning-rate boundary), every this many steps.
-  gradual_end_epoch: int | None = None
-  gradual_update_every: int | None = None  # None: once an epoch
-  train_subset: int | None = None  # use only the first N training images (smoke tests)
-  checkpoint_every: int = 10  # epochs
-  last_k: int = 5  # also report the mean test accuracy of the last k epochs
-  # Structured runs time the exported model against the dense one this many times (medians).
-  timing_repeats: int = 15
-
-  def __post_init__(self):
-    if self.model not in models.MODELS:
-      raise ValueError(f"model must be one of {sorted(models.MODELS)}; got model={self.model!r}.")
-    fields = {f.name for f in dataclasses.fields(models.MODELS[self.model])} - {"parent", "name"}
-    unknown = sorted(set(self.model_options) - fields)
-    if unknown:
-      raise ValueError(f"model_options must be attributes of {self.model} ({sorted(fields)});"
-                       f" got {unknown}.")
-    if not (isinstance(self.compression, (int, float)) and self.compression >= 1):
-      raise ValueError(f"compression must be a number >= 1; got compression={self.compression!r}.")
-    if self.dataset not in ("mnist", "fashion_mnist"):
-      raise ValueError(f"dataset must be 'mnist' or 'fashion_mnist'; got dataset={self.dataset!r}.")
-    unknown = [m for m in self.methods if m not in METHODS]
-    if unknown or not self.methods:
-      raise ValueError(f"methods must be a non-empty subset of {METHODS}; got {self.methods!r}.")
-    for name in ("batch_size", "checkpoint_every", "last_k", "timing_repeats"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1; got {name}={getattr(self, name)!r}.")
-    if not 0 <= self.passive_weight_decay < float("inf"):
-      raise ValueError("passive_weight_decay must be >= 0; got"
-                       f" passive_weight_decay={self.passive_weight_decay!r}.")
-    if not 0 <= self.importance_ema < 1:
-      raise ValueError(f"importance_ema must be in [0, 1); got {self.importance_ema!r}.")
-    if not 0 <= self.passive_weight_decay_begin_epoch <= self.gsm.epochs:
-      raise ValueError("passive_weight_decay_begin_epoch must be in"
-                       f" [0, gsm.epochs={self.gsm.epochs}];"
-                       f" got {self.passive_weight_decay_begin_epoch!r}.")
-    if not 0 <= self.anneal_epochs <= self.gsm.epochs:
-      raise ValueError(f"anneal_epochs must be in [0, gsm.epochs={self.gsm.epochs}];"
-                       f" got anneal_epochs={self.anneal_epochs!r}.")
-    if self.importance not in ("taylor", "magnitude"):
-      raise ValueError("importance must be 'taylor' or 'magnitude'; got"
-                       f" importance={self.importance!r}.")
-    if self.budget not in ("groups", "weights", "macs"):
-      raise ValueError(f"budget must be 'groups', 'weights' or 'macs'; got {self.budget!r}.")
-    if self.group_importance not in GROUP_IMPORTANCES:
-      raise ValueError(f"group_importance must be one of {GROUP_IMPORTANCES}; got"
-                       f" group_importance={self.group_importance!r}.")
-    if self.allocation not in ("global", "uniform"):
-      raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
-    if self.per_mac and self.budget != "macs":
-      raise ValueError(f"per_mac needs budget='macs'; got budget={self.budget!r}.")
-    if self.budget != "groups" and not self.structured:
-      raise ValueError(f"budget={self.budget!r} needs structured=True.")
-    if self.structured and set(self.methods) - set(STRUCTURED_METHODS):
-      raise ValueError(f"structured runs compare methods {STRUCTURED_METHODS} only; got"
-                       f" methods={self.methods!r}.")
-    if "scratch" in self.methods:
-      if self.model not in DEEP_PHASES or not self.structured:
-        raise ValueError("method 'scratch' trains the widths of a structured GSM export of"
-                         f" {sorted(DEEP_PHASES)}: it needs structured=True and one of those"
-                         f" models; got model={self.model!r}, structured={self.structured!r}.")
-      if "gsm" not in self.methods:
-        raise ValueError("method 'scratch' trains the widths that structured GSM's export"
-                         f" has: methods must include 'gsm'; got methods={self.methods!r}.")
-    for name in ("base", "gsm"):
-      phase = getattr(self, name)
-      if phase.epochs < 1:
-        raise ValueError(f"{name}.epochs must be >= 1; got {phase.epochs!r}.")
-
-  @property
-  def keep_ratio(self) -> float:
-    return 1.0 / self.compression
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-def paper_config(
-    model: str = "lenet300", compression: float = 60.0, **overrides
-) -> ExperimentConfig:
-  """The authors' schedules and GSM update: 200 base epochs, 280 GSM epochs (DingXiaoH/GSM-SGD)."""
-  return ExperimentConfig(model=model, compression=compression, **overrides)
-
-
-# The deep networks' schedules. The authors' ResNet-56 on CIFAR-10 (DingXiaoH/GSM-SGD) trains
-# 500 base epochs (lr 0.1, momentum 0.9) and 600 GSM epochs (lr 5e-3, momentum 0.98, drops at
-# 400 and 500) at batch 64; here every job must fit 75 minutes on one CPU core, where a
-# ResNet-20 step at batch 128 takes ~0.67 s (5.2 min an epoch of Fashion-MNIST) and the ViT's
-# ~0.50 s. So: batch 128, the base at He et al.'s lr 0.1 for that batch (the ViT 0.05), GSM at
-# the authors' 5e-3 doubled with the batch; 13 and 12 epochs (ResNet-20) or 18 and 16 (ViT),
-# GSM's drops at the same fractions of the phase as theirs (2/3 and 5/6), a 1-2 epoch warm-up,
-# and weight decay 5e-4 in the base phase (theirs 1e-4; the usual value for short CIFAR runs).
-# GSM's weight decay is 1e-3, as the LeNet sweep raises it for its shorter schedule: a weight
-# that leaves the top-Q at the end of the recipe's anneal (the first drop) must shrink in the
-# few epochs left, at a tenth of the rate. With 1e-3 (the recipe's passive decay 0.1) its
-# envelope falls to 5e-5 (ResNet-20) and 5e-7 (ViT) by the end; with 5e-4 only to 0.05 and 0.012
-# (gsm_optax.decay_shrink_factor).
-DEEP_PHASES: dict[str, dict[str, Any]] = {
-    "resnet20": dict(
-        batch_size=128,
-        base=PhaseConfig(0.1, 13, (7, 10), momentum=0.9, weight_decay=5e-4, warmup_epochs=1),
-        gsm=PhaseConfig(1e-2, 12, (8, 10), momentum=0.98, weight_decay=1e-3,
-                        warmup_epochs=1)),
-    "vit": dict(
-        batch_size=128,
-        base=PhaseConfig(0.05, 18, (12, 15), momentum=0.9, weight_decay=5e-4, warmup_epochs=2),
-        gsm=PhaseConfig(1e-2, 16, (11, 14), momentum=0.98, weight_decay=1e-3,
-                        warmup_epochs=1)),
-}
-
-
-
-def scratch_phase(base: PhaseConfig, gsm: PhaseConfig) -> PhaseConfig:
-  """The ``scratch`` method's schedule: the base phase's optimizer for ``base.epochs +
-  gsm.epochs`` epochs (the same total as a pruned model's), its learning-rate drops at the same
-  fractions of the longer phase (rounded to whole epochs), the same warm-up."""
-  total = base.epochs + gsm.epochs
-  return dataclasses.replace(base, epochs=total, boundaries=tuple(
-      round(b * total / base.epochs) for b in base.boundaries))
-
-
-def deep_config(model: str = "resnet20", compression: float = 10.0,
-                dataset: str = "fashion_mnist", **overrides) -> ExperimentConfig:
-  """A deep network's schedules (:data:`DEEP_PHASES`): every phase fits 75 min on one core."""
-  if model not in DEEP_PHASES:
-    raise ValueError(f"model must be one of {sorted(DEEP_PHASES)}; got model={model!r}.")
-  settings = dict(DEEP_PHASES[model], checkpoint_every=1, last_k=3) | overrides
-  return ExperimentConfig(model=model, compression=compression, dataset=dataset, **settings)
-
-
-# Named GSM recipes (README, docs/RESULTS.md). Each is a set of options of `gsm_optax.gsm` whose
-# lengths are fractions of the GSM phase's epochs up to its first learning-rate drop, so that a
-# recipe means the same thing on the authors' 280-epoch schedule and on a shorter one:
-# - anneal_fraction: the keep ratio falls from 1 to Q by a cubic over this fraction (0: Q at once);
-# - passive_weight_decay_factor: the extra decay of the weights outside the top-Q, as a multiple
-#   of the GSM phase's weight decay (which a shorter schedule raises to decay as much in all);
-# - passive_from_anneal_end: the passive decay applies only once the keep ratio has reached Q;
-# - importance, importance_ema: the score and the rate of its moving average.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    # Fitted on LeNet-300-100 at 60x on MNIST alone (the default until the robustness sweep):
-    "fixed": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0},
-    # The default, chosen by the recipe sweep (gsm_optax.experiments.sweep, docs/RESULTS.md):
-    "recommended": {"anneal_fraction": 1.0, "passive_weight_decay_factor": 100.0,
-                    "importance": "magnitude"},
-}
-RECIPE_KEYS = ("anneal_fraction", "passive_weight_decay_factor", "passive_from_anneal_end",
-               "importance", "importance_ema")
-
-
-def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> ExperimentConfig:
-  """``config`` with a GSM recipe: a name of :data:`RECIPES` or a dict of its settings.
-
-  ``"paper"`` leaves the authors' update unchanged. A recipe's anneal length is
-  ``anneal_fraction`` of the GSM epochs up to the first learning-rate drop (100 of the authors'
-  160 for ``anneal_fraction = 100 / 160``), and its passive decay a multiple of the phase's
-  weight decay (``passive_weight_decay_factor = 10``: 5e-3 with the authors' 5e-4).
-  """
-  if isinstance(recipe, str):
-    if recipe not in RECIPES:
-      raise ValueError(f"recipe must be one of {sorted(RECIPES)}; got recipe={recipe!r}.")
-    settings = RECIPES[recipe]
-  else:
-    settings = dict(recipe)
-    unknown = sorted(set(settings) - set(RECIPE_KEYS))
-    if unknown:
-      raise ValueError(f"recipe settings must be among {RECIPE_KEYS}; got {unknown}.")
-  if not settings:
-    return config
-  phase = config.gsm
-  first_drop = phase.boundaries[0] if phase.boundaries else phase.epochs
-  fraction = settings.get("anneal_fraction", 0.0)
-  anneal = max(1, round(fraction * first_drop)) if fraction else 0
-  return dataclasses.replace(
-      config, anneal_epochs=anneal,
-      passive_weight_decay=settings.get("passive_weight_decay_factor", 0.0) * phase.weight_decay,
-      passive_weight_decay_begin_epoch=anneal if settings.get("passive_from_anneal_end") else 0,
-      importance=settings.get("importance", "taylor"),
-      group_importance=group_importance_for(settings.get("importance", "taylor"),
-                                            config.group_importance),
-      importance_ema=settings.get("importance_ema", 0.0))
-
-
-def group_importance_for(importance: str, group_importance: str) -> str:
-  """The group score of a run whose weights are ranked by ``importance``: ``"group_rms"``, the
-  groups' magnitude, for ``"magnitude"`` where the group score is still the default
-  ``"group_taylor"``; ``group_importance`` otherwise."""
-  if importance == "magnitude" and group_importance == "group_taylor":
-    return "group_rms"
-  return group_importance
-
-
-def recommended_config(
-    model: str = "lenet300", compression: float = 60.0, **overrides
-) -> ExperimentConfig:
-  """The authors' schedules with the recommended GSM recipe (see :func:`with_recipe`)."""
-  return with_recipe(paper_config(model, compression, **overrides), "recommended")
-
-
-def fast_config(
-    model: str = "lenet300", compression: float = 60.0, **overrides
-) -> ExperimentConfig:
-  """The whole pipeline in about a minute on a 2-core CPU, for demos and smoke tests.
-
-  The GSM phase is 10 epochs instead of 280, so the authors' weight decay would
-  leave the weights outside the top-Q far from zero (see
-  :func:`gsm_optax.decay_shrink_factor`); it uses 1.2e-2 instead, enough (with the
-  recommended recipe's extra passive decay) for them to shrink below 1e-3 of their size.
-  """
-  defaults: dict[str, Any] = dict(
-      train_subset=20_000,
-      base=PhaseConfig(3e-2, 4, (3,), momentum=0.9, warmup_epochs=1),
-      gsm=PhaseConfig(1e-2, 10, (7,), momentum=0.99, nesterov=True, weight_decay=1.2e-2,
-                      warmup_epochs=1),
-      checkpoint_every=2,
-      last_k=2,
-  )
-  if model in DEEP_PHASES:
-    defaults["dataset"] = "fashion_mnist"
-    defaults["train_subset"] = 2_048
-    defaults["batch_size"] = 128
-    defaults["base"] = PhaseConfig(0.05, 2, (1,), momentum=0.9, warmup_epochs=1)
-    defaults["gsm"] = PhaseConfig(1e-2, 3, (2,), momentum=0.98, weight_decay=5e-3,
-                                  warmup_epochs=1)
-  elif model == "lenet5":
-    defaults["train_subset"] = 5_000
-    defaults["base"] = PhaseConfig(3e-2, 2, (1,), momentum=0.9, warmup_epochs=1)
-    defaults["gsm"] = PhaseConfig(1e-2, 4, (3,), momentum=0.99, nesterov=True,
-                                  weight_decay=2e-2, warmup_epochs=1)
-  defaults.update(overrides)
-  return ExperimentConfig(model=model, compression=compression, **defaults)
+__all__ = ["load_phase_params", "load_phase_variables", "run"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -423,37 +124,6 @@ def gsm_optimizer(config: ExperimentConfig, steps_per_epoch: int,
                        importance_ema=config.importance_ema, importance=importance,
                        eligible=eligible, groups=groups, budget=budget,
                        allocation=config.allocation if groups is not None else "global")
-
-
-# ----------------------------------------------------------------------------- measurements
-
-
-def readiness_row(r: gsm_optax.PruneReadiness, num_test: int) -> dict[str, Any]:
-  """A :class:`gsm_optax.PruneReadiness` (``eval_fn`` counting correct answers) as JSON fields."""
-  return {
-      "test_accuracy": int(r.metric_before) / num_test,
-      "pruned_test_accuracy": int(r.metric_after) / num_test,
-      "removed_l2_fraction": float(r.removed_l2_fraction),
-      "removed_l1_fraction": float(r.removed_l1_fraction),
-      "largest_removed": float(r.largest_removed),
-      "num_carrying": int(r.num_carrying),
-  }
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-def progress_bar(label: str, total: int, initial: int, quiet: bool):
-  """tqdm's bar (``tqdm.auto``: a widget in notebooks); in a log file a line every 30 s."""
-  try:
-    from tqdm.auto import tqdm
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("the experiments need tqdm: pip install 'gsm-optax[experiments]'") from e
-
-  tty = sys.stderr.isatty()
-  return tqdm(total=total, initial=initial, desc=label, unit="epoch", disable=quiet,
-              file=sys.stderr, mininterval=0.1 if tty else 30.0, dynamic_ncols=tty,
-              ascii=not tty)
 
 
 # ----------------------------------------------------------------------------- phases
@@ -576,6 +246,110 @@ class Runner:
     return _summary(result, config.last_k) | {
         "model_options": options, "kept_widths": dict(export["kept_widths"]),
         "macs": coupling.macs, "params": models.count_params(params), "timing": timing}
+
+  def predict_shrink(self) -> float:
+    """How far GSM's decay shrinks the last weight to leave the top-Q (as the anneal ends) by
+    the end of the phase: the envelope of its decay, weight decay with the passive decay added
+    from its first epoch (under-damped, it oscillates as it falls). Logs it, and the library's
+    warning where it is too little."""
+    config, spe = self.config, self.steps_per_epoch
+    phase = config.gsm
+    lr = phase.schedule(spe)
+    anneal_end, begin = config.anneal_epochs * spe, config.passive_weight_decay_begin_epoch * spe
+    decay: float | Callable[[Array], Array] = phase.weight_decay
+    if config.passive_weight_decay:
+      decay = lambda t: jnp.where(t + anneal_end >= begin,
+                                  phase.weight_decay + config.passive_weight_decay,
+                                  phase.weight_decay)
+    shrink = gsm_optax.decay_shrink_factor(
+        lambda t: lr(t + anneal_end), phase.epochs * spe - anneal_end, momentum=phase.momentum,
+        weight_decay=decay, nesterov=phase.nesterov)
+    when = "at the end of the anneal" if anneal_end else "at the start"
+    self.log(f"gsm: a weight that leaves the top-Q {when} falls to {shrink:.3g} of its size by"
+             " the end (the envelope of its decay)")
+    warning = gsm_optax.shrink_warning(shrink)
+    if warning:
+      self.log("WARNING: " + warning)
+    return shrink
+
+  def gsm(self, base: Variables) -> tuple[dict[str, Any], PyTree]:
+    """GSM from the ``base`` model (the phase ``gsm``), then the final prune, no fine-tuning.
+
+    Returns:
+      The phase's result, with the test accuracy before and after the prune, the pruned
+      model's nonzeros, compression and layers (:func:`gsm_optax.sparsity_report`) and the
+      prune's readiness (:func:`readiness_row`); in a structured run also its
+      ``kept_groups`` and ``export`` (:meth:`export_report`). And the trained parameters.
+    """
+    config, keep = self.config, self.config.keep_ratio
+
+    def extra(state):
+      stats = gsm_optax.selection_stats(state.opt_state)
+      row = readiness_row(self.readiness(state.params, keep, state.model_state), self.num_test)
+      return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
+
+    variables, trained = self.phase(
+        "gsm", base, gsm_optimizer(config, self.steps_per_epoch, self.groups, self.budget),
+        config.gsm.epochs, extra=extra)
+    params, model_state = _split(variables)
+    report = gsm_optax.sparsity_report(self.prune(params, keep), eligible=self.prunable)
+    ready = readiness_row(self.readiness(params, keep, model_state), self.num_test)
+    result = _summary(trained, config.last_k) | {
+        "accuracy_before_prune": ready.pop("test_accuracy"),
+        "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
+        "nonzeros": report.eligible_nonzeros,
+        "compression": report.compression,
+        "layers": report.to_dict(),
+        **ready,
+    }
+    self.log(str(report))
+    if config.structured:
+      result["kept_groups"] = self.kept_groups(self.prune(params, keep))
+      result["export"] = self.export_report(self.prune(params, keep), model_state)
+      self.log(f"gsm: {structured.export_line(result['export'])}")
+    self.log(f"gsm: test accuracy {result['accuracy_before_prune']:.4f} before the final prune,"
+             f" {result['accuracy_after_prune']:.4f} after; the prune removed"
+             f" {100 * result['removed_l2_fraction']:.2f}% of the weights' L2 norm")
+    return result, params
+
+  def oneshot(self, base: Variables, mask: PyTree) -> dict[str, Any]:
+    """One global magnitude prune of the ``base`` model (its ``mask``), fine-tuned with the
+    GSM phase's schedule and the pruned weights held at zero (the phase ``oneshot``)."""
+    pruned = _join(_apply_mask(base["params"], mask), _split(base)[1])
+    tx = gsm_optax.hold_mask(momentum_sgd(self.config.gsm, self.steps_per_epoch, self.eligible),
+                             mask)
+    _, tuned = self.phase("oneshot", pruned, tx, self.config.gsm.epochs)
+    result = _summary(tuned, self.config.last_k) | {
+        "accuracy_before_finetune": self.evaluate(pruned)}
+    self.log(f"one-shot prune + fine-tune: {result['accuracy_before_finetune']:.4f}"
+             f" -> {tuned['final_test_accuracy']:.4f}")
+    return result
+
+  def gradual(self, base: Variables) -> dict[str, Any]:
+    """Gradual magnitude pruning of the ``base`` model with the GSM phase's schedule (the phase
+    ``gradual``), to ``gradual_end_epoch``; structured runs allocate uniformly."""
+    config, spe = self.config, self.steps_per_epoch
+    end_epoch = config.gradual_end_epoch
+    if end_epoch is None:
+      end_epoch = config.gsm.boundaries[0] if config.gsm.boundaries else config.gsm.epochs
+    every = config.gradual_update_every or spe
+    selection = dict(self.selection_args)
+    if config.structured:
+      selection["allocation"] = "uniform"
+    tx = gsm_optax.gradual_magnitude_pruning(
+        momentum_sgd(config.gsm, spe, self.eligible), config.keep_ratio, begin_step=0,
+        end_step=max(end_epoch * spe - 1, 1), update_every=every, **selection)
+    variables, trained = self.phase("gradual", base, tx, config.gsm.epochs)
+    params, model_state = _split(variables)
+    result = _summary(trained, config.last_k) | {
+        "nonzeros": gsm_optax.sparsity_report(params, eligible=self.prunable).eligible_nonzeros,
+        "end_epoch": end_epoch, "update_every_steps": every}
+    if config.structured:
+      result["kept_groups"] = self.kept_groups(params)
+      result["export"] = self.export_report(params, model_state)
+      self.log(f"gradual: {structured.export_line(result['export'])}")
+    self.log(f"gradual magnitude pruning: {trained['final_test_accuracy']:.4f}")
+    return result
 
   def kept_groups(self, params: PyTree) -> dict[str, int]:
     """How many groups of each set have a non-zero entry (structured runs)."""
@@ -759,101 +533,21 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
       f" {eligible_total:,} prunable; keeping {results['target_nonzeros']:,}"
       f" (keep_ratio {keep:.4g}, {config.compression:g}x), seed {config.seed}")
 
-  decayed = runner.eligible
-  base_vars, base = runner.phase("base", init, momentum_sgd(config.base, spe, decayed),
+  base_vars, base = runner.phase("base", init, momentum_sgd(config.base, spe, runner.eligible),
                                  config.base.epochs)
   base_params = base_vars["params"]
   results["base"] = _summary(base, config.last_k)
   say(f"base: test accuracy {base['final_test_accuracy']:.4f}")
 
   if "gsm" in config.methods or "lottery" in config.methods:
-    gsm_phase = config.gsm
-    lr = gsm_phase.schedule(spe)
-    steps = gsm_phase.epochs * spe
-    # The envelope of the last weight to leave the top-Q (as the anneal ends): weight decay,
-    # with the passive decay added from its first epoch (under-damped, it oscillates as it falls).
-    anneal_end, begin = config.anneal_epochs * spe, config.passive_weight_decay_begin_epoch * spe
-    decay: float | Callable[[Array], Array] = gsm_phase.weight_decay
-    if config.passive_weight_decay:
-      decay = lambda t: jnp.where(t + anneal_end >= begin,
-                                  gsm_phase.weight_decay + config.passive_weight_decay,
-                                  gsm_phase.weight_decay)
-    shrink = gsm_optax.decay_shrink_factor(
-        lambda t: lr(t + anneal_end), steps - anneal_end, momentum=gsm_phase.momentum,
-        weight_decay=decay, nesterov=gsm_phase.nesterov)
-    results["predicted_shrink_factor"] = shrink
-    when = "at the end of the anneal" if anneal_end else "at the start"
-    say(f"gsm: a weight that leaves the top-Q {when} falls to {shrink:.3g} of its size by the"
-        " end (the envelope of its decay)")
-    warning = gsm_optax.shrink_warning(shrink)
-    if warning:
-      say("WARNING: " + warning)
-
-    def gsm_extra(state):
-      stats = gsm_optax.selection_stats(state.opt_state)
-      row = readiness_row(runner.readiness(state.params, keep, state.model_state),
-                          runner.num_test)
-      return {"keep_count": int(stats.keep_count), "threshold": float(stats.threshold), **row}
-
-    gsm_vars, trained = runner.phase("gsm", base_vars,
-                                     gsm_optimizer(config, spe, runner.groups, runner.budget),
-                                     gsm_phase.epochs, extra=gsm_extra)
-    gsm_params, gsm_state = _split(gsm_vars)
-    report = gsm_optax.sparsity_report(runner.prune(gsm_params, keep),
-                                       eligible=runner.prunable)
-    ready = readiness_row(runner.readiness(gsm_params, keep, gsm_state), runner.num_test)
-    results["gsm"] = _summary(trained, config.last_k) | {
-        "accuracy_before_prune": ready.pop("test_accuracy"),
-        "accuracy_after_prune": ready.pop("pruned_test_accuracy"),
-        "nonzeros": report.eligible_nonzeros,
-        "compression": report.compression,
-        "layers": report.to_dict(),
-        **ready,
-    }
-    g = results["gsm"]
-    say(str(report))
-    if config.structured:
-      g["kept_groups"] = runner.kept_groups(runner.prune(gsm_params, keep))
-      g["export"] = runner.export_report(runner.prune(gsm_params, keep), gsm_state)
-      say(f"gsm: {_export_line(g['export'])}")
-    say(f"gsm: test accuracy {g['accuracy_before_prune']:.4f} before the final prune,"
-        f" {g['accuracy_after_prune']:.4f} after; the prune removed"
-        f" {100 * g['removed_l2_fraction']:.2f}% of the weights' L2 norm")
-
+    results["predicted_shrink_factor"] = runner.predict_shrink()
+    results["gsm"], gsm_params = runner.gsm(base_vars)
   if "oneshot" in config.methods or "lottery" in config.methods:
     base_mask = runner.prune_mask(base_params, keep)
-
   if "oneshot" in config.methods:
-    pruned_base = _join(_apply_mask(base_params, base_mask), _split(base_vars)[1])
-    tx = gsm_optax.hold_mask(momentum_sgd(config.gsm, spe, decayed), base_mask)
-    _, ft = runner.phase("oneshot", pruned_base, tx, config.gsm.epochs)
-    results["oneshot"] = _summary(ft, config.last_k) | {
-        "accuracy_before_finetune": runner.evaluate(pruned_base)}
-    say(f"one-shot prune + fine-tune: {results['oneshot']['accuracy_before_finetune']:.4f}"
-        f" -> {ft['final_test_accuracy']:.4f}")
-
+    results["oneshot"] = runner.oneshot(base_vars, base_mask)
   if "gradual" in config.methods:
-    end_epoch = config.gradual_end_epoch
-    if end_epoch is None:
-      end_epoch = config.gsm.boundaries[0] if config.gsm.boundaries else config.gsm.epochs
-    every = config.gradual_update_every or spe
-    selection = dict(runner.selection_args)
-    if config.structured:
-      selection["allocation"] = "uniform"
-    tx = gsm_optax.gradual_magnitude_pruning(
-        momentum_sgd(config.gsm, spe, decayed), keep, begin_step=0,
-        end_step=max(end_epoch * spe - 1, 1), update_every=every, **selection)
-    gradual_vars, gr = runner.phase("gradual", base_vars, tx, config.gsm.epochs)
-    gradual_params, gradual_state = _split(gradual_vars)
-    results["gradual"] = _summary(gr, config.last_k) | {
-        "nonzeros": gsm_optax.sparsity_report(gradual_params,
-                                              eligible=runner.prunable).eligible_nonzeros,
-        "end_epoch": end_epoch, "update_every_steps": every}
-    if config.structured:
-      results["gradual"]["kept_groups"] = runner.kept_groups(gradual_params)
-      results["gradual"]["export"] = runner.export_report(gradual_params, gradual_state)
-      say(f"gradual: {_export_line(results['gradual']['export'])}")
-    say(f"gradual magnitude pruning: {gr['final_test_accuracy']:.4f}")
+    results["gradual"] = runner.gradual(base_vars)
 
   if "scratch" in config.methods:
     results["scratch"] = runner.scratch(results["gsm"]["export"])
@@ -873,18 +567,6 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
   results["seconds"] = time.time() - t_start
   write_json(os.path.join(out_dir, "results.json"), results)
   return results
-
-
-def _export_line(report: dict[str, Any]) -> str:
-  if "error" in report:
-    return f"not exported: {report['error']}"
-  widths = "-".join(str(v) for v in report["kept_widths"].values())
-  timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster" for b, t in report["timing"].items())
-  exact = "exact" if report["exact"] else f"NOT EXACT (> {structured.EXACT:g})"
-  return (f"exported widths {widths}, {report['mac_reduction']:.1f}x fewer MACs,"
-          f" {report['params_exported']:,} parameters; accuracy {report['accuracy_masked']:.4f}"
-          f" masked, {report['accuracy_exported']:.4f} exported; logits"
-          f" {report['max_relative_logit_difference']:.2g} apart relative, {exact}; {timing}")
 
 
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:

@@ -20,7 +20,8 @@ from gsm_optax.experiments.training import accuracy
 
 PyTree = Any
 
-__all__ = ["EXACT", "kept_widths", "speedups", "structured_report", "time_side_by_side"]
+__all__ = ["EXACT", "export_line", "kept_widths", "speedups", "structured_report",
+           "time_side_by_side"]
 
 # The largest difference of the exported model's logits from the masked model's, relative to
 # the largest masked logit, that counts as the same model (float32 arithmetic in another order).
@@ -159,3 +160,16 @@ def speedups(apply_dense: Any, dense_vars: PyTree, apply_small: Any, small_vars:
         "dense_seconds": seconds["dense"], "exported_seconds": seconds["exported"],
         "speedup": seconds["dense"] / seconds["exported"]}
   return timing
+
+
+def export_line(report: dict[str, Any]) -> str:
+  """A :func:`structured_report` in one line, as a run logs it (or why there was no export)."""
+  if "error" in report:
+    return f"not exported: {report['error']}"
+  widths = "-".join(str(v) for v in report["kept_widths"].values())
+  timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster" for b, t in report["timing"].items())
+  exact = "exact" if report["exact"] else f"NOT EXACT (> {EXACT:g})"
+  return (f"exported widths {widths}, {report['mac_reduction']:.1f}x fewer MACs,"
+          f" {report['params_exported']:,} parameters; accuracy {report['accuracy_masked']:.4f}"
+          f" masked, {report['accuracy_exported']:.4f} exported; logits"
+          f" {report['max_relative_logit_difference']:.2g} apart relative, {exact}; {timing}")

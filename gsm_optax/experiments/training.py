@@ -7,11 +7,12 @@ epoch's mean loss is read. (Not one ``lax.scan`` over the epoch: XLA:CPU ran a R
 A :class:`TrainState` carries the
 model's variable collections besides its parameters (BatchNorm's ``batch_stats``), updated by
 every training step and used, as running averages, by evaluation; models called with it take
-``train`` and get a fresh ``dropout`` RNG every step.
+``train`` and get a fresh ``dropout`` RNG every step. :func:`progress_bar` shows the epochs.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -124,3 +125,16 @@ def accuracy(apply_fn: Callable, params: Any, images: Array, labels: Array,
 
 
 _jit_correct_count = jax.jit(correct_count, static_argnums=(0, 4))
+
+
+def progress_bar(label: str, total: int, initial: int, quiet: bool):
+  """tqdm's bar (``tqdm.auto``: a widget in notebooks); in a log file a line every 30 s."""
+  try:
+    from tqdm.auto import tqdm
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("the experiments need tqdm: pip install 'gsm-optax[experiments]'") from e
+
+  tty = sys.stderr.isatty()
+  return tqdm(total=total, initial=initial, desc=label, unit="epoch", disable=quiet,
+              file=sys.stderr, mininterval=0.1 if tty else 30.0, dynamic_ncols=tty,
+              ascii=not tty)

@@ -162,26 +162,7 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
   zeros = _Zeros(g, prunable, arrays)
   zeros.run()
   removable = zeros.removable()
-  # A group whose producers are all zero but whose channels stay: a constant got in.
-  for gr in coupling.groups:
-    s = next(r for r, n in t.set_names.items() if n == gr.name)
-    dead = np.ones(gr.size, bool)
-    for m in gr.members:
-      leaf = next(leaf for leaf in t.leaves if leaf.group_path == m.path)
-      a = np.moveaxis(arrays[leaf.value], m.axis, 0)
-      nz = (a.reshape(a.shape[0], -1) != 0).any(axis=1).reshape(-1, gr.size, m.inner)
-      dead &= ~nz.any(axis=(0, 2))
-    stuck = dead & ~removable[s]
-    if stuck.any():
-      k = int(np.flatnonzero(stuck)[0])
-      origin = zeros.lost.get((s, k))
-      how = (f"'{origin[0]}' at {origin[1]} maps its zeros to a non-zero constant"
-             if origin else "something adds a non-zero constant to it")
-      raise ValueError(
-          f"narrow: channel {k} of {gr.name!r} (and {int(stuck.sum()) - 1} more) has all its"
-          f" producers at zero, but {how}, which the layers after it read: removing it would"
-          " change the outputs. Zero that constant too (a BatchNorm's offset and running mean,"
-          " or prune before a sigmoid/softplus), or keep those channels.")
+  _check_no_constant_got_in(coupling, arrays, zeros, removable)
   keep = {s: ~removable[s] for s in prunable}
   sizes = {s: int(k.sum()) for s, k in keep.items()}
 
@@ -232,6 +213,32 @@ def narrow(coupling: Coupling, variables: PyTree) -> Narrow:
     module = nnx.merge(graphdef, state)
     _resize_nnx(module)
   return Narrow(new_vars, runner, kept, widths, input_indices, runner.macs(), module)
+
+
+def _check_no_constant_got_in(coupling: Coupling, arrays: dict[int, np.ndarray], zeros: _Zeros,
+                              removable: dict[int, np.ndarray]) -> None:
+  """Raises for a group whose producers are all zero but whose channels stay: a constant got in
+  (an operation maps 0 to a non-zero constant that the layers after it read)."""
+  t = coupling.traced
+  for gr in coupling.groups:
+    s = next(r for r, n in t.set_names.items() if n == gr.name)
+    dead = np.ones(gr.size, bool)
+    for m in gr.members:
+      leaf = next(leaf for leaf in t.leaves if leaf.group_path == m.path)
+      a = np.moveaxis(arrays[leaf.value], m.axis, 0)
+      nz = (a.reshape(a.shape[0], -1) != 0).any(axis=1).reshape(-1, gr.size, m.inner)
+      dead &= ~nz.any(axis=(0, 2))
+    stuck = dead & ~removable[s]
+    if stuck.any():
+      k = int(np.flatnonzero(stuck)[0])
+      origin = zeros.lost.get((s, k))
+      how = (f"'{origin[0]}' at {origin[1]} maps its zeros to a non-zero constant"
+             if origin else "something adds a non-zero constant to it")
+      raise ValueError(
+          f"narrow: channel {k} of {gr.name!r} (and {int(stuck.sum()) - 1} more) has all its"
+          f" producers at zero, but {how}, which the layers after it read: removing it would"
+          " change the outputs. Zero that constant too (a BatchNorm's offset and running mean,"
+          " or prune before a sigmoid/softplus), or keep those channels.")
 
 
 def _row_gathers(t: Traced, arrays: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

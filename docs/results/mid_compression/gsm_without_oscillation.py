@@ -30,6 +30,7 @@ import optax
 
 import gsm_optax
 from gsm_optax.experiments import models, runner, sweep
+from gsm_optax.experiments.config import ExperimentConfig
 from gsm_optax.experiments.training import accuracy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,7 +81,7 @@ def _momentum_without_oscillation(momentum: float, learning_rate: optax.Schedule
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def variant_optimizer(config: runner.ExperimentConfig, steps_per_epoch: int,
+def variant_optimizer(config: ExperimentConfig, steps_per_epoch: int,
                       smooth: bool = True) -> optax.GradientTransformationExtraArgs:
   """The recommended GSM phase of ``config`` with the dropped weights' oscillation removed."""
   phase = config.gsm
@@ -114,7 +115,7 @@ def variant_optimizer(config: runner.ExperimentConfig, steps_per_epoch: int,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_against_gsm(config: runner.ExperimentConfig, params: Any, steps_per_epoch: int,
+def _check_against_gsm(config: ExperimentConfig, params: Any, steps_per_epoch: int,
                        steps: int = 5) -> float:
   """Largest difference of the updates of ``variant_optimizer(smooth=False)`` and the runner's
   own ``gsm_optax.gsm`` over a few steps on random gradients."""
@@ -138,7 +139,7 @@ def _check_against_gsm(config: runner.ExperimentConfig, params: Any, steps_per_e
   return worst
 
 
-def _check_kept(config: runner.ExperimentConfig, params: Any) -> tuple[int, int]:
+def _check_kept(config: ExperimentConfig, params: Any) -> tuple[int, int]:
   """How many eligible weights ``|w| >= threshold`` keeps, and how many the selection kept, at
   the cell's keep ratio (random gradients: the magnitude ranking does not read them)."""
   eligible = models.eligible(config.model)
