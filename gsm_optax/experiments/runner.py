@@ -551,8 +551,7 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
 
   if "scratch" in config.methods:
     results["scratch"] = runner.scratch(results["gsm"]["export"])
-    timing = ", ".join(f"batch {b}: {t['speedup']:.2f}x faster"
-                       for b, t in results["scratch"]["timing"].items())
+    timing = structured.speedup_line(results["scratch"]["timing"])
     say(f"the same narrow architecture from scratch:"
         f" {results['scratch']['final_test_accuracy']:.4f} ({timing})")
 
