@@ -35,8 +35,9 @@ NAIVE_LIMIT = 30_000_000
 LR, MOMENTUM, DECAY = 1e-2, 0.99, 5e-4
 
 
-def plain_tx():
-  return optax.chain(optax.add_decayed_weights(DECAY, mask=gsm_optax.default_eligible),
+def plain_tx(eligible=gsm_optax.default_eligible):
+  """Momentum SGD with the weight decay on ``eligible``'s weights, as gsm() decays them."""
+  return optax.chain(optax.add_decayed_weights(DECAY, mask=eligible),
                      optax.trace(MOMENTUM), optax.scale_by_learning_rate(LR))
 
 

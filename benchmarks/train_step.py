@@ -16,12 +16,13 @@ scale_by_learning_rate)``, the decay on the same weights) and
   temp MiB    XLA's ``memory_analysis().temp_size_in_bytes`` of the step
   step ms     median of ``--repeats`` steps, the two optimizers interleaved
 
-Models: ``resnet20``, ResNet-20 of ``gsm_optax.experiments.models`` at batch
-128 on 28x28x1 images; ``transformer6``, a 6-layer pre-LayerNorm causal
+Models: ``resnet20`` and ``vit``, the ResNet-20 and ViT of
+``gsm_optax.experiments.models`` at batch 128 on 28x28x1 images, each pruning
+(and decaying) what the experiments prune; ``transformer6``, a 6-layer pre-LayerNorm causal
 language model (``--width``, batch 16 x 64 tokens). For the update alone at
 24 and 48 layers and on ResNet-50's shapes, see ``benchmarks.compile_cost``.
 
-  python -m benchmarks.train_step                           # both models
+  python -m benchmarks.train_step                           # the three models
   python -m benchmarks.train_step --models transformer6 --width 512
 """
 
@@ -32,6 +33,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,7 +44,7 @@ import optax
 import gsm_optax
 from benchmarks.compile_cost import KEEP, count_ops
 from benchmarks.step_time import DECAY, LR, MOMENTUM, plain_tx, print_header
-from gsm_optax.experiments.models import ResNet20
+from gsm_optax.experiments import models
 
 
 class Block(nn.Module):
@@ -76,10 +78,10 @@ class LanguageModel(nn.Module):
     return nn.Dense(self.vocab)(nn.LayerNorm()(x))
 
 
-def resnet20() -> tuple[nn.Module, jax.Array, jax.Array]:
+def image_model(name: str) -> tuple[nn.Module, jax.Array, jax.Array]:
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal((128, 28, 28, 1)), jnp.float32)
-  return ResNet20(), images, jnp.asarray(rng.integers(0, 10, 128))
+  return models.MODELS[name](), images, jnp.asarray(rng.integers(0, 10, 128))
 
 
 def transformer6(width: int) -> tuple[nn.Module, jax.Array, jax.Array]:
@@ -117,12 +119,14 @@ def cuda_ops(fn: Callable, args: tuple) -> int:
   return count_ops(jax.export.export(jax.jit(fn), platforms=["cuda"])(*structs).mlir_module())
 
 
-def measure(model: nn.Module, inputs: jax.Array, labels: jax.Array, repeats: int) -> dict:
+def measure(model: nn.Module, inputs: jax.Array, labels: jax.Array, repeats: int,
+            eligible: Callable[[Any], Any] = gsm_optax.default_eligible) -> dict:
   variables = model.init(jax.random.key(0), inputs, train=False)
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
-  txs = {"plain": plain_tx(),
-         "gsm": gsm_optax.gsm(LR, KEEP, momentum=MOMENTUM, weight_decay=DECAY)}
+  txs = {"plain": plain_tx(eligible),
+         "gsm": gsm_optax.gsm(LR, KEEP, momentum=MOMENTUM, weight_decay=DECAY,
+                              eligible=eligible)}
   out: dict = {"leaves": len(jax.tree.leaves(params)),
                "params": sum(x.size for x in jax.tree.leaves(params))}
   steps, carries = {}, {}
@@ -153,15 +157,16 @@ def measure(model: nn.Module, inputs: jax.Array, labels: jax.Array, repeats: int
       carries[name] = tuple(carry)
   for name in steps:
     out[name]["step_s"] = out[name]["step_s"][1:]
-  out["eligible_bytes"] = 4 * sum(x.size for x in jax.tree.leaves(params) if x.ndim >= 2)
+  out["eligible_bytes"] = 4 * sum(x.size for x, e in zip(jax.tree.leaves(params),
+                                                         jax.tree.leaves(eligible(params))) if e)
   return out
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--models", nargs="+", default=["resnet20", "transformer6"],
-                      choices=["resnet20", "transformer6"])
+  parser.add_argument("--models", nargs="+", default=["resnet20", "vit", "transformer6"],
+                      choices=["resnet20", "vit", "transformer6"])
   parser.add_argument("--width", type=int, default=256, help="the transformer's width")
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -175,8 +180,10 @@ def main():
       f", keep {KEEP}, load average {load}; each pair: plain gsm")
   rows = []
   for name in args.models:
-    model, inputs, labels = resnet20() if name == "resnet20" else transformer6(args.width)
-    r = measure(model, inputs, labels, args.repeats)
+    if name == "transformer6":
+      r = measure(*transformer6(args.width), args.repeats)
+    else:
+      r = measure(*image_model(name), args.repeats, eligible=models.eligible(name))
     p, g = r["plain"], r["gsm"]
     p_ms, g_ms = (1e3 * float(np.median(x["step_s"])) for x in (p, g))
     extra = (g["temp_bytes"] - p["temp_bytes"]) / r["eligible_bytes"]
