@@ -23,11 +23,11 @@ demo: venv
 # The whole suite, then the linter and the type checker.
 test: venv
 	$(BIN)/python -m pytest -n 2 tests
-	$(BIN)/ruff check gsm_optax tests benchmarks docs
+	$(BIN)/ruff check gsm_optax tests benchmarks docs notebooks
 	$(BIN)/mypy
 
 lint: venv
-	$(BIN)/ruff check gsm_optax tests benchmarks docs
+	$(BIN)/ruff check gsm_optax tests benchmarks docs notebooks
 
 # mypy on gsm_optax; its settings (and the strictness) are in pyproject.toml.
 typecheck: venv
