@@ -292,7 +292,8 @@ class Runner:
         "gsm", base, gsm_optimizer(config, self.steps_per_epoch, self.groups, self.budget),
         config.gsm.epochs, extra=extra)
     params, model_state = _split(variables)
-    report = gsm_optax.sparsity_report(self.prune(params, keep), eligible=self.prunable)
+    pruned = self.prune(params, keep)
+    report = gsm_optax.sparsity_report(pruned, eligible=self.prunable)
     ready = readiness_row(self.readiness(params, keep, model_state), self.num_test)
     result = _summary(trained, config.last_k) | {
         "accuracy_before_prune": ready.pop("test_accuracy"),
@@ -304,8 +305,8 @@ class Runner:
     }
     self.log(str(report))
     if config.structured:
-      result["kept_groups"] = self.kept_groups(self.prune(params, keep))
-      result["export"] = self.export_report(self.prune(params, keep), model_state)
+      result["kept_groups"] = self.kept_groups(pruned)
+      result["export"] = self.export_report(pruned, model_state)
       self.log(f"gsm: {structured.export_line(result['export'])}")
     self.log(f"gsm: test accuracy {result['accuracy_before_prune']:.4f} before the final prune,"
              f" {result['accuracy_after_prune']:.4f} after; the prune removed"
