@@ -20,8 +20,8 @@ from gsm_optax.experiments.training import accuracy
 
 PyTree = Any
 
-__all__ = ["EXACT", "export_line", "kept_widths", "speedups", "structured_report",
-           "time_side_by_side"]
+__all__ = ["EXACT", "export_line", "kept_widths", "speedup_line", "speedups",
+           "structured_report", "time_side_by_side"]
 
 # The largest difference of the exported model's logits from the masked model's, relative to
 # the largest masked logit, that counts as the same model (float32 arithmetic in another order).
