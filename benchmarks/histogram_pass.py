@@ -32,17 +32,29 @@ from jax import lax
 from gsm_optax.selection import radix
 
 
-def histogram_pass(bits: int, lo: int = 0, hi: int | None = None):
-  """One scatter-add pass of ``bits``-bit digits over the chunks [lo, hi) of the keys."""
+def histogram_pass(bits: int, top_digit: int | None = None):
+  """One ``radix.histogram`` pass of ``bits``-bit digits over all the keys; with ``top_digit``,
+  only the keys whose top 8 bits equal it are counted (the others dropped), as in the
+  selection's second pass."""
+
+  def digit(key: jax.Array, positions: jax.Array) -> jax.Array:
+    del positions
+    d = (key >> 7) & ((1 << bits) - 1)
+    return d if top_digit is None else jnp.where((key >> 23) == top_digit, d, 1 << bits)
+
+  return lambda keys: radix.histogram(jnp.zeros((1 << bits,), jnp.int32), keys, digit)
+
+
+def chunk_range_pass(lo: int, hi: int):
+  """The 16-bit pass over the chunks [lo, hi) of the keys only (``radix.histogram``'s loop
+  runs over all of them)."""
 
   def run(keys: jax.Array) -> jax.Array:
-    hist = jnp.zeros((1 << bits,), jnp.int32)
-
     def body(i, hist):
       chunk = lax.dynamic_slice_in_dim(keys, i * radix.CHUNK, radix.CHUNK)
-      return hist.at[(chunk >> 7) & ((1 << bits) - 1)].add(1, mode="drop")
+      return hist.at[(chunk >> 7) & (radix.BINS - 1)].add(1, mode="drop")
 
-    return lax.fori_loop(lo, keys.size // radix.CHUNK if hi is None else hi, body, hist)
+    return lax.fori_loop(lo, hi, body, jnp.zeros((radix.BINS,), jnp.int32))
 
   return run
 
@@ -59,24 +71,13 @@ def main():
   keys = jnp.asarray(np.random.default_rng(0).integers(0, 2**31 - 1, n, dtype=np.int32))
   chunks = n // radix.CHUNK
 
-  def library_pass(keys):
-    return radix.histogram(jnp.zeros((radix.BINS,), jnp.int32), keys,
-                           lambda key, positions: (key >> 7) & (radix.BINS - 1))
-
-  def second_pass(keys):
-    return radix.histogram(jnp.zeros((radix.BINS,), jnp.int32), keys,
-                           lambda key, positions: jnp.where((key >> 23) == 77,
-                                                            (key >> 7) & (radix.BINS - 1),
-                                                            radix.BINS))
-
   def halves(keys):
-    return (histogram_pass(16, 0, chunks // 2)(keys)
-            + histogram_pass(16, chunks // 2, chunks)(keys))
+    return chunk_range_pass(0, chunks // 2)(keys) + chunk_range_pass(chunks // 2, chunks)(keys)
 
-  fns = {"16-bit pass": library_pass, "second pass": second_pass,
-         "11-bit pass": histogram_pass(11),
-         "8-bit pass": histogram_pass(8), "two halves": halves,
-         "count >= t": lambda keys: jnp.sum(keys >= 2**30)}
+  fns = {"16-bit pass": histogram_pass(radix.DIGIT_BITS),
+         "second pass": histogram_pass(radix.DIGIT_BITS, top_digit=77),
+         "11-bit pass": histogram_pass(11), "8-bit pass": histogram_pass(8),
+         "two halves": halves, "count >= t": lambda keys: jnp.sum(keys >= 2**30)}
   compiled = {name: jax.jit(fn).lower(keys).compile() for name, fn in fns.items()}
   np.testing.assert_array_equal(compiled["16-bit pass"](keys), compiled["two halves"](keys))
   times: dict[str, list[float]] = {name: [] for name in fns}
