@@ -38,7 +38,7 @@ from benchmarks.step_time import (
     DECAY,
     LR,
     MOMENTUM,
-    SIZES,
+    SHAPES,
     make_step,
     plain_tx,
     print_header,
@@ -85,22 +85,25 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("other", help="path of another version's selection.py or selection/")
-  parser.add_argument("--sizes", nargs="+", default=["25.6M"], choices=list(SIZES))
+  parser.add_argument("--sizes", nargs="+", default=["25.6M"], choices=list(SHAPES))
   parser.add_argument("--ratios", nargs="+", type=float, default=[0.1])
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
+                      help="gsm's ranking: the paper's |g * w| or the recipe's |w|")
   args = parser.parse_args()
   other = load_selection(args.other)
 
   print_header(f"{'params':>7} {'keep':>5} {'round':>5} {'plain ms':>9} {'other/plain':>11}"
                f" {'this/plain':>10} {'this/other':>10} {'temp other':>10} {'temp this':>9}",
-               f"; other: {args.other}")
+               f"; other: {args.other}, ranking by {args.importance}")
   for size in args.sizes:
-    params, grads = weights_and_gradients(SIZES[size])
-    weight_bytes = 4 * count(SIZES[size])
+    params, grads = weights_and_gradients(SHAPES[size])
+    weight_bytes = 4 * count(SHAPES[size])
     for ratio in args.ratios:
       def gsm(ratio=ratio):
-        return gsm_optax.gsm(LR, ratio, momentum=MOMENTUM, weight_decay=DECAY)
+        return gsm_optax.gsm(LR, ratio, momentum=MOMENTUM, weight_decay=DECAY,
+                             importance=args.importance)
 
       steps = {"plain": compiled_step(plain_tx(), params, grads)}
       with selection_from(other):

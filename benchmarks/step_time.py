@@ -28,9 +28,18 @@ import numpy as np
 import optax
 
 import gsm_optax
-from benchmarks.shapes import count, mlp_shapes, resnet50_shapes, weights_and_gradients
+from benchmarks.shapes import (
+    count,
+    mlp_shapes,
+    resnet50_shapes,
+    transformer_shapes,
+    weights_and_gradients,
+)
 
 SIZES = {"1M": mlp_shapes(), "25.6M": resnet50_shapes(), "100M": resnet50_shapes(width=2)}
+# The sizes, and the parameter shapes of ``benchmarks.train_step``'s 6-layer
+# transformer (width 256, 256 tokens; 4.78M prunable weights in 73 leaves).
+SHAPES = {**SIZES, "transformer6": transformer_shapes(6, 256, vocab=256)}
 NAIVE_LIMIT = 30_000_000
 LR, MOMENTUM, DECAY = 1e-2, 0.99, 5e-4
 

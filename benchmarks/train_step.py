@@ -120,13 +120,14 @@ def cuda_ops(fn: Callable, args: tuple) -> int:
 
 
 def measure(model: nn.Module, inputs: jax.Array, labels: jax.Array, repeats: int,
-            eligible: Callable[[Any], Any] = gsm_optax.default_eligible) -> dict:
+            eligible: Callable[[Any], Any] = gsm_optax.default_eligible,
+            importance: str = "taylor") -> dict:
   variables = model.init(jax.random.key(0), inputs, train=False)
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
   txs = {"plain": plain_tx(eligible),
          "gsm": gsm_optax.gsm(LR, KEEP, momentum=MOMENTUM, weight_decay=DECAY,
-                              eligible=eligible)}
+                              eligible=eligible, importance=importance)}
   out: dict = {"leaves": len(jax.tree.leaves(params)),
                "params": sum(x.size for x in jax.tree.leaves(params))}
   steps, carries = {}, {}
@@ -169,6 +170,8 @@ def main():
                       choices=["resnet20", "vit", "transformer6"])
   parser.add_argument("--width", type=int, default=256, help="the transformer's width")
   parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
+                      help="gsm's ranking: the paper's |g * w| or the recipe's |w|")
   parser.add_argument("--json", help="also write the rows to this JSON file")
   args = parser.parse_args()
 
@@ -177,13 +180,15 @@ def main():
       f"{'model':>12} {'params':>10} {'leaves':>6} | {'update compile s':>16} {'cuda ops':>14}"
       f" | {'step compile s (cpu s)':>27} {'ratio':>5} {'cuda ops':>15}"
       f" | {'temp MiB':>11} {'extra/elig':>10} | {'step ms':>11} {'ratio':>6}",
-      f", keep {KEEP}, load average {load}; each pair: plain gsm")
+      f", keep {KEEP}, gsm ranking by {args.importance}, load average {load};"
+      " each pair: plain gsm")
   rows = []
   for name in args.models:
     if name == "transformer6":
-      r = measure(*transformer6(args.width), args.repeats)
+      r = measure(*transformer6(args.width), args.repeats, importance=args.importance)
     else:
-      r = measure(*image_model(name), args.repeats, eligible=models.eligible(name))
+      r = measure(*image_model(name), args.repeats, eligible=models.eligible(name),
+                  importance=args.importance)
     p, g = r["plain"], r["gsm"]
     p_ms, g_ms = (1e3 * float(np.median(x["step_s"])) for x in (p, g))
     extra = (g["temp_bytes"] - p["temp_bytes"]) / r["eligible_bytes"]
@@ -199,7 +204,8 @@ def main():
     rows.append(dict(model=name, **r))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"device": str(jax.devices()[0]), "keep": KEEP, "load": load, "rows": rows},
+      json.dump({"device": str(jax.devices()[0]), "keep": KEEP, "importance": args.importance,
+                 "load": load, "rows": rows},
                 f, indent=2)
 
 
