@@ -47,3 +47,6 @@ PYTHONPATH=. "$PY" -m benchmarks.compile_cost --json "$OUT/compile_cost_gpu.json
 # time, module size, temporaries and step time, plain and gsm (the issue's 512-wide model).
 PYTHONPATH=. "$PY" -m benchmarks.train_step --width 512 --repeats 20 \
   --json "$OUT/train_step_gpu.json" 2>&1 | tee "$OUT/train_step_gpu.txt"
+# The same with the recipe's ranking by magnitude (its keys do not wait for the gradients).
+PYTHONPATH=. "$PY" -m benchmarks.train_step --width 512 --repeats 20 --importance magnitude \
+  --json "$OUT/train_step_gpu_magnitude.json" 2>&1 | tee "$OUT/train_step_gpu_magnitude.txt"

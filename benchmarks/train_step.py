@@ -24,6 +24,10 @@ language model (``--width``, batch 16 x 64 tokens). For the update alone at
 
   python -m benchmarks.train_step                           # the three models
   python -m benchmarks.train_step --models transformer6 --width 512
+  python -m benchmarks.train_step --models transformer6 --importance magnitude
+
+``gsm`` ranks by the paper's ``|g * w|`` unless ``--importance magnitude`` (the
+recommended recipe's ``|w|``).
 """
 
 from __future__ import annotations
