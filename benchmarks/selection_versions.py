@@ -39,6 +39,7 @@ from benchmarks.step_time import (
     LR,
     MOMENTUM,
     SHAPES,
+    add_importance_flag,
     make_step,
     plain_tx,
     print_header,
@@ -89,8 +90,7 @@ def main():
   parser.add_argument("--ratios", nargs="+", type=float, default=[0.1])
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
-                      help="gsm's ranking: the paper's |g * w| or the recipe's |w|")
+  add_importance_flag(parser)
   args = parser.parse_args()
   other = load_selection(args.other)
 

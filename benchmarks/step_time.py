@@ -103,6 +103,12 @@ def time_steps(step, params, opt_state, grads, repeats):
   return float(np.median(times)), params, opt_state
 
 
+def add_importance_flag(parser) -> None:
+  """``--importance``: gsm's ranking in a benchmark, the paper's or the recipe's."""
+  parser.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
+                      help="gsm's ranking: the paper's |g * w| or the recipe's |w|")
+
+
 def print_header(header: str, note: str = "") -> None:
   """The device and versions (and ``note``), then a table's header and rule."""
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}),"

@@ -47,7 +47,14 @@ import optax
 
 import gsm_optax
 from benchmarks.compile_cost import KEEP, count_ops
-from benchmarks.step_time import DECAY, LR, MOMENTUM, plain_tx, print_header
+from benchmarks.step_time import (
+    DECAY,
+    LR,
+    MOMENTUM,
+    add_importance_flag,
+    plain_tx,
+    print_header,
+)
 from gsm_optax.experiments import models
 
 
@@ -174,8 +181,7 @@ def main():
                       choices=["resnet20", "vit", "transformer6"])
   parser.add_argument("--width", type=int, default=256, help="the transformer's width")
   parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"],
-                      help="gsm's ranking: the paper's |g * w| or the recipe's |w|")
+  add_importance_flag(parser)
   parser.add_argument("--json", help="also write the rows to this JSON file")
   args = parser.parse_args()
 
