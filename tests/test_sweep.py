@@ -164,12 +164,14 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
     for method in sorted(os.listdir(os.path.join(root, cell))):
       with open(os.path.join(root, cell, method, "results.json")) as f:
         stored = json.load(f)["config"]
-      job = next(j for j in sweep.plan(sweep.GRID, [stored["seed"]], [method])
-                 if j.method == method and sweep.job_dir("", j.dataset, j.model, j.compression,
-                                                         j.seed, method).startswith(cell + "/"))
+      jobs = [j for structured in (False, True)
+              for j in sweep.plan(sweep.STRUCTURED_GRID if structured else sweep.GRID,
+                                  [stored["seed"]], [method], structured=structured)]
+      job = next(j for j in jobs if sweep.job_dir("", j.dataset, j.model, j.compression, j.seed,
+                                                  method, j.structured).startswith(cell + "/"))
       expected = sweep.sweep_config(job.dataset, job.model, job.compression, job.seed, method,
-                                    schedule).to_dict()
-      for key in keys:
+                                    schedule, structured=job.structured).to_dict()
+      for key in keys + (("structured", "budget") if job.structured else ()):
         assert json.loads(json.dumps(expected[key])) == stored[key], (cell, method, key)
       checked += 1
   assert checked >= least
