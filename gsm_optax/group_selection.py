@@ -4,7 +4,8 @@ structured gradual pruning.
 Groups are ranked by a score per group (see :mod:`gsm_optax.grouping`); a
 selection keeps every set's ``min_kept`` best groups, then the others best score
 first while the budget (in groups, weights, costs or multiply-accumulates)
-allows, globally or the same fraction of every set.
+allows, globally or the same fraction of every set; each set keeps a multiple
+of its ``multiple_of`` groups (or all of them), and the budget counts those.
 """
 
 from __future__ import annotations
@@ -63,36 +64,66 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
   taken in the order of their scores, and kept while what they cost together
   fits ``keep_ratio`` of the cost of all of them. Every set's ``min_kept``
   best groups (see :class:`Groups`) are taken first; where the budget alone
-  would not have kept them, :attr:`GroupSelection.held` says so.
+  would not have kept them, :attr:`GroupSelection.held` says so. A set with
+  ``multiple_of`` m keeps its best ``m * floor(c / m)`` of the ``c`` groups
+  the ranking reaches (all of them when ``c`` is its size), and the budget is
+  counted at those numbers, so the ranking goes on while a partial multiple
+  costs nothing.
   """
   if isinstance(budget, MacCost) and budget.per_mac:
     scores = _per_mac_scores(resolved, scores, budget, fractions)
-  reserved = [_best_in_set(s, g.min_kept) for s, g in zip(scores, resolved.groups)]
+  groups = resolved.groups
+  rounding = any(g.multiple_of > 1 for g in groups)
+  rounded = lambda counts: [_rounded(c, g) for c, g in zip(counts, groups)]
+  reserved = [_best_in_set(s, _reserved_count(g)) for s, g in zip(scores, groups)]
   first = [jnp.where(r, jnp.asarray(jnp.inf, s.dtype), s) for r, s in zip(reserved, scores)]
   prefix_cost: Callable[[list[Array]], Any]
   cost: Callable[[list[Array]], Any] | list[float]
   if budget == "groups":
     k = keep_count(keep_ratio, resolved.num_groups)
-    prefix_cost, allowed = (lambda counts: sum(counts)), jnp.asarray(k, jnp.float32)
-    mask = global_topk_selection(first, k).mask
+    prefix_cost, allowed = (lambda counts: sum(rounded(counts))), jnp.asarray(k, jnp.float32)
+    if rounding:
+      mask = global_budget_selection(first, prefix_cost, allowed).mask
+    else:
+      mask = global_topk_selection(first, k).mask
   else:
     if isinstance(budget, MacCost):
-      position = {g.name: i for i, g in enumerate(resolved.groups)}
+      position = {g.name: i for i, g in enumerate(groups)}
       total = budget.total
-      prefix_cost = lambda counts: budget.macs({n: counts[position[n]] for n in budget.names})
+      def prefix_cost(counts):
+        kept = rounded(counts)
+        return budget.macs({n: kept[position[n]] for n in budget.names})
       cost = prefix_cost
     else:
-      total = sum(c * g.size for c, g in zip(costs, resolved.groups))
-      prefix_cost = lambda counts: sum(n * c for n, c in zip(counts, costs))
-      cost = costs
+      total = sum(c * g.size for c, g in zip(costs, groups))
+      prefix_cost = lambda counts: sum(n * c for n, c in zip(rounded(counts), costs))
+      cost = prefix_cost if rounding else costs
     # float32 rounds ratio * total by up to 2**-24 relative: a budget of exactly a third of the
     # cost must still fit the groups that make up that third.
     allowed = (jnp.asarray(keep_ratio, jnp.float32) * jnp.asarray(total, jnp.float32)
                * (1 + jnp.float32(2.0**-20)))
     mask = global_budget_selection(first, cost, allowed).mask
   mask = [m | r for m, r in zip(mask, reserved)]
+  if rounding:  # each set's best rounded count of what the ranking reached
+    mask = [_best_in_set(f, _rounded(jnp.sum(m, dtype=jnp.int32), g)) if g.multiple_of > 1
+            else m for f, m, g in zip(first, mask, groups)]
   held = _held_sets(resolved, scores, prefix_cost, allowed)
   return _group_selection(scores, mask, held)
+
+
+def _rounded(count: Any, group: Any) -> Any:
+  """The number of groups a set keeps when the ranking reaches ``count`` of them: a
+  multiple of its ``multiple_of``, or the whole set."""
+  m = group.multiple_of
+  if m == 1:
+    return count
+  return jnp.where(count >= group.size, group.size, count // m * m)
+
+
+def _reserved_count(group: Any) -> int:
+  """The best groups a set keeps whatever the budget: ``min_kept``, rounded up to a
+  multiple of ``multiple_of`` (at most the set)."""
+  return min(group.size, -(-group.min_kept // group.multiple_of) * group.multiple_of)
 
 
 def allocate(allocation: str, resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any,
@@ -106,11 +137,12 @@ def allocate(allocation: str, resolved: ResolvedGroups, scores: list[Array], kee
   return select_groups(resolved, scores, keep_ratio, budget, costs, fractions=fractions)
 
 
-def _best_in_set(scores: Array, count: int) -> Array:
-  """The ``count`` best of one set's scores (NaN last, the earlier first on ties)."""
-  if count == 0:
+def _best_in_set(scores: Array, count: Any) -> Array:
+  """The ``count`` best of one set's scores (NaN last, the earlier first on ties);
+  ``count`` may be traced."""
+  if isinstance(count, int) and count == 0:
     return jnp.zeros(scores.shape, bool)
-  if count == 1:
+  if isinstance(count, int) and count == 1:
     return jnp.arange(scores.size) == jnp.argmax(jnp.nan_to_num(scores, nan=-jnp.inf))
   nan = jnp.isnan(scores)
   order = jnp.lexsort((-jnp.where(nan, 0, scores), nan))
@@ -124,11 +156,13 @@ def _held_sets(resolved: ResolvedGroups, scores: list[Array], prefix_cost: Any,
   The budget keeps a prefix of the ranking (descending score, NaN last, earlier
   first on ties) whose cost, a non-decreasing function of how many groups of
   each set it holds, fits ``allowed``. So a set keeps its ``min_kept`` best
-  groups exactly when the prefix that ends at its ``min_kept``-th best fits:
-  one comparison of that group with every group, no second selection.
+  groups (``r``: ``min_kept`` rounded up to its ``multiple_of``) exactly when the
+  prefix that ends at its ``r``-th best fits: one comparison of that group with
+  every group, no second selection.
   """
   sizes = [g.size for g in resolved.groups]
   needing = [i for i, g in enumerate(resolved.groups) if g.min_kept > 0]
+  reserve = [_reserved_count(g) for g in resolved.groups]
   held = jnp.zeros(len(sizes), bool)
   if not needing:
     return held
@@ -137,11 +171,11 @@ def _held_sets(resolved: ResolvedGroups, scores: list[Array], prefix_cost: Any,
   nan = jnp.isnan(flat)
   position = jnp.arange(flat.size)
   offsets = np.cumsum([0] + sizes)
-  ends = []  # the global position of each needing set's min_kept-th best group
+  ends = []  # the global position of each needing set's r-th best group
   for i in needing:
     s = scores[i]
     order = jnp.lexsort((-jnp.where(jnp.isnan(s), 0, s), jnp.isnan(s)))
-    ends.append(offsets[i] + order[resolved.groups[i].min_kept - 1])
+    ends.append(offsets[i] + order[reserve[i] - 1])
   last = jnp.stack(ends)
   s_r, nan_r, pos_r = flat[last][:, None], nan[last][:, None], last[:, None]
   ahead = ((~nan & nan_r) | (flat > s_r)
@@ -204,15 +238,20 @@ def uniform_selection(resolved: ResolvedGroups, scores: list[Array], keep_ratio:
   ranking stays within each set, so scores need not be comparable across
   layers. For ``"groups"`` the fraction is ``keep_ratio``; for the other
   budgets it is the largest multiple of 1/1024 whose groups fit ``keep_ratio``
-  of the whole cost.
+  of the whole cost. A set with ``multiple_of`` keeps its share rounded down
+  to a multiple of it (or the whole set), and the cost is counted so.
   """
-  sizes = np.array([g.size for g in resolved.groups])
-  least = np.array([g.min_kept for g in resolved.groups])
+  groups = resolved.groups
+  sizes = np.array([g.size for g in groups])
+  least = np.array([g.min_kept for g in groups])
+  reserve = np.array([_reserved_count(g) for g in groups])
   if budget == "groups":
     fraction = jnp.asarray(keep_ratio, jnp.float32)
   else:
     grid = jnp.linspace(0.0, 1.0, 1025)
-    counts = jnp.maximum(jnp.floor(grid[:, None] * sizes[None, :] + 1e-6), least)
+    counts = jnp.stack([_rounded(jnp.floor(grid * size + 1e-6), g)
+                        for size, g in zip(sizes, groups)], axis=1)
+    counts = jnp.maximum(counts, reserve)
     if isinstance(budget, MacCost):
       position = {g.name: i for i, g in enumerate(resolved.groups)}
       cost = budget.macs({n: counts[:, position[n]] for n in budget.names})
@@ -223,8 +262,8 @@ def uniform_selection(resolved: ResolvedGroups, scores: list[Array], keep_ratio:
     allowed = jnp.asarray(keep_ratio, jnp.float32) * total * (1 + 2.0**-20)
     fraction = jnp.max(jnp.where(cost <= allowed, grid, 0.0))
   masks, held = [], []
-  for s, size, m in zip(scores, sizes, least):
-    share = jnp.floor(fraction * size + 1e-6).astype(jnp.int32)
-    masks.append(global_topk_selection([s], jnp.maximum(share, m)).mask[0])
+  for s, size, m, r, g in zip(scores, sizes, least, reserve, groups):
+    share = _rounded(jnp.floor(fraction * size + 1e-6).astype(jnp.int32), g)
+    masks.append(global_topk_selection([s], jnp.maximum(share, r)).mask[0])
     held.append(share < m)
   return _group_selection(scores, masks, jnp.stack(held))

@@ -64,6 +64,50 @@ def min_kept_selection(scores, sizes, min_kept, *, q=None, fits=None):
   return kept, held
 
 
+def rounded_selection(scores, sizes, min_kept, multiple_of, *, q=None, fits=None):
+  """Brute force of a group selection whose sets keep multiples of their groups.
+
+  From the definition: the number of groups a set keeps when the ranking reaches
+  ``c`` of them is ``m * floor(c / m)`` (``m``: its ``multiple_of``), or its size
+  when ``c`` is its size; each set keeps that many of its best (stable order
+  within the set). Every set first holds its ``min_kept`` rounded up to a
+  multiple (at most its size); the other groups follow in the global stable
+  order, each taken while the kept groups, rounded, fit: their count is at most
+  ``q``, or ``fits(rounded kept mask)``. Held sets as in
+  :func:`min_kept_selection`, at rounded counts. Returns (kept, held).
+  """
+  scores = np.asarray(scores, np.float64)
+  offsets = np.cumsum([0] + list(sizes))
+  spans = list(zip(offsets, offsets[1:]))
+
+  def rounded(mask):
+    out = np.zeros_like(mask)
+    for (a, b), m in zip(spans, multiple_of):
+      c = int(mask[a:b].sum())
+      c = b - a if c == b - a else c // m * m
+      out[a:b] = stable_topk_mask(scores[a:b], c)
+    return out
+
+  ok = (lambda mask: rounded(mask).sum() <= q) if q is not None else (
+      lambda mask: fits(rounded(mask)))
+  kept = np.zeros(scores.size, bool)
+  for (a, b), least, m in zip(spans, min_kept, multiple_of):
+    kept[a:b] = stable_topk_mask(scores[a:b], min(b - a, -(-least // m) * m))
+  plain = np.zeros(scores.size, bool)
+  for mask in (kept, plain):  # with the floors, and the budget alone (for held)
+    for i in stable_order(scores):
+      if mask[i]:
+        continue
+      trial = mask.copy()
+      trial[i] = True
+      if not ok(trial):
+        break
+      mask[i] = True
+  held = np.array([rounded(plain)[a:b].sum() < least
+                   for (a, b), least in zip(spans, min_kept)])
+  return rounded(kept), held
+
+
 def gsm_reference(w0, eligible, grad_fn, lr_fn, keep_ratio, beta, eta, nesterov, steps, *,
                   passive_weight_decay=lambda t: 0.0, ema=0.0, importance="taylor"):
   """Global Sparse Momentum SGD in float64, straight from Ding et al. (2019).
