@@ -7,10 +7,9 @@ every model in turn, and the medians are compared with the dense model's. Two ta
 
 1. The first stage's width from 8 to 32 (the other stages dense): XLA:CPU's convolutions
    run at a fraction of their speed where a width is not a multiple of 8.
-2. Structured GSM's export of the ResNet-20 at half the MACs (Fashion-MNIST, seed 0, widths
-   of ``docs/results/sweep/fashion_mnist_resnet20_2x_structured_seed0``), against the same
-   widths rounded up to multiples of 8, and the uniform narrowing by 1/sqrt(2) with its
-   rounding.
+2. Structured GSM's export of the ResNet-20 at half the MACs with any widths (Fashion-MNIST,
+   seed 0: ``docs/results/structured_odd_widths/``), against the same widths rounded up to
+   multiples of 8, and the uniform narrowing by 1/sqrt(2) with its rounding.
 
   python -m benchmarks.width_speed
   python -m benchmarks.width_speed --batch 64 --repeats 9

@@ -109,8 +109,10 @@ def test_mnist_structured_flags():
   config = cli._mnist_config(args)
   assert (config.structured, config.budget, config.group_importance) == (True, "macs", "taylor")
   assert config.methods == ("gsm", "gradual")  # the structured comparison by default
+  assert config.multiple_of == 1 and cli._mnist_config(cli._parser().parse_args(
+      ["mnist", "--structured", "--multiple-of", "8"])).multiple_of == 8
   for flags in (["--budget", "macs"], ["--group-importance", "taylor"], ["--per-mac"],
-                ["--allocation", "uniform"]):
+                ["--allocation", "uniform"], ["--multiple-of", "8"]):
     with pytest.raises(ValueError, match="--structured"):
       cli._mnist_config(cli._parser().parse_args(["mnist", *flags]))
   with pytest.raises(SystemExit, match="methods"):

@@ -109,11 +109,11 @@ def _tiny(model, options, **overrides):
 
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):
-  """ResNet-20 at half the MACs: structured GSM, gradual pruning and scratch. The base phase
-  (and so scratch, on its optimizer) at a learning rate of 1e-30, below every weight's float32
-  resolution: scratch must end exactly where it started."""
+  """ResNet-20 at half the MACs, widths in multiples of 2: structured GSM, gradual pruning and
+  scratch. The base phase (and so scratch, on its optimizer) at a learning rate of 1e-30, below
+  every weight's float32 resolution: scratch must end exactly where it started."""
   out = str(tmp_path_factory.mktemp("resnet_structured"))
-  config = _tiny("resnet20", RESNET_RUN, methods=("gsm", "gradual", "scratch"),
+  config = _tiny("resnet20", RESNET_RUN, methods=("gsm", "gradual", "scratch"), multiple_of=2,
                  base=PhaseConfig(1e-30, 1, (), momentum=0.9, warmup_epochs=0))
   results = experiments.run(config, out, quiet=True)
   exports = {phase: _check_export(out, config, results, phase) for phase in ("gsm", "gradual")}
@@ -133,7 +133,8 @@ def _pruned(out, config, phase):
   params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   if phase == "gsm":
     groups, budget = models.structured_groups(config.model, params, model_state=state,
-                                              options=config.model_options)
+                                              options=config.model_options,
+                                              multiple_of=config.multiple_of)
     params = gsm_optax.prune(params, config.keep_ratio, groups=groups, budget=budget)
   return params, state
 
@@ -162,7 +163,8 @@ def test_resnet_export_is_exact_at_half_the_macs(resnet_run):
   assert set(exports) == {"gsm", "gradual"}
   for phase in ("gsm", "gradual"):
     widths = results[phase]["export"]["kept_widths"]
-    assert all(w >= 1 for w in widths.values())  # min_kept: no set emptied
+    # min_kept, rounded up to multiple_of: no set emptied; every width a multiple of 2.
+    assert all(w >= 2 and w % 2 == 0 for w in widths.values()), (phase, widths)
   # GSM's budget: half the MACs at most.
   gsm = results["gsm"]["export"]
   assert gsm["macs_exported"] <= 0.5 * gsm["macs_dense"]
@@ -228,6 +230,23 @@ def test_vit_structured_run_exports_exactly_and_trains_its_widths(vit_run):
   assert 0.0 <= results["scratch"]["final_test_accuracy"] <= 1.0
 
 
+def test_structured_groups_round_the_sets_that_their_multiple_divides():
+  """multiple_of reaches every set whose size it divides: all of ResNet-20's at 4 (widths 4,
+  8, 8), the ViT's MLP units (12) at 4 but not its 2 heads; it needs a structured run."""
+  variables = _init("resnet20", RESNET)
+  state = {"batch_stats": variables["batch_stats"]}
+  groups, _ = models.structured_groups("resnet20", variables["params"], model_state=state,
+                                       options=RESNET, multiple_of=4)
+  assert {g.multiple_of for g in groups} == {4}
+  groups, _ = models.structured_groups("vit", _init("vit", VIT)["params"], options=VIT,
+                                       multiple_of=4)
+  assert {(g.size, g.multiple_of) for g in groups} == {(2, 1), (12, 4)}
+  with pytest.raises(ValueError, match="multiple_of=8 needs structured=True"):
+    experiments.ExperimentConfig(multiple_of=8)
+  with pytest.raises(ValueError, match="multiple_of must be an int >= 1; got multiple_of=0"):
+    _tiny("resnet20", RESNET, multiple_of=0)
+
+
 def test_scratch_needs_a_structured_gsm_run():
   with pytest.raises(ValueError, match="gsm"):
     _tiny("resnet20", RESNET, methods=("scratch",))
@@ -278,6 +297,7 @@ def test_sweep_plans_structured_cells_after_their_sources():
                                 structured=True)
     phases = DEEP_PHASES[job.model]
     assert config.structured and config.budget == "macs" and config.keep_ratio == 0.5
+    assert config.multiple_of == 8  # the export's widths in multiples of 8 (width_speed)
     assert (config.base, config.gsm) == (phases["base"], phases["gsm"])
     if job.method == "gradual":
       assert config.methods == ("gradual",)

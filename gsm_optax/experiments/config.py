@@ -89,6 +89,10 @@ class ExperimentConfig:
   # A recipe ranking weights by magnitude ranks groups by "group_rms" (with_recipe sets it).
   group_importance: str = "group_taylor"
   per_mac: bool = False  # with budget "macs", rank groups by score per MAC (a knapsack's order)
+  # Every group set whose size this divides keeps a multiple of it (gsm_optax.Groups'
+  # multiple_of): 8 exports widths at which XLA:CPU's convolutions run as fast as their MACs
+  # say (benchmarks/width_speed.py); 1: any width.
+  multiple_of: int = 1
   # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
   # gradual pruning always allocates uniformly: magnitudes of different layers do not compare).
   allocation: str = "global"
@@ -142,6 +146,11 @@ class ExperimentConfig:
                        f" group_importance={self.group_importance!r}.")
     if self.allocation not in ("global", "uniform"):
       raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
+    if isinstance(self.multiple_of, bool) or not isinstance(self.multiple_of, int) or (
+        self.multiple_of < 1):
+      raise ValueError(f"multiple_of must be an int >= 1; got multiple_of={self.multiple_of!r}.")
+    if self.multiple_of != 1 and not self.structured:
+      raise ValueError(f"multiple_of={self.multiple_of!r} needs structured=True.")
     if self.per_mac and self.budget != "macs":
       raise ValueError(f"per_mac needs budget='macs'; got budget={self.budget!r}.")
     if self.budget != "groups" and not self.structured:

@@ -308,6 +308,7 @@ def count_params(params) -> int:
 
 def structured_groups(model: str, params: Any, *, model_state: dict[str, Any] | None = None,
                       options: dict[str, Any] | None = None, per_mac: bool = False,
+                      multiple_of: int = 1,
                       ) -> tuple[tuple[gsm_optax.Groups, ...], gsm_optax.MacCost]:
   """The groups structured GSM ranks in the experiments' models, and a budget in their MACs.
 
@@ -347,6 +348,9 @@ def structured_groups(model: str, params: Any, *, model_state: dict[str, Any] | 
     model_state: its other collections (``{"batch_stats": ...}`` for ResNet-20).
     options: the attributes of the model's module (``ExperimentConfig.model_options``).
     per_mac: rank groups by score per MAC.
+    multiple_of: every set whose size it divides keeps a multiple of this many groups
+      (:class:`gsm_optax.Groups`' ``multiple_of``); the others (the ViT's 4 heads, LeNet-5's 6
+      filters, with 8) any number.
 
   Returns:
     The groups, and ``Coupling.mac_costs`` of them, read from the model by
@@ -368,6 +372,8 @@ def structured_groups(model: str, params: Any, *, model_state: dict[str, Any] | 
     groups = filters + gsm_optax.input_groups(params, eligible=dense)
   else:
     groups = coupling.groups
+  groups = tuple(g._replace(multiple_of=multiple_of) if g.size % multiple_of == 0 else g
+                 for g in groups)
   return groups, coupling.mac_costs(groups, per_mac=per_mac)
 
 

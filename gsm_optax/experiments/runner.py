@@ -153,7 +153,7 @@ class Runner:
       params, model_state = _split(self.init_variables())
       self.groups, macs = models.structured_groups(
           config.model, params, model_state=model_state, options=config.model_options,
-          per_mac=config.per_mac)
+          per_mac=config.per_mac, multiple_of=config.multiple_of)
       self.budget = macs if config.budget == "macs" else config.budget
       self.allocation = config.allocation
 

@@ -74,7 +74,10 @@ GRID: tuple[tuple[str, str, float], ...] = (
 )
 
 # Structured cells (--structured): half the MACs of ResNet-20 and the ViT, on their own
-# schedules (DEEP_PHASES), from the same base models as GRID's deep cells.
+# schedules (DEEP_PHASES), from the same base models as GRID's deep cells; every set whose size
+# 8 divides keeps a multiple of 8 (ExperimentConfig.multiple_of), so that the export's speed
+# follows its MACs (benchmarks/width_speed.py).
+STRUCTURED_MULTIPLE = 8
 STRUCTURED_GRID: tuple[tuple[str, str, float], ...] = (
     ("fashion_mnist", "resnet20", 2.0),
     ("fashion_mnist", "vit", 2.0),
@@ -167,7 +170,8 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
       (method,) if method in BASELINES else ("lottery",) if method == "tickets" else ("gsm",))
   if method == "scratch":
     methods = ("gsm", "scratch")  # the widths of the cell's GSM run (SCRATCH_SOURCE)
-  kind: dict[str, Any] = dict(structured=True, budget="macs") if structured else {}
+  kind: dict[str, Any] = (dict(structured=True, budget="macs", multiple_of=STRUCTURED_MULTIPLE)
+                          if structured else {})
   if model in DEEP_PHASES:
     if schedule == "full":
       raise ValueError(f"{model} has one schedule (experiments.DEEP_PHASES): the authors' 1,100"
