@@ -20,6 +20,7 @@ import numpy as np
 from gsm_optax import _utils
 from gsm_optax.grouping import (
     Budget,
+    Groups,
     MacCost,
     ResolvedGroups,
     expand_group_mask,
@@ -111,7 +112,7 @@ def select_groups(resolved: ResolvedGroups, scores: list[Array], keep_ratio: Any
   return _group_selection(scores, mask, held)
 
 
-def _rounded(count: Any, group: Any) -> Any:
+def _rounded(count: Any, group: Groups) -> Any:
   """The number of groups a set keeps when the ranking reaches ``count`` of them: a
   multiple of its ``multiple_of``, or the whole set."""
   m = group.multiple_of
@@ -120,7 +121,7 @@ def _rounded(count: Any, group: Any) -> Any:
   return jnp.where(count >= group.size, group.size, count // m * m)
 
 
-def _reserved_count(group: Any) -> int:
+def _reserved_count(group: Groups) -> int:
   """The best groups a set keeps whatever the budget: ``min_kept``, rounded up to a
   multiple of ``multiple_of`` (at most the set)."""
   return min(group.size, -(-group.min_kept // group.multiple_of) * group.multiple_of)
