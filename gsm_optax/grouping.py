@@ -81,10 +81,11 @@ class Groups(NamedTuple):
     multiple_of: every selection or prune keeps a multiple of this many groups of
       the set (its best ones), or the whole set; 1 by default. Hardware runs a
       layer fastest at widths that fill its vector registers or tiles: on
-      XLA:CPU a convolution of 17 channels took 2.3x the time of one of 16
-      (``python -m benchmarks.width_speed``), so a model exported with
-      :func:`gsm_optax.narrow` is only as fast as its MACs say where its
-      widths are multiples of 8 (GPUs' tensor cores also want 8, TPUs' lanes 128).
+      XLA:CPU a ResNet-20 whose first stage has 17 channels took 2.4x the time
+      of one with 16 (``python -m benchmarks.width_speed``), so a model exported
+      with :func:`gsm_optax.narrow` is only as fast as its MACs say where its
+      widths are multiples of 8 (GPUs' tensor cores and TPUs' lanes work in
+      multiples of 8 and 128; not measured here).
       The budget is counted at the rounded widths: a set's partial multiple
       costs nothing and is not kept, so a multiple of groups enters the
       selection when its weakest group does. ``min_kept`` is rounded up to it.

@@ -167,8 +167,10 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
       jobs = [j for structured in (False, True)
               for j in sweep.plan(sweep.STRUCTURED_GRID if structured else sweep.GRID,
                                   [stored["seed"]], [method], structured=structured)]
-      job = next(j for j in jobs if sweep.job_dir("", j.dataset, j.model, j.compression, j.seed,
-                                                  method, j.structured).startswith(cell + "/"))
+      job = next(j for j in jobs
+                 if j.method == method and sweep.job_dir("", j.dataset, j.model, j.compression,
+                                                         j.seed, method, j.structured)
+                 .startswith(cell + "/"))
       expected = sweep.sweep_config(job.dataset, job.model, job.compression, job.seed, method,
                                     schedule, structured=job.structured).to_dict()
       for key in keys + (("structured", "budget", "multiple_of") if job.structured else ()):
