@@ -109,7 +109,8 @@ def test_summarize_prints_the_tables_of_results_md():
 
 def test_layer_density_counts_what_each_method_kept(rng, tmp_path):
   """docs/results/layer_density.py: a GSM job's layers come from its results.json; a
-  gradual job's are the non-zeros of its saved parameters, over the same prunable leaves."""
+  gradual job's are the non-zeros of its saved parameters, over the same prunable leaves, and
+  so are a tickets job's magnitude mask (its lottery_magnitude phase's)."""
   import importlib.util
 
   from flax import serialization
@@ -120,10 +121,13 @@ def test_layer_density_counts_what_each_method_kept(rng, tmp_path):
   spec.loader.exec_module(layer_density)
 
   shapes = {"conv": (3, 3, 2, int(rng.integers(2, 6))), "dense": (int(rng.integers(5, 40)), 7)}
-  params = {name: {"kernel": np.where(rng.uniform(size=s) < rng.uniform(0.05, 0.9),
+  def sparse_params():
+    return {name: {"kernel": np.where(rng.uniform(size=s) < rng.uniform(0.05, 0.9),
                                       rng.normal(size=s), 0.0).astype(np.float32),
                    "bias": rng.normal(size=s[-1:]).astype(np.float32)}
             for name, s in shapes.items()}
+
+  params, ticket = sparse_params(), sparse_params()
   gsm_kept = {name: int(rng.integers(0, np.prod(s))) for name, s in shapes.items()}
   leaves = []
   for name, s in shapes.items():  # flattening order: bias before kernel
@@ -132,12 +136,15 @@ def test_layer_density_counts_what_each_method_kept(rng, tmp_path):
     leaves.append({"path": f"['{name}']['kernel']", "size": int(np.prod(s)),
                    "nonzeros": gsm_kept[name], "eligible": True})
   cell = tmp_path / "mnist_lenet5_125x_seed0"
-  for job in ("recommended", "gradual/gradual", "paper"):  # paper has not finished
+  for job in ("recommended", "gradual/gradual", "tickets/lottery_magnitude", "paper"):
     os.makedirs(cell / job)
   write_json(str(cell / "recommended" / "results.json"), {"gsm": {"layers": {"leaves": leaves}}})
   write_json(str(cell / "gradual" / "results.json"), {"gradual": {"nonzeros": 0}})
   (cell / "gradual" / "gradual" / "params.msgpack").write_bytes(
       serialization.msgpack_serialize(params))
+  write_json(str(cell / "tickets" / "results.json"), {"lottery": {}})
+  (cell / "tickets" / "lottery_magnitude" / "params.msgpack").write_bytes(
+      serialization.msgpack_serialize(ticket))
 
   out = tmp_path / "layers.json"
   assert layer_density.main([str(cell), "--json", str(out)]) == 0
@@ -146,4 +153,6 @@ def test_layer_density_counts_what_each_method_kept(rng, tmp_path):
   assert got["methods"]["recommended"] == [gsm_kept["conv"], gsm_kept["dense"]]
   assert got["methods"]["gradual"] == [int(np.count_nonzero(params[n]["kernel"]))
                                        for n in ("conv", "dense")]
-  assert sorted(got["methods"]) == ["gradual", "recommended"]
+  assert got["methods"]["magnitude mask"] == [int(np.count_nonzero(ticket[n]["kernel"]))
+                                              for n in ("conv", "dense")]
+  assert sorted(got["methods"]) == ["gradual", "magnitude mask", "recommended"]  # paper: unfinished

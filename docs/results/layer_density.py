@@ -10,7 +10,10 @@ prunable layer, how many weights each method kept after its final prune:
     final global magnitude prune);
   - ``gradual`` and ``oneshot``: the non-zeros of that phase's saved
     parameters (``<job>/<phase>/params.msgpack``; pruned weights are hard
-    zeros there), over the same prunable leaves.
+    zeros there), over the same prunable leaves;
+  - ``tickets``: the same of its magnitude ticket (``lottery_magnitude``),
+    whose mask is a global magnitude prune of the base model, as the column
+    ``magnitude mask`` (the GSM tickets' masks are their GSM jobs' columns).
 
     python docs/results/layer_density.py RUNS/sweep/mnist_lenet5_125x_seed0 \\
         --json docs/results/layers/mnist_lenet5_125x_seed0.json \\
@@ -33,7 +36,9 @@ from flax import serialization
 
 from gsm_optax.experiments.results import load_results, write_json
 
-PARAM_PHASES = {"gradual": "gradual", "oneshot": "oneshot"}  # method -> phase with hard zeros
+# method -> (its column, the phase whose saved parameters hold its mask as hard zeros)
+PARAM_PHASES = {"gradual": ("gradual", "gradual"), "oneshot": ("oneshot", "oneshot"),
+                "tickets": ("magnitude mask", "lottery_magnitude")}
 
 
 def _short(path: str) -> str:
@@ -50,7 +55,7 @@ def saved_nonzeros(directory: str) -> dict[str, int]:
 
 
 def cell_layers(cell_dir: str) -> dict[str, Any]:
-  """``{"layers": [{path, size}...], "methods": {method: [nonzeros per layer]}}`` of a cell."""
+  """``{"layers": [{path, size}...], "methods": {column: [nonzeros per layer]}}`` of a cell."""
   layers: list[dict[str, Any]] | None = None
   kept: dict[str, list[int]] = {}
   pending: dict[str, str] = {}
@@ -65,12 +70,13 @@ def cell_layers(cell_dir: str) -> dict[str, Any]:
       layers = layers or [{"path": leaf["path"], "size": leaf["size"]} for leaf in leaves]
       kept[method] = [leaf["nonzeros"] for leaf in leaves]
     elif method in PARAM_PHASES:
-      pending[method] = os.path.join(job, PARAM_PHASES[method])
+      column, phase = PARAM_PHASES[method]
+      pending[column] = os.path.join(job, phase)
   if layers is None:
     raise SystemExit(f"no finished GSM job in {cell_dir}: its layers name the prunable leaves")
-  for method, directory in pending.items():
+  for column, directory in pending.items():
     counts = saved_nonzeros(directory)
-    kept[method] = [counts[layer["path"]] for layer in layers]
+    kept[column] = [counts[layer["path"]] for layer in layers]
   return {"cell": os.path.basename(os.path.normpath(cell_dir)), "layers": layers, "methods": kept}
 
 
@@ -122,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--plot", help="write a grouped bar chart (PNG) here")
   args = parser.parse_args(argv)
   cell = cell_layers(args.cell_dir)
-  missing = sorted(set(os.listdir(args.cell_dir)) - set(cell["methods"]))
+  missing = sorted(job for job in os.listdir(args.cell_dir)
+                   if job not in cell["methods"]
+                   and PARAM_PHASES.get(job, ("",))[0] not in cell["methods"])
   if missing:
     print(f"left out (not finished or no layers): {', '.join(missing)}", file=sys.stderr)
   print(table(cell))
