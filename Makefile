@@ -20,9 +20,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: venv
 	$(BIN)/gsm-optax mnist --model lenet300 --compression 60 --fast --recipe recommended
 
-# The whole suite, then the linter and the type checker.
+# The whole suite (with its 15 slowest tests: it must stay under ~15 min), then the linter and
+# the type checker.
 test: venv
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=15 tests
 	$(BIN)/ruff check gsm_optax tests benchmarks docs notebooks
 	$(BIN)/mypy
 
