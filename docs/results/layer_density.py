@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--plot", help="write a grouped bar chart (PNG) here")
   args = parser.parse_args(argv)
   cell = cell_layers(args.cell_dir)
+  # A job's column is its own name unless PARAM_PHASES names another.
   missing = sorted(job for job in os.listdir(args.cell_dir)
-                   if job not in cell["methods"]
-                   and PARAM_PHASES.get(job, ("",))[0] not in cell["methods"])
+                   if PARAM_PHASES.get(job, (job,))[0] not in cell["methods"])
   if missing:
     print(f"left out (not finished or no layers): {', '.join(missing)}", file=sys.stderr)
   print(table(cell))
