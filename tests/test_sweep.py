@@ -75,6 +75,27 @@ def test_methods_differ_only_in_the_gsm_update(method):
   assert config.methods == (("gradual",) if method == "gradual" else ("gsm",))
 
 
+@pytest.mark.parametrize("cell", sweep.STRUCTURED_GRID)
+def test_uniform_differs_from_the_recipe_only_in_its_allocation(cell, capsys):
+  """The structured candidate ``uniform`` is the cell's recommended run with every group set
+  cut by the same fraction: one setting apart, so that the two runs decide what it is worth."""
+  dataset, model, compression = cell
+  recommended = sweep.sweep_config(dataset, model, compression, 1, "recommended",
+                                   structured=True).to_dict()
+  uniform = sweep.sweep_config(dataset, model, compression, 1, "uniform",
+                               structured=True).to_dict()
+  assert (recommended["allocation"], uniform["allocation"]) == ("global", "uniform")
+  assert {k for k in uniform if uniform[k] != recommended[k]} == {"allocation"}
+  # Unstructured, it means nothing: the sweep refuses it, and so does a config.
+  with pytest.raises(ValueError, match="'uniform' is for structured cells only"):
+    sweep.sweep_config(dataset, model, compression, 1, "uniform")
+  with pytest.raises(ValueError, match="allocation='uniform' needs structured=True"):
+    dataclasses.replace(paper_config("lenet300"), allocation="uniform")
+  with pytest.raises(SystemExit):
+    sweep_cli.main(["--summary", "--methods", "uniform"])
+  assert "uniform: structured runs only" in capsys.readouterr().err
+
+
 def test_recipe_settings_scale_with_the_schedule():
   config = sweep.sweep_config("mnist", "lenet300", 60.0, 0, "paper")
   late = with_recipe(config, {"anneal_fraction": 0.5, "passive_weight_decay_factor": 3.0,

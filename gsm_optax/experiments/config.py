@@ -146,6 +146,9 @@ class ExperimentConfig:
                        f" group_importance={self.group_importance!r}.")
     if self.allocation not in ("global", "uniform"):
       raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
+    if self.allocation != "global" and not self.structured:
+      raise ValueError(f"allocation={self.allocation!r} needs structured=True (it splits a"
+                       " budget of groups between their sets).")
     if isinstance(self.multiple_of, bool) or not isinstance(self.multiple_of, int) or (
         self.multiple_of < 1):
       raise ValueError(f"multiple_of must be an int >= 1; got multiple_of={self.multiple_of!r}.")
@@ -238,7 +241,9 @@ def deep_config(model: str = "resnet20", compression: float = 10.0,
 # - passive_weight_decay_factor: the extra decay of the weights outside the top-Q, as a multiple
 #   of the GSM phase's weight decay (which a shorter schedule raises to decay as much in all);
 # - passive_from_anneal_end: the passive decay applies only once the keep ratio has reached Q;
-# - importance, importance_ema: the score and the rate of its moving average.
+# - importance, importance_ema: the score and the rate of its moving average;
+# - allocation (structured runs): "global", one ranking of all groups, or "uniform", the same
+#   fraction of every group set.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     # Fitted on LeNet-300-100 at 60x on MNIST alone (the default until the robustness sweep):
@@ -248,7 +253,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                     "importance": "magnitude"},
 }
 RECIPE_KEYS = ("anneal_fraction", "passive_weight_decay_factor", "passive_from_anneal_end",
-               "importance", "importance_ema")
+               "importance", "importance_ema", "allocation")
 
 
 def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> ExperimentConfig:
@@ -281,7 +286,8 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
       importance=settings.get("importance", "taylor"),
       group_importance=group_importance_for(settings.get("importance", "taylor"),
                                             config.group_importance),
-      importance_ema=settings.get("importance_ema", 0.0))
+      importance_ema=settings.get("importance_ema", 0.0),
+      allocation=settings.get("allocation", config.allocation))
 
 
 def group_importance_for(importance: str, group_importance: str) -> str:

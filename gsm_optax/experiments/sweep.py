@@ -45,6 +45,7 @@ import numpy as np
 from gsm_optax.experiments import runner
 from gsm_optax.experiments.config import (
   DEEP_PHASES,
+  RECIPES,
   ExperimentConfig,
   PhaseConfig,
   deep_config,
@@ -106,6 +107,9 @@ METHODS: dict[str, Any] = {
                   "importance": "magnitude"},
     "magnitude_short": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
                         "importance": "magnitude"},
+    # Structured cells only: does the global ranking of groups lose to a uniform split on deep
+    # networks (docs/RESULTS.md, structured ResNet-20)?
+    "uniform": dict(RECIPES["recommended"], allocation="uniform"),
 }
 
 
@@ -129,6 +133,9 @@ METHOD_HELP: dict[str, str] = {
     "ema999": "candidate: as late, ranked by a moving average of the scores (rate 0.999)",
     "passive10": "candidate: as recommended with 10x passive decay (the default before it)",
     "magnitude_short": "candidate: as fixed, ranked by magnitude",
+    "uniform": "candidate, --structured only: as recommended, every group set keeping the same"
+               " fraction of its groups (allocation='uniform', as structured gradual pruning)"
+               " instead of one global ranking",
 }
 
 SCHEDULES = ("short", "full")
@@ -140,6 +147,8 @@ TICKET_SOURCES = ("recommended", "paper")
 SCRATCH_SOURCE = "recommended"
 # What a structured cell compares: GSM recipes, and these baselines.
 STRUCTURED_BASELINES = ("gradual", "scratch")
+# Methods of structured cells only.
+STRUCTURED_ONLY = ("scratch", "uniform")
 
 _NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -163,9 +172,9 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
   if structured and method in ("oneshot", "tickets"):
     raise ValueError(f"structured cells compare GSM recipes and {STRUCTURED_BASELINES}; got"
                      f" method={method!r}.")
-  if method == "scratch" and not structured:
-    raise ValueError("method 'scratch' trains a structured export's widths: it needs"
-                     " structured=True.")
+  if method in STRUCTURED_ONLY and not structured:
+    raise ValueError(f"method {method!r} is for structured cells only ({METHOD_HELP[method]}):"
+                     " it needs structured=True.")
   methods: tuple[str, ...] = (
       (method,) if method in BASELINES else ("lottery",) if method == "tickets" else ("gsm",))
   if method == "scratch":

@@ -22,6 +22,7 @@ from gsm_optax.experiments.sweep import (
     SCHEDULES,
     STRUCTURED_BASELINES,
     STRUCTURED_GRID,
+    STRUCTURED_ONLY,
     Job,
     archive,
     cell_name,
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.structured:
     wrong, why = [m for m in args.methods if m in ("oneshot", "tickets")], "no structured run"
   else:
-    wrong, why = [m for m in args.methods if m == "scratch"], "structured runs only (--structured)"
+    wrong = [m for m in args.methods if m in STRUCTURED_ONLY]
+    why = "structured runs only (--structured)"
   if wrong:
     parser.error(f"argument --methods: {', '.join(wrong)}: {why}")
   if args.job:
