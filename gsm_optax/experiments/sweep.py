@@ -147,8 +147,9 @@ TICKET_SOURCES = ("recommended", "paper")
 SCRATCH_SOURCE = "recommended"
 # What a structured cell compares: GSM recipes, and these baselines.
 STRUCTURED_BASELINES = ("gradual", "scratch")
-# Methods of structured cells only.
+# Methods of structured cells only, and of unstructured cells only.
 STRUCTURED_ONLY = ("scratch", "uniform")
+UNSTRUCTURED_ONLY = ("oneshot", "tickets")
 
 _NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -169,7 +170,7 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
   ``scratch``."""
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule must be one of {SCHEDULES}; got schedule={schedule!r}.")
-  if structured and method in ("oneshot", "tickets"):
+  if structured and method in UNSTRUCTURED_ONLY:
     raise ValueError(f"structured cells compare GSM recipes and {STRUCTURED_BASELINES}; got"
                      f" method={method!r}.")
   if method in STRUCTURED_ONLY and not structured:

@@ -23,6 +23,7 @@ from gsm_optax.experiments.sweep import (
     STRUCTURED_BASELINES,
     STRUCTURED_GRID,
     STRUCTURED_ONLY,
+    UNSTRUCTURED_ONLY,
     Job,
     archive,
     cell_name,
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except argparse.ArgumentTypeError as e:
     parser.error(f"argument --cells: {e}")
   if args.structured:
-    wrong, why = [m for m in args.methods if m in ("oneshot", "tickets")], "no structured run"
+    wrong, why = [m for m in args.methods if m in UNSTRUCTURED_ONLY], "no structured run"
   else:
     wrong = [m for m in args.methods if m in STRUCTURED_ONLY]
     why = "structured runs only (--structured)"
