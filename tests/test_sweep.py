@@ -148,6 +148,36 @@ def test_summary_compares_methods_seed_by_seed(tmp_path):
   assert fields[8] == f"{mean('recommended') - mean('gradual'):+.2f}"
 
 
+def test_summary_leaves_out_a_seed_whose_runs_started_from_two_base_models(tmp_path):
+  """A base model lost and retrained from the same seed is another model: the summary does not
+  take differences between runs from the two, even where their accuracies happen to agree."""
+  out = str(tmp_path)
+  rng = np.random.default_rng()
+  acc = {(m, s): rng.uniform(0.8, 0.9) for m in ("recommended", "gradual") for s in (0, 1, 2)}
+  for s in (0, 1, 2):
+    for m in ("recommended", "gradual"):
+      _write_result(out, f"mnist_lenet300_10x_seed{s}", m, acc[m, s], acc[m, s], 0.98)
+  # Seed 1's gradual run started from a retrained base: same accuracy, another run.
+  path = os.path.join(out, "mnist_lenet300_10x_seed1", "gradual", "results.json")
+  with open(path) as f:
+    result = json.load(f)
+  result["base"]["seconds"] = float(rng.uniform(1, 1e4))
+  with open(path, "w") as f:
+    json.dump(result, f)
+  table = sweep.summarize(out, ["recommended", "gradual"]).splitlines()
+  row = [line for line in table if line.startswith("| LeNet-300-100 10x MNIST")]
+  fields = [f.strip() for f in row[0].strip("|").split("|")]
+  assert fields[1] == "2"  # seeds 0 and 2
+  gap = 100 * np.mean([acc["recommended", s] - acc["gradual", s] for s in (0, 2)])
+  assert fields[-1] == f"{gap:+.2f}"
+  assert table[-1] == ("LeNet-300-100 10x MNIST, seed 1: left out, its runs of recommended,"
+                       " gradual did not all start from the same base model")
+  # Without gradual, the seeds are summarised whole.
+  alone = sweep.summarize(out, ["recommended"]).splitlines()
+  assert [f.strip() for f in alone[2].strip("|").split("|")][1] == "3"
+  assert "left out" not in "\n".join(alone)
+
+
 def test_write_table_replaces_only_the_marked_block(tmp_path):
   path = tmp_path / "RESULTS.md"
   path.write_text(f"# Title\n\nbefore\n{sweep.BEGIN}\nold table\n{sweep.END}\nafter\n")

@@ -412,8 +412,9 @@ def _label(job: Job) -> str:
 
 def collect(out: str, structured: bool = False
             ) -> dict[tuple[str, str, float], dict[str, dict[int, dict[str, float]]]]:
-  """``{cell: {method: {seed: {"before", "after", "base"}}}}`` from the finished jobs (of
-  :data:`STRUCTURED_GRID` with ``structured``)."""
+  """``{cell: {method: {seed: {"before", "after", "base", "base_run"}}}}`` from the finished
+  jobs (of :data:`STRUCTURED_GRID` with ``structured``); ``base_run`` is the base model's whole
+  record (every epoch's loss and seconds), which tells two base models of one seed apart."""
   table: dict = {}
   names = os.listdir(out) if os.path.isdir(out) else []
   for d, m, c in STRUCTURED_GRID if structured else GRID:
@@ -432,7 +433,8 @@ def collect(out: str, structured: bool = False
         else:
           before, after = r["gsm"]["accuracy_before_prune"], r["gsm"]["accuracy_after_prune"]
         row = {"before": 100 * before, "after": 100 * after,
-               "base": 100 * r["base"]["final_test_accuracy"]}
+               "base": 100 * r["base"]["final_test_accuracy"],
+               "base_run": json.dumps(r["base"], sort_keys=True)}
         table.setdefault((d, m, c), {}).setdefault(method, {})[seed] = row
   return table
 
@@ -448,8 +450,10 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended",
               structured: bool = False) -> str:
   """A markdown table: after-prune accuracy (mean ± sd over seeds), prune cost, goal checks.
 
-  Each cell is summarised over the seeds that every listed method has finished, so that the
-  differences are taken between runs from the same base models. ``structured``: the cells of
+  Each cell is summarised over the seeds that every listed method has finished from one base
+  model, so that the differences are taken between runs from the same base models; a seed whose
+  runs started from different base models of that seed (one retrained after the other was lost)
+  is left out, and a line under the table says so. ``structured``: the cells of
   :data:`STRUCTURED_GRID`, compared with gradual pruning and ``scratch``.
   """
   others = STRUCTURED_BASELINES if structured else ("paper", "gradual")
@@ -457,8 +461,14 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended",
           + f" | {default}: prune cost | " + " | ".join(f"{default} - {o}" for o in others)
           + " |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  notes = []
   for (d, m, c), runs in collect(out, structured).items():
+    name = cell_name((d, m, c)) + (" structured (MACs)" if structured else "")
     seeds = sorted(set.intersection(*(set(runs.get(k, {})) for k in methods)))
+    mixed = [s for s in seeds if len({runs[k][s]["base_run"] for k in methods}) > 1]
+    notes += [f"{name}, seed {s}: left out, its runs of {', '.join(methods)} did not all start"
+              " from the same base model" for s in mixed]
+    seeds = [s for s in seeds if s not in mixed]
     if not seeds:
       continue
     row = {k: [runs[k][s] for s in seeds] for k in methods}
@@ -468,11 +478,10 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended",
     cost = (f"{np.mean([r['before'] - r['after'] for r in row[default]]):.2f}"
             if default in row else "-")
     dense = _mean_sd([r["base"] for r in row[methods[0]]])
-    name = cell_name((d, m, c)) + (" structured (MACs)" if structured else "")
     lines.append(f"| {name} | {len(seeds)} | {dense} | "
                  + " | ".join(_mean_sd(list(after[k])) for k in methods)
                  + f" | {cost} | " + " | ".join(gaps) + " |")
-  return "\n".join(lines)
+  return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def tickets_table(out: str) -> str:
