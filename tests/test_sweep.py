@@ -224,7 +224,8 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
                  .startswith(cell + "/"))
       expected = sweep.sweep_config(job.dataset, job.model, job.compression, job.seed, method,
                                     schedule, structured=job.structured).to_dict()
-      for key in keys + (("structured", "budget", "multiple_of") if job.structured else ()):
+      for key in keys + (("structured", "budget", "multiple_of", "allocation")
+                         if job.structured else ()):
         assert json.loads(json.dumps(expected[key])) == stored[key], (cell, method, key)
       checked += 1
   assert checked >= least
