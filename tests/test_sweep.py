@@ -1,6 +1,7 @@
 """The recipe sweep: its grid plan, its schedule, recipes as settings, and its summary table."""
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import gsm_optax
-from gsm_optax.experiments import runner, sweep, sweep_cli
+from gsm_optax.experiments import models, runner, sweep, sweep_cli
 from gsm_optax.experiments.config import DEEP_PHASES, PhaseConfig, paper_config, with_recipe
 
 
@@ -229,6 +230,43 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
         assert json.loads(json.dumps(expected[key])) == stored[key], (cell, method, key)
       checked += 1
   assert checked >= least
+
+
+def test_kept_base_models_are_the_bases_of_the_archived_runs():
+  """A base model kept in docs/results/bases/ (which a sweep reuses when it is copied into its
+  --out) is the one its name says: its model's shapes, its schedule's epochs and steps, and the
+  very base of at least one archived run (their ``base`` results are one record, epoch seconds
+  included, so no retrained model of the same seed passes for it)."""
+  docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results")
+  names = sorted(os.listdir(os.path.join(docs, "bases")))
+  assert names
+  for name in names:
+    cells = [(d, m) for d, m, _ in sweep.GRID + sweep.STRUCTURED_GRID
+             if name.startswith(f"{d}_{m}_seed")]
+    assert len(set(cells)) == 1, name
+    dataset, model = cells[0]
+    seed = int(name.rsplit("seed", 1)[1])
+    config = sweep.sweep_config(dataset, model, 1.0, seed, "paper")
+    kept = os.path.join(docs, "bases", name)
+    variables = runner.load_phase_variables(kept, "base", config)
+    module = models.MODELS[model](**config.model_options)
+    like = jax.eval_shape(module.init, jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))
+    assert jax.tree.structure(variables) == jax.tree.structure(dict(like))
+    for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(dict(like))):
+      assert got.shape == want.shape and got.dtype == want.dtype, name
+      assert np.all(np.isfinite(got)), name
+    with open(os.path.join(kept, "base", "result.json")) as f:
+      result = json.load(f)
+    assert result["epochs"] == config.base.epochs
+    assert result["steps"] == config.base.epochs * (60_000 // config.batch_size)
+    users = []
+    for path in glob.glob(os.path.join(docs, "sweep", f"{dataset}_{model}_*_seed{seed}", "*",
+                                       "results.json")):
+      with open(path) as f:
+        base = json.load(f)["base"]
+      if all(base.get(k) == v for k, v in result.items()):  # the runner adds "last_k"
+        users.append(path)
+    assert users, f"no archived run of {name} started from the kept base model"
 
 
 def _shifted(schedule, begin):
