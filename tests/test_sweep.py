@@ -204,7 +204,8 @@ def test_archive_copies_results_that_summarize_reads_back(tmp_path):
 
 
 @pytest.mark.parametrize("archive,schedule,least", [("sweep", "short", 60),
-                                                    ("sweep_full_schedule", "full", 2)])
+                                                    ("sweep_full_schedule", "full", 2),
+                                                    ("structured_first_base", "short", 2)])
 def test_archived_results_were_run_with_the_settings_their_names_say(archive, schedule, least):
   """Every result kept in docs/results/ was produced by the config its directory names, so a
   renamed or redefined method cannot leave the published table describing other runs."""
