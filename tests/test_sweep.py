@@ -119,9 +119,10 @@ def test_recipe_settings_scale_with_the_schedule():
 def _write_result(out, cell, method, before, after, base):
   directory = os.path.join(out, cell, method)
   os.makedirs(directory)
-  result = {"base": {"final_test_accuracy": base}}
-  if method == "gradual":
-    result["gradual"] = {"final_test_accuracy": after}
+  result = {"base": {"final_test_accuracy": base,
+                     "history": [{"epoch": 1, "train_seconds": 1.0, "test_accuracy": base}]}}
+  if method in sweep.BASELINES:
+    result[method] = {"final_test_accuracy": after}
   else:
     result["gsm"] = {"accuracy_before_prune": before, "accuracy_after_prune": after}
   with open(os.path.join(directory, "results.json"), "w") as f:
@@ -162,7 +163,7 @@ def test_summary_leaves_out_a_seed_whose_runs_started_from_two_base_models(tmp_p
   path = os.path.join(out, "mnist_lenet300_10x_seed1", "gradual", "results.json")
   with open(path) as f:
     result = json.load(f)
-  result["base"]["seconds"] = float(rng.uniform(1, 1e4))
+  result["base"]["history"][0]["train_seconds"] = float(rng.uniform(2, 1e4))
   with open(path, "w") as f:
     json.dump(result, f)
   table = sweep.summarize(out, ["recommended", "gradual"]).splitlines()
@@ -173,6 +174,14 @@ def test_summary_leaves_out_a_seed_whose_runs_started_from_two_base_models(tmp_p
   assert fields[-1] == f"{gap:+.2f}"
   assert table[-1] == ("LeNet-300-100 10x MNIST, seed 1: left out, its runs of recommended,"
                        " gradual did not all start from the same base model")
+  # Summary fields beside the history that a newer runner adds do not make another base.
+  path = os.path.join(out, "mnist_lenet300_10x_seed2", "gradual", "results.json")
+  with open(path) as f:
+    result = json.load(f)
+  result["base"]["last_k"] = 3
+  with open(path, "w") as f:
+    json.dump(result, f)
+  assert sweep.summarize(out, ["recommended", "gradual"]).splitlines() == table
   # Without gradual, the seeds are summarised whole.
   alone = sweep.summarize(out, ["recommended"]).splitlines()
   assert [f.strip() for f in alone[2].strip("|").split("|")][1] == "3"
@@ -310,11 +319,7 @@ def test_summary_reads_oneshot_results(tmp_path):
   runs = str(tmp_path)
   _write_result(runs, "fashion_mnist_resnet20_10x_seed0", "recommended", 0.90, 0.90, 0.92)
   _write_result(runs, "fashion_mnist_resnet20_10x_seed0", "gradual", 0.89, 0.89, 0.92)
-  path = os.path.join(runs, "fashion_mnist_resnet20_10x_seed0", "oneshot", "results.json")
-  os.makedirs(os.path.dirname(path))
-  with open(path, "w") as f:
-    json.dump({"oneshot": {"final_test_accuracy": 0.87},
-               "base": {"final_test_accuracy": 0.92}}, f)
+  _write_result(runs, "fashion_mnist_resnet20_10x_seed0", "oneshot", 0.87, 0.87, 0.92)
   table = sweep.summarize(runs, ["recommended", "gradual", "oneshot"])
   row = [line for line in table.splitlines() if "ResNet-20 10x Fashion-MNIST" in line]
   assert len(row) == 1 and "| 87.00 |" in row[0] and "| 90.00 |" in row[0]

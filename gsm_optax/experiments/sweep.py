@@ -413,8 +413,9 @@ def _label(job: Job) -> str:
 def collect(out: str, structured: bool = False
             ) -> dict[tuple[str, str, float], dict[str, dict[int, dict[str, float]]]]:
   """``{cell: {method: {seed: {"before", "after", "base", "base_run"}}}}`` from the finished
-  jobs (of :data:`STRUCTURED_GRID` with ``structured``); ``base_run`` is the base model's whole
-  record (every epoch's loss and seconds), which tells two base models of one seed apart."""
+  jobs (of :data:`STRUCTURED_GRID` with ``structured``); ``base_run`` is the base model's
+  history (every epoch's loss and seconds), which tells two base models of one seed apart
+  where the summary fields beside it (``last_k``...) vary with the runner's version."""
   table: dict = {}
   names = os.listdir(out) if os.path.isdir(out) else []
   for d, m, c in STRUCTURED_GRID if structured else GRID:
@@ -434,7 +435,7 @@ def collect(out: str, structured: bool = False
           before, after = r["gsm"]["accuracy_before_prune"], r["gsm"]["accuracy_after_prune"]
         row = {"before": 100 * before, "after": 100 * after,
                "base": 100 * r["base"]["final_test_accuracy"],
-               "base_run": json.dumps(r["base"], sort_keys=True)}
+               "base_run": json.dumps(r["base"]["history"], sort_keys=True)}
         table.setdefault((d, m, c), {}).setdefault(method, {})[seed] = row
   return table
 
