@@ -421,3 +421,27 @@ def test_tickets_start_from_the_initial_weights_under_each_runs_final_mask(
   assert not np.array_equal(masks[0], masks[1])
   table = sweep.tickets_table(out)
   assert f"| LeNet-300-100 60x MNIST | {seed} |" in table
+
+
+def test_summary_default_takes_the_gaps_of_a_candidate(tmp_path, capsys):
+  """``--default uniform``: the prune cost and the differences to the baselines are the
+  candidate's, as they would be if it were the default; a baseline or a method not listed is
+  refused by name."""
+  out = str(tmp_path)
+  rng = np.random.default_rng()
+  acc = {m: rng.uniform(0.8, 0.9) for m in ("recommended", "uniform", "gradual")}
+  for m, a in acc.items():
+    _write_result(out, "fashion_mnist_resnet20_2x_structured_seed0", m, a + 0.002, a, 0.93)
+  args = ["--summary", "--structured", "--out", out, "--methods", "recommended", "uniform",
+          "gradual"]
+  assert sweep_cli.main(args + ["--default", "uniform"]) == 0
+  head, _, row = capsys.readouterr().out.splitlines()[:3]
+  fields = dict(zip([f.strip() for f in head.strip("|").split("|")],
+                    [f.strip() for f in row.strip("|").split("|")]))
+  assert fields["uniform: prune cost"] == "0.20"
+  assert fields["uniform - gradual"] == f"{100 * (acc['uniform'] - acc['gradual']):+.2f}"
+  assert fields["uniform - scratch"] == "-"
+  for wrong in ("gradual", "paper"):
+    with pytest.raises(SystemExit):
+      sweep_cli.main(args + ["--default", wrong])
+    assert f"argument --default: '{wrong}'" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Sequence
 
 from gsm_optax.experiments.sweep import (
+    BASELINES,
     GRID,
     METHOD_HELP,
     METHODS,
@@ -126,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="short: the authors' schedule shortened 4x (default); full: theirs")
   parser.add_argument("--summary", action="store_true",
                       help="print the table of the finished runs and exit")
+  parser.add_argument("--default", metavar="METHOD",
+                      help="with --summary, the GSM method whose prune cost and differences to"
+                      " the baselines the table gives (default recommended; a candidate's name"
+                      " shows it as it would be as the default); one of --methods")
   parser.add_argument("--write", metavar="FILE",
                       help="with --summary, also put the table into FILE (docs/RESULTS.md)")
   parser.add_argument("--archive", metavar="DEST",
@@ -144,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     why = "structured runs only (--structured)"
   if wrong:
     parser.error(f"argument --methods: {', '.join(wrong)}: {why}")
+  not_gsm = BASELINES + STRUCTURED_BASELINES + ("tickets",)
+  if args.default is not None and (args.default not in args.methods or args.default in not_gsm):
+    parser.error(f"argument --default: {args.default!r} must be a GSM method among --methods"
+                 f" {' '.join(args.methods)}")
   if args.job:
     run_job(Job(**json.loads(args.job)), args.out)
     return 0
@@ -156,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               args.cores)
   tickets = "tickets" in args.methods
   methods = [m for m in args.methods if m != "tickets"]
-  table = summarize(args.out, methods, structured=args.structured) if methods else ""
+  table = summarize(args.out, methods, args.default or "recommended",
+                    structured=args.structured) if methods else ""
   if tickets:
     found = tickets_table(args.out)
     if len(found.splitlines()) > 2:
