@@ -151,6 +151,12 @@ STRUCTURED_BASELINES = ("gradual", "scratch")
 STRUCTURED_ONLY = ("scratch", "uniform")
 UNSTRUCTURED_ONLY = ("oneshot", "tickets")
 
+
+def is_recipe(method: str) -> bool:
+  """Whether ``method`` (a key of :data:`METHODS`) trains with GSM under a recipe of its own,
+  its results under ``"gsm"``: not a baseline, ``scratch`` or ``tickets``."""
+  return method not in BASELINES + ("scratch", "tickets")
+
 _NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 
@@ -199,7 +205,7 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
         methods=methods, checkpoint_every=10, last_k=5, **kind)
   if method == "scratch":
     config = with_recipe(config, METHODS[SCRATCH_SOURCE])
-  elif method not in BASELINES and method != "tickets":
+  elif is_recipe(method):
     config = with_recipe(config, METHODS[method])
   return config
 
@@ -429,7 +435,7 @@ def collect(out: str, structured: bool = False
         if method == "tickets" or not os.path.exists(path):
           continue
         r = load_results(path)
-        if method in BASELINES or method == "scratch":
+        if not is_recipe(method):
           after = before = r[method]["final_test_accuracy"]
         else:
           before, after = r["gsm"]["accuracy_before_prune"], r["gsm"]["accuracy_after_prune"]

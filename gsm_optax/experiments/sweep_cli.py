@@ -16,7 +16,6 @@ import textwrap
 from collections.abc import Sequence
 
 from gsm_optax.experiments.sweep import (
-    BASELINES,
     GRID,
     METHOD_HELP,
     METHODS,
@@ -29,6 +28,7 @@ from gsm_optax.experiments.sweep import (
     archive,
     cell_name,
     collect,
+    is_recipe,
     plan,
     run_job,
     run_sweep,
@@ -149,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     why = "structured runs only (--structured)"
   if wrong:
     parser.error(f"argument --methods: {', '.join(wrong)}: {why}")
-  not_gsm = BASELINES + STRUCTURED_BASELINES + ("tickets",)
-  if args.default is not None and (args.default not in args.methods or args.default in not_gsm):
+  if args.default is not None and (args.default not in args.methods
+                                   or not is_recipe(args.default)):
     parser.error(f"argument --default: {args.default!r} must be a GSM method among --methods"
                  f" {' '.join(args.methods)}")
   if args.job:
