@@ -4,8 +4,9 @@ structured gradual pruning.
 Groups are ranked by a score per group (see :mod:`gsm_optax.grouping`); a
 selection keeps every set's ``min_kept`` best groups, then the others best score
 first while the budget (in groups, weights, costs or multiply-accumulates)
-allows, globally or the same fraction of every set; each set keeps a multiple
-of its ``multiple_of`` groups (or all of them), and the budget counts those.
+allows: globally (the scores as they are, or each set's over its own scale) or the
+same fraction of every set; each set keeps a multiple of its ``multiple_of``
+groups (or all of them), and the budget counts those.
 """
 
 from __future__ import annotations
@@ -131,11 +132,36 @@ def allocate(allocation: str, resolved: ResolvedGroups, scores: list[Array], kee
              budget: Budget, costs: list[float],
              fractions: Sequence[Array] | None = None) -> GroupSelection:
   """The kept groups under ``allocation``: one ranking of all groups (``"global"``,
-  :func:`select_groups`, which takes ``fractions``) or the same fraction of every set
-  (``"uniform"``, :func:`uniform_selection`)."""
+  :func:`select_groups`, which takes ``fractions``), the same fraction of every set
+  (``"uniform"``, :func:`uniform_selection`) or one ranking of each set's scores over
+  their own root mean square (``"normalized"``, :func:`normalized_scores`)."""
   if allocation == "uniform":
     return uniform_selection(resolved, scores, keep_ratio, budget, costs)
+  if allocation == "normalized":
+    scores = normalized_scores(scores)
   return select_groups(resolved, scores, keep_ratio, budget, costs, fractions=fractions)
+
+
+def normalized_scores(scores: list[Array]) -> list[Array]:
+  """Each set's scores over their root mean square (NaN scores left out of it).
+
+  A score's scale differs from layer to layer for reasons that say nothing of a
+  group's worth: the initialisation's ``1/sqrt(fan_in)``, or a normalisation
+  after the layer that makes its output blind to its kernel's scale. Over its
+  own RMS every set's scores are on one scale (a set of equal groups scores 1
+  everywhere), and one ranking of all groups compares each group with its own
+  layer. Molchanov et al. (2017) rescale each layer's scores by their L2 norm
+  for the same reason; the RMS does not also penalise large sets. A set whose
+  scores are all zero (or NaN) is left as it is.
+  """
+  normalized = []
+  for s in scores:
+    finite = jnp.isfinite(s)
+    mean_square = (jnp.sum(jnp.where(finite, s * s, 0))
+                   / jnp.maximum(jnp.sum(finite), 1).astype(s.dtype))
+    rms = jnp.sqrt(mean_square)
+    normalized.append(jnp.where(rms > 0, s / jnp.where(rms > 0, rms, 1), s))
+  return normalized
 
 
 def _best_in_set(scores: Array, count: Any) -> Array:

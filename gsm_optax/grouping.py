@@ -26,7 +26,7 @@ Array = jax.Array
 PyTree = Any
 
 BUDGETS = ("groups", "weights", "cost")
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "uniform", "normalized")
 GROUP_TAYLOR = "group_taylor"  # |sum g * w| over a group (Molchanov et al. 2019)
 GROUP_RMS = "group_rms"  # sqrt(sum w**2 / n) over a group of n weights: its L2 norm per weight
 GROUP_IMPORTANCES = (GROUP_TAYLOR, GROUP_RMS)  # the scores defined for groups only

@@ -287,11 +287,13 @@ def gradual_magnitude_pruning(
     budget: with ``groups``, what the keep ratios count: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"`` (one ranking of all groups, as
-      for weights) or ``"uniform"`` (the same fraction of every set of
-      groups, each ranked within itself, as in Li et al. 2017). Magnitudes of
-      different layers are not comparable (plain L2 norms favour large groups,
-      per-weight ones the layers initialised with larger weights: either can
-      empty a layer of LeNet-300-100), so ``"uniform"`` is the safe baseline.
+      for weights), ``"uniform"`` (the same fraction of every set of
+      groups, each ranked within itself, as in Li et al. 2017) or
+      ``"normalized"`` (one ranking of each set's RMS over their own root
+      mean square). Magnitudes of different layers are not comparable (plain
+      L2 norms favour large groups, per-weight ones the layers initialised
+      with larger weights: either can empty a layer of LeNet-300-100), so
+      ``"uniform"`` is the safe baseline.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a

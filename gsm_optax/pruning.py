@@ -41,8 +41,9 @@ def prune_mask(
       ``"group_rms"`` of :func:`gsm_optax.keep_top_groups`).
     budget: with ``groups``: ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs`.
-    allocation: with ``groups``, ``"global"`` or ``"uniform"`` (the same
-      fraction of every set; see :func:`gsm_optax.keep_top_groups`).
+    allocation: with ``groups``, ``"global"``, ``"uniform"`` (the same
+      fraction of every set) or ``"normalized"`` (each set's RMS over their
+      own root mean square; see :func:`gsm_optax.keep_top_groups`).
 
   Returns:
     A pytree of bool arrays shaped like ``params``. With ``groups``, every set
@@ -114,8 +115,8 @@ def prune(
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs` (see :func:`gsm_optax.keep_top_groups`;
       groups are ranked by their RMS, the L2 norm per weight: ``"group_rms"``).
-    allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
-      :func:`gsm_optax.keep_top_groups`).
+    allocation: with ``groups``, ``"global"``, ``"uniform"`` or
+      ``"normalized"`` (see :func:`gsm_optax.keep_top_groups`).
 
   Returns:
     Parameters with exactly Q non-zero-able eligible entries kept (entries that

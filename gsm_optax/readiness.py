@@ -93,8 +93,8 @@ def prune_readiness(
       these groups (see :func:`gsm_optax.keep_top_groups`).
     budget: with ``groups``, ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs`.
-    allocation: with ``groups``, ``"global"`` or ``"uniform"``, as for
-      :func:`gsm_optax.prune`.
+    allocation: with ``groups``, ``"global"``, ``"uniform"`` or
+      ``"normalized"``, as for :func:`gsm_optax.prune`.
 
   Returns:
     A :class:`PruneReadiness`.

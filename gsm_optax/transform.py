@@ -348,9 +348,12 @@ def keep_top_groups(
       ``keep_ratio`` of all grouped weights), ``"cost"`` (the same with each
       :class:`gsm_optax.Groups`' own ``cost``) or :func:`gsm_optax.mac_costs`
       (the same with the model's multiply-accumulates at the widths kept).
-    allocation: ``"global"`` (one ranking of all groups) or ``"uniform"`` (the
+    allocation: ``"global"`` (one ranking of all groups), ``"uniform"`` (the
       same fraction of every set, each ranked within itself, as the layer-wise
-      baselines of Li et al. 2017).
+      baselines of Li et al. 2017) or ``"normalized"`` (one ranking of all
+      groups, each set's scores divided by their root mean square, so that no
+      layer's scale, from its initialisation or a normalisation after it,
+      decides how much of it is kept; after Molchanov et al. 2017).
     importance: a group's score. Two are defined for groups only:
       ``"group_taylor"`` (the default), ``|sum g * w|`` over the group's
       entries, the first-order change of the loss when the group is removed
@@ -374,6 +377,9 @@ def keep_top_groups(
   References:
     Molchanov et al., `Importance Estimation for Neural Network Pruning
     <https://arxiv.org/abs/1906.10771>`_, CVPR 2019.
+
+    Molchanov et al., `Pruning Convolutional Neural Networks for Resource
+    Efficient Inference <https://arxiv.org/abs/1611.06440>`_, ICLR 2017.
 
   Example:
     >>> import optax, jax.numpy as jnp
@@ -507,8 +513,8 @@ def gsm(
     budget: with ``groups``, what ``keep_ratio`` counts: ``"groups"``,
       ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs` (see
       :func:`keep_top_groups`).
-    allocation: with ``groups``, ``"global"`` or ``"uniform"`` (see
-      :func:`keep_top_groups`).
+    allocation: with ``groups``, ``"global"``, ``"uniform"`` or
+      ``"normalized"`` (see :func:`keep_top_groups`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs

@@ -161,3 +161,47 @@ def test_multiple_of_is_checked_at_init(value, error):
     gsm_optax.keep_top_groups(0.5, groups).init(params)
   with pytest.raises(error, match=r"groups\['w'\].multiple_of"):
     gsm_optax.prune(params, 0.5, groups=groups)
+
+
+@pytest.mark.parametrize("budget", ["groups", "macs"])
+def test_normalized_allocation_against_brute_force(rng, budget):
+  """allocation="normalized": the global selection (brute force, as for "global") of each
+  set's RMS scores divided by their own root mean square, in float64; rescaling a set's
+  weights by any factor leaves the selection as it is, where "global" follows the scale."""
+  _, groups, _, min_kept, multiple_of = _problem(rng)
+  scales = 10.0 ** rng.uniform(-2, 2, len(SIZES))
+  leaves = {f"s{i}": jnp.asarray(scales[i] * rng.standard_normal((2, n)), jnp.float32)
+            for i, n in enumerate(SIZES)}
+  spec = gsm_optax.mac_costs(groups, TERMS) if budget == "macs" else budget
+
+  def normalized_rms(p):
+    out = []
+    for i in range(len(SIZES)):
+      rms = np.sqrt(np.mean(np.asarray(p[f"s{i}"], np.float64) ** 2, axis=0))
+      out.append(rms / np.sqrt(np.mean(rms ** 2)))
+    return np.concatenate(out)
+
+  select = jax.jit(lambda p, r: gsm_optax.prune_mask(p, r, groups=groups, budget=spec,
+                                                     allocation="normalized"))
+  for ratio in rng.uniform(0.1, 1.0, 4):
+    ratio = float(ratio)
+    scores = normalized_rms(leaves)
+    if budget == "groups":
+      want, _ = rounded_selection(scores, SIZES, min_kept, multiple_of, q=int(ratio * sum(SIZES)))
+    else:
+      allowed = ratio * _macs(np.ones(sum(SIZES), bool)) * (1 + 2.0**-20)
+      want, _ = rounded_selection(scores, SIZES, min_kept, multiple_of,
+                                  fits=lambda kept, a=allowed: _macs(kept) <= a)
+    got = _kept(select(leaves, ratio))
+    np.testing.assert_array_equal(got, want, err_msg=f"{budget} {ratio} {min_kept} {multiple_of}")
+    rescaled = {k: x * np.float32(10.0 ** rng.uniform(-2, 2)) for k, x in leaves.items()}
+    np.testing.assert_array_equal(_kept(select(rescaled, ratio)), got)
+  # One set's weights 1000x smaller (half the groups kept, no floors, any width): "global"
+  # empties it, "normalized" keeps some of it, as its share of the ranking says.
+  free = [g._replace(min_kept=0, multiple_of=1) for g in groups]
+  small = {k: jnp.asarray(rng.standard_normal(x.shape) * (1e-3 if k == "s0" else 1), jnp.float32)
+           for k, x in leaves.items()}
+  plain, normalized = (_counts(_kept(gsm_optax.prune_mask(small, 0.5, groups=free,
+                                                          allocation=a)))
+                       for a in ("global", "normalized"))
+  assert plain[0] == 0 < normalized[0], (plain, normalized)

@@ -550,3 +550,42 @@ PRUNING_FUNCTIONS = {
 def test_every_pruning_function_checks_the_group_options_alike(function, options, error):
   with pytest.raises(ValueError, match=error):
     PRUNING_FUNCTIONS[function](**options)
+
+
+def test_structured_gsm_with_normalized_allocation_ranks_each_set_on_its_own_scale(rng):
+  """allocation="normalized": the global top-Q of the Taylor scores, each set's divided by
+  their root mean square (float64 reference), get the gradient; scaling one layer's gradients
+  changes nothing, and gsm and prune accept the allocation."""
+  params = _params(rng)
+  groups = SPECS["outputs and inputs"](params)
+  grads = jax.tree_util.tree_map(lambda x: jnp.asarray(3 * rng.standard_normal(x.shape)), params)
+  tx = gsm_optax.keep_top_groups(0.5, groups, allocation="normalized")
+  out, _ = tx.update(grads, tx.init(params), params)
+  leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
+  g_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
+  spec = _reference_spec("outputs and inputs")
+  scores = []
+  for size, members in spec:
+    s = np.abs(group_sums([g * w for g, w in zip(g_leaves, leaves)], [(size, members)])[0])
+    scores.append(s / np.sqrt(np.mean(s**2)))
+  sizes = [size for size, _ in spec]
+  want, _ = min_kept_selection(np.concatenate(scores), sizes, [1] * len(sizes),
+                               q=int(0.5 * sum(sizes)))
+  out_leaves = jax.tree_util.tree_leaves(out)
+
+  def kept(tree_leaves):
+    masks = []
+    for size, members in spec:
+      leaf, axis = members[0]
+      x = np.moveaxis(np.asarray(tree_leaves[leaf]), axis, 0).reshape(size, -1)
+      masks.append(np.any(x != 0, 1))
+    return np.concatenate(masks)
+
+  np.testing.assert_array_equal(kept(out_leaves), want)
+  louder = dict(grads, conv=jax.tree_util.tree_map(lambda x: 1e3 * x, grads["conv"]))
+  out2, _ = tx.update(louder, tx.init(params), params)
+  np.testing.assert_array_equal(kept(jax.tree_util.tree_leaves(out2)), want)
+  opt = gsm_optax.gsm(0.1, 0.5, groups=groups, allocation="normalized")
+  opt.update(grads, opt.init(params), params)
+  pruned = gsm_optax.prune(params, 0.5, groups=groups, allocation="normalized")
+  assert sum(int(np.sum(np.asarray(pruned[k]["bias"]) != 0)) for k in ("conv", "dense")) > 0

@@ -77,24 +77,28 @@ def test_methods_differ_only_in_the_gsm_update(method):
 
 
 @pytest.mark.parametrize("cell", sweep.STRUCTURED_GRID)
-def test_uniform_differs_from_the_recipe_only_in_its_allocation(cell, capsys):
-  """The structured candidate ``uniform`` is the cell's recommended run with every group set
-  cut by the same fraction: one setting apart, so that the two runs decide what it is worth."""
+@pytest.mark.parametrize("candidate", ["uniform", "normalized"])
+def test_allocation_candidates_differ_from_the_recipe_only_in_their_allocation(
+    cell, candidate, capsys):
+  """The structured candidates (``uniform``: every group set cut by the same fraction;
+  ``normalized``: one ranking of each set's scores over their own RMS) are the cell's
+  recommended run with another allocation: one setting apart, so that the runs decide what
+  each is worth."""
   dataset, model, compression = cell
   recommended = sweep.sweep_config(dataset, model, compression, 1, "recommended",
                                    structured=True).to_dict()
-  uniform = sweep.sweep_config(dataset, model, compression, 1, "uniform",
-                               structured=True).to_dict()
-  assert (recommended["allocation"], uniform["allocation"]) == ("global", "uniform")
-  assert {k for k in uniform if uniform[k] != recommended[k]} == {"allocation"}
+  other = sweep.sweep_config(dataset, model, compression, 1, candidate,
+                             structured=True).to_dict()
+  assert (recommended["allocation"], other["allocation"]) == ("global", candidate)
+  assert {k for k in other if other[k] != recommended[k]} == {"allocation"}
   # Unstructured, it means nothing: the sweep refuses it, and so does a config.
-  with pytest.raises(ValueError, match="'uniform' is for structured cells only"):
-    sweep.sweep_config(dataset, model, compression, 1, "uniform")
-  with pytest.raises(ValueError, match="allocation='uniform' needs structured=True"):
-    dataclasses.replace(paper_config("lenet300"), allocation="uniform")
+  with pytest.raises(ValueError, match=f"'{candidate}' is for structured cells only"):
+    sweep.sweep_config(dataset, model, compression, 1, candidate)
+  with pytest.raises(ValueError, match=f"allocation='{candidate}' needs structured=True"):
+    dataclasses.replace(paper_config("lenet300"), allocation=candidate)
   with pytest.raises(SystemExit):
-    sweep_cli.main(["--summary", "--methods", "uniform"])
-  assert "uniform: structured runs only" in capsys.readouterr().err
+    sweep_cli.main(["--summary", "--methods", candidate])
+  assert f"{candidate}: structured runs only" in capsys.readouterr().err
 
 
 def test_recipe_settings_scale_with_the_schedule():

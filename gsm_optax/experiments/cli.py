@@ -20,6 +20,7 @@ from flax.training import train_state
 from gsm_optax import gsm, prune, selection_stats, sparsity_report
 from gsm_optax.experiments.results import write_json
 from gsm_optax.experiments.training import accuracy, make_train_epoch
+from gsm_optax.grouping import ALLOCATIONS
 
 
 class MLP(nn.Module):
@@ -397,9 +398,11 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
                  " where the weights are ranked by magnitude, group-taylor otherwise)")
   m.add_argument("--per-mac", action="store_true",
                  help="with --budget macs, rank groups by score per MAC at the widths kept")
-  m.add_argument("--allocation", choices=["global", "uniform"], default="global",
-                 help="with --structured, GSM ranks all groups together (global) or keeps the same"
-                 " fraction of every layer (uniform, as the structured gradual baseline does)")
+  m.add_argument("--allocation", choices=ALLOCATIONS, default="global",
+                 help="with --structured, GSM ranks all groups together (global), keeps the same"
+                 " fraction of every layer (uniform, as the structured gradual baseline does) or"
+                 " ranks all groups on each layer's own scale (normalized: its scores over their"
+                 " root mean square)")
   m.add_argument("--multiple-of", type=int, default=1,
                  help="with --structured, every layer whose width N divides keeps a multiple of N"
                  " of its units (8: widths at which XLA:CPU's convolutions run at full speed)")

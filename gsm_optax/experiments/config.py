@@ -94,7 +94,8 @@ class ExperimentConfig:
   # say (benchmarks/width_speed.py); 1: any width.
   multiple_of: int = 1
   # "global": one ranking of all groups; "uniform": the same fraction of every layer (structured
-  # gradual pruning always allocates uniformly: magnitudes of different layers do not compare).
+  # gradual pruning always allocates uniformly: magnitudes of different layers do not compare);
+  # "normalized": one ranking of each layer's scores over their own root mean square.
   allocation: str = "global"
   # Gradual magnitude pruning prunes from epoch 0 up to this epoch of its phase
   # (None: the GSM phase's first learning-rate boundary), every this many steps.
@@ -144,8 +145,9 @@ class ExperimentConfig:
     if self.group_importance not in GROUP_IMPORTANCES:
       raise ValueError(f"group_importance must be one of {GROUP_IMPORTANCES}; got"
                        f" group_importance={self.group_importance!r}.")
-    if self.allocation not in ("global", "uniform"):
-      raise ValueError(f"allocation must be 'global' or 'uniform'; got {self.allocation!r}.")
+    if self.allocation not in gsm_optax.grouping.ALLOCATIONS:
+      raise ValueError(f"allocation must be one of {gsm_optax.grouping.ALLOCATIONS}; got"
+                       f" allocation={self.allocation!r}.")
     if self.allocation != "global" and not self.structured:
       raise ValueError(f"allocation={self.allocation!r} needs structured=True (it splits a"
                        " budget of groups between their sets).")
@@ -242,8 +244,9 @@ def deep_config(model: str = "resnet20", compression: float = 10.0,
 #   of the GSM phase's weight decay (which a shorter schedule raises to decay as much in all);
 # - passive_from_anneal_end: the passive decay applies only once the keep ratio has reached Q;
 # - importance, importance_ema: the score and the rate of its moving average;
-# - allocation (structured runs): "global", one ranking of all groups, or "uniform", the same
-#   fraction of every group set.
+# - allocation (structured runs): "global", one ranking of all groups, "uniform", the same
+#   fraction of every group set, or "normalized", one ranking of each set's scores over their
+#   own root mean square.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     # Fitted on LeNet-300-100 at 60x on MNIST alone (the default until the robustness sweep):

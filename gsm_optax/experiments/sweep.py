@@ -74,14 +74,18 @@ GRID: tuple[tuple[str, str, float], ...] = (
     ("fashion_mnist", "vit", 20.0),
 )
 
-# Structured cells (--structured): half the MACs of ResNet-20 and the ViT, on their own
-# schedules (DEEP_PHASES), from the same base models as GRID's deep cells; every set whose size
-# 8 divides keeps a multiple of 8 (ExperimentConfig.multiple_of), so that the export's speed
-# follows its MACs (benchmarks/width_speed.py).
+# Structured cells (--structured; compression counts MACs): half the MACs of ResNet-20 and the
+# ViT, on their own schedules (DEEP_PHASES), then the LeNets at the MACs of the published
+# structured marks (L0's LeNet-300-100 266-88-33 keeps about a tenth, SSL's LeNet-5 goal >= 10x
+# fewer), on the short schedule; all from the same base models as GRID's cells. Every set whose
+# size 8 divides keeps a multiple of 8 (ExperimentConfig.multiple_of), so that the export's
+# speed follows its MACs (benchmarks/width_speed.py).
 STRUCTURED_MULTIPLE = 8
 STRUCTURED_GRID: tuple[tuple[str, str, float], ...] = (
     ("fashion_mnist", "resnet20", 2.0),
     ("fashion_mnist", "vit", 2.0),
+    ("mnist", "lenet300", 10.0),
+    ("mnist", "lenet5", 11.0),
 )
 
 # A method is a GSM recipe (experiments.config.RECIPES, or settings of with_recipe), "gradual":
@@ -110,6 +114,9 @@ METHODS: dict[str, Any] = {
     # Structured cells only: does the global ranking of groups lose to a uniform split on deep
     # networks (docs/RESULTS.md, structured ResNet-20)?
     "uniform": dict(RECIPES["recommended"], allocation="uniform"),
+    # ... or does it lose only the scale each layer's magnitudes carry (BatchNorm after He et al.'s
+    # initialisation), which each set's scores over their own RMS leave out?
+    "normalized": dict(RECIPES["recommended"], allocation="normalized"),
 }
 
 
@@ -136,6 +143,8 @@ METHOD_HELP: dict[str, str] = {
     "uniform": "candidate, --structured only: as recommended, every group set keeping the same"
                " fraction of its groups (allocation='uniform', as structured gradual pruning)"
                " instead of one global ranking",
+    "normalized": "candidate, --structured only: as recommended, one global ranking of each group"
+                  " set's scores over their own root mean square (allocation='normalized')",
 }
 
 SCHEDULES = ("short", "full")
@@ -148,7 +157,7 @@ SCRATCH_SOURCE = "recommended"
 # What a structured cell compares: GSM recipes, and these baselines.
 STRUCTURED_BASELINES = ("gradual", "scratch")
 # Methods of structured cells only, and of unstructured cells only.
-STRUCTURED_ONLY = ("scratch", "uniform")
+STRUCTURED_ONLY = ("scratch", "uniform", "normalized")
 UNSTRUCTURED_ONLY = ("oneshot", "tickets")
 
 
