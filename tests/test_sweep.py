@@ -230,9 +230,9 @@ def test_archived_results_were_run_with_the_settings_their_names_say(archive, sc
     for method in sorted(os.listdir(os.path.join(root, cell))):
       with open(os.path.join(root, cell, method, "results.json")) as f:
         stored = json.load(f)["config"]
-      jobs = [j for structured in (False, True)
-              for j in sweep.plan(sweep.STRUCTURED_GRID if structured else sweep.GRID,
-                                  [stored["seed"]], [method], structured=structured)]
+      jobs = [sweep.Job(d, m, c, stored["seed"], method, structured=structured)
+              for structured in (False, True)
+              for d, m, c in (sweep.STRUCTURED_GRID if structured else sweep.GRID)]
       job = next(j for j in jobs
                  if j.method == method and sweep.job_dir("", j.dataset, j.model, j.compression,
                                                          j.seed, method, j.structured)
@@ -449,3 +449,19 @@ def test_summary_default_takes_the_gaps_of_a_candidate(tmp_path, capsys):
     with pytest.raises(SystemExit):
       sweep_cli.main(args + ["--default", wrong])
     assert f"argument --default: '{wrong}'" in capsys.readouterr().err
+
+
+def test_a_method_a_cell_cannot_run_is_refused_before_any_job_starts(tmp_path, capsys):
+  """scratch trains a deep model's export widths; on a structured LeNet cell the plan refuses
+  it at once (every job's experiment is built first), and the CLI says so, running nothing."""
+  lenet = next(c for c in sweep.STRUCTURED_GRID if c[1] == "lenet300")
+  with pytest.raises(ValueError, match="method 'scratch'.*model='lenet300'"):
+    sweep.plan([lenet], [0], ["recommended", "scratch"], structured=True)
+  index = str(sweep.STRUCTURED_GRID.index(lenet))
+  with pytest.raises(SystemExit):
+    sweep_cli.main(["--out", str(tmp_path), "--structured", "--cells", index, "--methods",
+                    "recommended", "scratch", "--seeds", "0"])
+  assert "model='lenet300'" in capsys.readouterr().err
+  assert not any(tmp_path.iterdir())
+  deep = sweep.plan([sweep.STRUCTURED_GRID[0]], [0], ["recommended", "scratch"], structured=True)
+  assert [j.method for j in deep] == ["base", "recommended", "scratch"]

@@ -167,7 +167,9 @@ class ExperimentConfig:
       if self.model not in DEEP_PHASES or not self.structured:
         raise ValueError("method 'scratch' trains the widths of a structured GSM export of"
                          f" {sorted(DEEP_PHASES)}: it needs structured=True and one of those"
-                         f" models; got model={self.model!r}, structured={self.structured!r}.")
+                         " models (the LeNets' exports also drop input pixels and positions,"
+                         " which no freshly built LeNet takes); got"
+                         f" model={self.model!r}, structured={self.structured!r}.")
       if "gsm" not in self.methods:
         raise ValueError("method 'scratch' trains the widths that structured GSM's export"
                          f" has: methods must include 'gsm'; got methods={self.methods!r}.")

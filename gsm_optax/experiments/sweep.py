@@ -284,13 +284,17 @@ def plan(cells: Sequence[tuple[str, str, float]], seeds: Sequence[int],
   """Every base model first, then the methods cell by cell (seeds inside a cell).
 
   ``structured``: the cells are structured ones (:data:`STRUCTURED_GRID`); their base models
-  are the same jobs as the unstructured cells'.
+  are the same jobs as the unstructured cells'. Every job's experiment is built here
+  (:func:`sweep_config`), so that a method a cell cannot run (``scratch`` on a LeNet, say)
+  raises its ``ValueError`` before any job starts.
   """
   bases = {(d, m, s) for d, m, _ in cells for s in seeds}
   jobs = [Job(d, m, 1.0, s, "base", schedule) for d, m, s in sorted(bases, key=str)]
   for d, m, c in cells:
     for s in seeds:
       jobs += [Job(d, m, c, s, method, schedule, structured) for method in methods]
+  for j in jobs[len(bases):]:
+    sweep_config(j.dataset, j.model, j.compression, j.seed, j.method, j.schedule, j.structured)
   return jobs
 
 

@@ -161,8 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if not args.summary:
     cells = [grid[i] for i in args.cells] if args.cells else list(grid)
-    run_sweep(plan(cells, args.seeds, args.methods, args.schedule, args.structured), args.out,
-              args.cores)
+    try:
+      jobs = plan(cells, args.seeds, args.methods, args.schedule, args.structured)
+    except ValueError as e:
+      parser.error(f"argument --methods: {e}")
+    run_sweep(jobs, args.out, args.cores)
   tickets = "tickets" in args.methods
   methods = [m for m in args.methods if m != "tickets"]
   table = summarize(args.out, methods, args.default or "recommended",
