@@ -1,14 +1,16 @@
 """What a structured magnitude prune of a base model keeps, under each allocation.
 
-The structured cells (``gsm-optax sweep --structured``) rank groups either all together
-(``allocation="global"``, the recipe) or the same fraction of every set (``"uniform"``, as
-structured gradual pruning). This script prunes a sweep's base model once at its structured
-cell's budget (half the MACs, multiples of 8) with ``gsm_optax.prune`` and each allocation, and
+The structured cells (``gsm-optax sweep --structured``) rank groups all together
+(``allocation="global"``, the recipe), the same fraction of every set (``"uniform"``, as
+structured gradual pruning) or all together on each set's own scale (``"normalized"``). This
+script prunes a sweep's base model once at its structured cell's budget (MACs, multiples of 8)
+with ``gsm_optax.prune`` and each allocation, and
 prints the groups every set keeps and the pruned model's test accuracy, before any training:
 which widths the base model's magnitudes ask for. (With BatchNorm the accuracy is of little use:
 the running statistics are the dense model's.)
 
   python docs/results/structured_base_prune.py runs/sweep/bases/fashion_mnist_vit_seed0 vit
+  python docs/results/structured_base_prune.py runs/sweep/bases/mnist_lenet300_seed0 lenet300
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main(base_dir: str, model: str) -> None:
     run = runner.Runner(config, out, quiet=True)
     variables = runner.load_phase_variables(base_dir, "base", config)
     print(f"{model}, {sweep.cell_name(cells[0])} structured: dense {run.evaluate(variables):.4f}")
-    for allocation in ("global", "uniform"):
+    for allocation in gsm_optax.grouping.ALLOCATIONS:
       args = dict(run.selection_args, allocation=allocation)
       params = jax.jit(lambda p, args=args: gsm_optax.prune(p, config.keep_ratio, **args))(
           variables["params"])
