@@ -30,7 +30,8 @@ class KeepTopGradientsState(NamedTuple):
       0 before the first update); for :func:`keep_top_groups`, the number of
       groups kept.
     threshold: the ranking score of the last kept weight at the last update
-      (NaN before the first update).
+      (NaN before the first update); with ``allocation="normalized"``, the
+      score over its set's root mean square.
     average_scores: the exponential moving average of the importance scores,
       shaped like params (zero for non-eligible leaves), when
       ``importance_ema > 0``; None otherwise. For :func:`keep_top_groups`, a
