@@ -201,7 +201,6 @@ def test_normalized_allocation_against_brute_force(rng, budget):
   free = [g._replace(min_kept=0, multiple_of=1) for g in groups]
   small = {k: jnp.asarray(rng.standard_normal(x.shape) * (1e-3 if k == "s0" else 1), jnp.float32)
            for k, x in leaves.items()}
-  plain, normalized = (_counts(_kept(gsm_optax.prune_mask(small, 0.5, groups=free,
-                                                          allocation=a)))
-                       for a in ("global", "normalized"))
+  plain, normalized = (_counts(_kept(jax.jit(lambda p, a=a: gsm_optax.prune_mask(
+      p, 0.5, groups=free, allocation=a))(small))) for a in ("global", "normalized"))
   assert plain[0] == 0 < normalized[0], (plain, normalized)

@@ -555,12 +555,13 @@ def test_every_pruning_function_checks_the_group_options_alike(function, options
 def test_structured_gsm_with_normalized_allocation_ranks_each_set_on_its_own_scale(rng):
   """allocation="normalized": the global top-Q of the Taylor scores, each set's divided by
   their root mean square (float64 reference), get the gradient; scaling one layer's gradients
-  changes nothing, and gsm and prune accept the allocation."""
+  changes nothing, and gsm accepts the allocation (prune's is tests/test_multiple_of.py's)."""
   params = _params(rng)
   groups = SPECS["outputs and inputs"](params)
   grads = jax.tree_util.tree_map(lambda x: jnp.asarray(3 * rng.standard_normal(x.shape)), params)
   tx = gsm_optax.keep_top_groups(0.5, groups, allocation="normalized")
-  out, _ = tx.update(grads, tx.init(params), params)
+  update = jax.jit(tx.update)
+  out, _ = update(grads, tx.init(params), params)
   leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(params)]
   g_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(grads)]
   spec = _reference_spec("outputs and inputs")
@@ -583,9 +584,6 @@ def test_structured_gsm_with_normalized_allocation_ranks_each_set_on_its_own_sca
 
   np.testing.assert_array_equal(kept(out_leaves), want)
   louder = dict(grads, conv=jax.tree_util.tree_map(lambda x: 1e3 * x, grads["conv"]))
-  out2, _ = tx.update(louder, tx.init(params), params)
+  out2, _ = update(louder, tx.init(params), params)
   np.testing.assert_array_equal(kept(jax.tree_util.tree_leaves(out2)), want)
-  opt = gsm_optax.gsm(0.1, 0.5, groups=groups, allocation="normalized")
-  opt.update(grads, opt.init(params), params)
-  pruned = gsm_optax.prune(params, 0.5, groups=groups, allocation="normalized")
-  assert sum(int(np.sum(np.asarray(pruned[k]["bias"]) != 0)) for k in ("conv", "dense")) > 0
+  gsm_optax.gsm(0.1, 0.5, groups=groups, allocation="normalized")  # accepted by the optimizer
