@@ -5,6 +5,8 @@ import glob
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -465,3 +467,33 @@ def test_a_method_a_cell_cannot_run_is_refused_before_any_job_starts(tmp_path, c
   assert not any(tmp_path.iterdir())
   deep = sweep.plan([sweep.STRUCTURED_GRID[0]], [0], ["recommended", "scratch"], structured=True)
   assert [j.method for j in deep] == ["base", "recommended", "scratch"]
+
+
+def test_a_job_that_another_sweep_starts_meanwhile_is_not_run_twice(tmp_path):
+  """Two sweeps on one --out: a job the other started after this one planned (a live pid in its
+  running.pid) or that has since finished is dropped when a core comes free, not run again; a
+  job whose base has not finished waits."""
+  out = str(tmp_path)
+  base, paper, gradual, recommended = sweep.plan([("mnist", "lenet300", 60.0)], [0],
+                                                 ["paper", "gradual", "recommended"])
+  pending = [paper, gradual, recommended]
+  assert sweep.next_job(pending, out) is None and len(pending) == 3  # the base is not done
+  os.makedirs(os.path.join(base.directory(out), "base"))
+  with open(os.path.join(base.directory(out), "base", "result.json"), "w") as f:
+    f.write("{}")
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    os.makedirs(paper.directory(out))
+    with open(os.path.join(paper.directory(out), "running.pid"), "w") as f:
+      f.write(str(other.pid))
+    os.makedirs(gradual.directory(out))
+    with open(os.path.join(gradual.directory(out), "results.json"), "w") as f:
+      f.write("{}")
+    assert sweep.next_job(pending, out) == recommended
+    assert pending == []
+  finally:
+    other.kill()
+    other.wait()
+  # Once the other process is gone, its job is this sweep's again (and resumes).
+  pending = [paper]
+  assert sweep.next_job(pending, out) == paper

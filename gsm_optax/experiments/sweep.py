@@ -382,6 +382,21 @@ def run_scratch(job: Job, out: str) -> dict[str, Any]:
   return results
 
 
+def next_job(pending: list[Job], out: str) -> Job | None:
+  """Takes from ``pending`` the first job whose needs have finished, or returns None.
+
+  First drops the jobs that have finished or that a live process runs since ``pending`` was
+  made: another sweep on the same ``--out`` may have started one meanwhile, and two processes
+  training one job would write over each other's checkpoints.
+  """
+  pending[:] = [j for j in pending if not j.done(out) and not j.running_elsewhere(out)]
+  for job in pending:
+    if all(n.done(out) for n in job.needs()):
+      pending.remove(job)
+      return job
+  return None
+
+
 def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
   """Runs the jobs that have not finished, one process per core, bases before their users."""
   pending = [j for j in jobs if not j.done(out) and not j.running_elsewhere(out)]
@@ -399,17 +414,15 @@ def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
     for core in cores:
       if core in running:
         continue
-      ready = [j for j in pending if all(n.done(out) for n in j.needs())]
-      if not ready:
+      start = next_job(pending, out)
+      if start is None:
         break
-      job = ready[0]
-      pending.remove(job)
-      log = open(os.path.join(out, "logs", _label(job).replace(" ", "_") + ".log"), "a")
+      log = open(os.path.join(out, "logs", _label(start).replace(" ", "_") + ".log"), "a")
       cmd = ["taskset", "-c", str(core), sys.executable, "-m", "gsm_optax.experiments.sweep_cli",
-             "--out", out, "--job", json.dumps(dataclasses.asdict(job))]
+             "--out", out, "--job", json.dumps(dataclasses.asdict(start))]
       proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-      running[core] = (proc, job, log)
-      print(f"{time.strftime('%H:%M:%S')} core {core}: {_label(job)} started", flush=True)
+      running[core] = (proc, start, log)
+      print(f"{time.strftime('%H:%M:%S')} core {core}: {_label(start)} started", flush=True)
     if pending and not running:  # nothing can start now, and nothing running will change that
       for job in pending:
         missing = ", ".join(_label(n) for n in job.needs() if not n.done(out))
