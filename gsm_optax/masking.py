@@ -289,11 +289,11 @@ def gradual_magnitude_pruning(
     allocation: with ``groups``, ``"global"`` (one ranking of all groups, as
       for weights), ``"uniform"`` (the same fraction of every set of
       groups, each ranked within itself, as in Li et al. 2017) or
-      ``"normalized"`` (one ranking of each set's RMS over their own root
-      mean square). Magnitudes of different layers are not comparable (plain
-      L2 norms favour large groups, per-weight ones the layers initialised
-      with larger weights: either can empty a layer of LeNet-300-100), so
-      ``"uniform"`` is the safe baseline.
+      ``"normalized"`` (one ranking of all groups, each set's RMS divided by
+      the root mean square of that set's RMS). Magnitudes of different
+      layers are not comparable (plain L2 norms favour large groups,
+      per-weight ones the layers initialised with larger weights: either can
+      empty a layer of LeNet-300-100), so ``"uniform"`` is the safe baseline.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a

@@ -42,8 +42,9 @@ def prune_mask(
     budget: with ``groups``: ``"groups"``, ``"weights"``, ``"cost"`` or
       :func:`gsm_optax.mac_costs`.
     allocation: with ``groups``, ``"global"``, ``"uniform"`` (the same
-      fraction of every set) or ``"normalized"`` (each set's RMS over their
-      own root mean square; see :func:`gsm_optax.keep_top_groups`).
+      fraction of every set) or ``"normalized"`` (one ranking of all groups,
+      each set's RMS divided by the root mean square of that set's RMS; see
+      :func:`gsm_optax.keep_top_groups`).
 
   Returns:
     A pytree of bool arrays shaped like ``params``. With ``groups``, every set

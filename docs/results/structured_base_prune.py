@@ -4,13 +4,14 @@ The structured cells (``gsm-optax sweep --structured``) rank groups all together
 (``allocation="global"``, the recipe), the same fraction of every set (``"uniform"``, as
 structured gradual pruning) or all together on each set's own scale (``"normalized"``). This
 script prunes a sweep's base model once at its structured cell's budget (MACs, multiples of 8)
-with ``gsm_optax.prune`` and each allocation, and
-prints the groups every set keeps and the pruned model's test accuracy, before any training:
-which widths the base model's magnitudes ask for. (With BatchNorm the accuracy is of little use:
-the running statistics are the dense model's.)
+with ``gsm_optax.prune`` and each allocation, and prints the groups every set keeps and the
+pruned model's test accuracy, before any training: which widths the base model's magnitudes ask
+for. (With BatchNorm the accuracy is of little use: the running statistics are the dense
+model's.)
 
   python docs/results/structured_base_prune.py runs/sweep/bases/fashion_mnist_vit_seed0 vit
   python docs/results/structured_base_prune.py runs/sweep/bases/mnist_lenet300_seed0 lenet300
+  python docs/results/structured_base_prune.py runs/sweep/bases/mnist_lenet5_seed1 lenet5
 """
 
 from __future__ import annotations

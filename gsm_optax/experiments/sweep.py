@@ -399,7 +399,7 @@ def next_job(pending: list[Job], out: str) -> Job | None:
 
 def run_sweep(jobs: Sequence[Job], out: str, cores: Sequence[int]) -> None:
   """Runs the jobs that have not finished, one process per core, bases before their users."""
-  pending = [j for j in jobs if not j.done(out) and not j.running_elsewhere(out)]
+  pending = list(jobs)  # next_job drops the finished ones and those another process runs
   running: dict[int, tuple[subprocess.Popen, Job, Any]] = {}
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false"
              " intra_op_parallelism_threads=1")
