@@ -156,6 +156,28 @@ def test_summary_compares_methods_seed_by_seed(tmp_path):
   assert fields[8] == f"{mean('recommended') - mean('gradual'):+.2f}"
 
 
+def test_summary_cells_keeps_only_the_cells_named(tmp_path, capsys):
+  """``--summary --cells`` prints the rows of the cells named (by index or name), in the grid's
+  order, and no other."""
+  out = str(tmp_path)
+  rng = np.random.default_rng()
+  named = [sweep.GRID.index(("fashion_mnist", "lenet300", 30.0)),
+           sweep.GRID.index(("mnist", "lenet300", 10.0))]
+  for cell in ("mnist_lenet300_10x", "fashion_mnist_lenet300_30x", "mnist_lenet300_60x"):
+    for m in ("recommended", "gradual"):
+      _write_result(out, f"{cell}_seed0", m, *rng.uniform(0.8, 0.9, 2), 0.9)
+  methods = ["recommended", "gradual"]
+  rows = lambda table: [line.split("|")[1].strip() for line in table.splitlines()[2:]]  # noqa: E731
+  assert rows(sweep.summarize(out, methods)) == [
+      "LeNet-300-100 60x MNIST", "LeNet-300-100 10x MNIST", "LeNet-300-100 30x Fashion-MNIST"]
+  assert rows(sweep.summarize(out, methods, cells=[sweep.GRID[i] for i in named])) == [
+      "LeNet-300-100 10x MNIST", "LeNet-300-100 30x Fashion-MNIST"]
+  assert sweep_cli.main(["--summary", "--out", out, "--methods", *methods, "--cells",
+                         str(named[0]), "LeNet-300-100 10x MNIST"]) == 0
+  assert rows(capsys.readouterr().out.strip()) == [
+      "LeNet-300-100 10x MNIST", "LeNet-300-100 30x Fashion-MNIST"]
+
+
 def test_summary_leaves_out_a_seed_whose_runs_started_from_two_base_models(tmp_path):
   """A base model lost and retrained from the same seed is another model: the summary does not
   take differences between runs from the two, even where their accuracies happen to agree."""

@@ -480,14 +480,16 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def summarize(out: str, methods: Sequence[str], default: str = "recommended",
-              structured: bool = False) -> str:
+              structured: bool = False,
+              cells: Sequence[tuple[str, str, float]] | None = None) -> str:
   """A markdown table: after-prune accuracy (mean ± sd over seeds), prune cost, goal checks.
 
   Each cell is summarised over the seeds that every listed method has finished from one base
   model, so that the differences are taken between runs from the same base models; a seed whose
   runs started from different base models of that seed (one retrained after the other was lost)
   is left out, and a line under the table says so. ``structured``: the cells of
-  :data:`STRUCTURED_GRID`, compared with gradual pruning and ``scratch``.
+  :data:`STRUCTURED_GRID`, compared with gradual pruning and ``scratch``. ``cells``: only
+  these cells (default: every cell with finished runs), in the grid's order.
   """
   others = STRUCTURED_BASELINES if structured else ("paper", "gradual")
   head = ("| cell | seeds | dense | " + " | ".join(methods)
@@ -496,6 +498,8 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended",
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   notes = []
   for (d, m, c), runs in collect(out, structured).items():
+    if cells is not None and (d, m, c) not in cells:
+      continue
     name = cell_name((d, m, c)) + (" structured (MACs)" if structured else "")
     seeds = sorted(set.intersection(*(set(runs.get(k, {})) for k in methods)))
     mixed = [s for s in seeds if len({runs[k][s]["base_run"] for k in methods}) > 1]
@@ -517,14 +521,15 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended",
   return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def tickets_table(out: str) -> str:
+def tickets_table(out: str, cells: Sequence[tuple[str, str, float]] | None = None) -> str:
   """A markdown table of the finished ``tickets`` jobs: each ticket's test accuracy (the last
-  epoch's, %) by the run whose mask it took, one row per cell and seed."""
+  epoch's, %) by the run whose mask it took, one row per cell (of ``cells``, default all) and
+  seed."""
   sources = ("magnitude",) + TICKET_SOURCES
   head = "| cell | seed | dense | " + " | ".join(f"ticket from {s}" for s in sources) + " |"
   lines = [head, "|" + "---|" * (len(sources) + 3)]
   names = os.listdir(out) if os.path.isdir(out) else []
-  for d, m, c in GRID:
+  for d, m, c in GRID if cells is None else [cell for cell in GRID if cell in cells]:
     prefix = _cell_prefix(d, m, c)
     for name in sorted(n for n in names if n.startswith(prefix)):
       path = os.path.join(out, name, "tickets", "results.json")

@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="where the runs go (default runs/sweep)")
   parser.add_argument("--cores", type=int, nargs="+", default=[0, 1],
                       help="one job runs pinned to each of these cores at a time (default 0 1)")
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default 0 1")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                      help="default 0 1 (--summary takes every seed all --methods finished)")
   parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
                       default=["paper", "recommended", "gradual"],
                       help="among those listed below (default paper recommended gradual)")
@@ -159,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.archive:
     print(f"copied {len(archive(args.out, args.archive))} results to {args.archive}")
     return 0
+  cells = [grid[i] for i in args.cells] if args.cells else list(grid)
   if not args.summary:
-    cells = [grid[i] for i in args.cells] if args.cells else list(grid)
     try:
       jobs = plan(cells, args.seeds, args.methods, args.schedule, args.structured)
     except ValueError as e:
@@ -169,9 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   tickets = "tickets" in args.methods
   methods = [m for m in args.methods if m != "tickets"]
   table = summarize(args.out, methods, args.default or "recommended",
-                    structured=args.structured) if methods else ""
+                    structured=args.structured, cells=cells) if methods else ""
   if tickets:
-    found = tickets_table(args.out)
+    found = tickets_table(args.out, cells)
     if len(found.splitlines()) > 2:
       table = f"{table}\n\n{found}" if methods else found
   if len(table.splitlines()) <= 2:  # the header alone
