@@ -519,3 +519,24 @@ def test_a_job_that_another_sweep_starts_meanwhile_is_not_run_twice(tmp_path):
   # Once the other process is gone, its job is this sweep's again (and resumes).
   pending = [paper]
   assert sweep.next_job(pending, out) == paper
+
+
+def test_a_job_leaves_no_running_pid_behind(tmp_path, monkeypatch):
+  """A worker's running.pid names it while its job runs and is gone once the job ends, even by
+  an error (interrupted), so that a later process given the same pid never passes for it."""
+  out = str(tmp_path)
+  job = sweep.plan([("mnist", "lenet300", 60.0)], [0], ["paper"])[-1]
+  seen = []
+
+  def interrupted(config, directory, quiet):
+    with open(os.path.join(directory, "running.pid")) as f:
+      seen.append(int(f.read()))
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(sweep, "_link_base", lambda *args: None)
+  monkeypatch.setattr(runner, "run", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_job(job, out)
+  assert seen == [os.getpid()]
+  assert not os.path.exists(os.path.join(job.directory(out), "running.pid"))
+  assert not job.running_elsewhere(out)

@@ -299,11 +299,21 @@ def plan(cells: Sequence[tuple[str, str, float]], seeds: Sequence[int],
 
 
 def run_job(job: Job, out: str) -> None:
-  """Runs one job in this process (the worker side of :func:`run_sweep`)."""
+  """Runs one job in this process (the worker side of :func:`run_sweep`), its ``running.pid``
+  in its directory while it runs (:meth:`Job.running_elsewhere`), removed when it ends however
+  it ends, so that a later process given the same pid is never taken for it."""
   directory = job.directory(out)
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "running.pid"), "w") as f:
+  pid_file = os.path.join(directory, "running.pid")
+  with open(pid_file, "w") as f:
     f.write(str(os.getpid()))
+  try:
+    _run_job(job, out, directory)
+  finally:
+    os.remove(pid_file)
+
+
+def _run_job(job: Job, out: str, directory: str) -> None:
   if job.method == "tickets":
     _link_base(job, out, directory)
     run_tickets(job, out)
