@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import optax
 
-from gsm_optax import _utils, eligibility
+from gsm_optax import _utils, eligibility, grouping
 from gsm_optax.schedules import cubic_keep_ratio_schedule
 from gsm_optax.transform import gsm
 
 # The recipe the robustness sweep chose (gsm_optax.experiments.config.RECIPES["recommended"]).
 PASSIVE_DECAY_FACTOR = 100.0
+# With groups, how the budget is split between the group sets: the structured sweep's choice
+# (docs/RESULTS.md, "Structured GSM"); prune with the same.
+STRUCTURED_ALLOCATION = "uniform"
 
 
 def recommended_gsm(
@@ -23,6 +27,8 @@ def recommended_gsm(
     weight_decay: float = 5e-4,
     nesterov: bool = False,
     eligible: eligibility.Eligible = None,
+    groups: grouping.GroupSpec | None = None,
+    budget: grouping.Budget = "groups",
 ) -> optax.GradientTransformationExtraArgs:
   r"""GSM with the recommended recipe, so that the final :func:`gsm_optax.prune` is free.
 
@@ -42,6 +48,15 @@ def recommended_gsm(
   begin_step=0, end_step=anneal_steps), momentum=momentum,
   weight_decay=weight_decay, nesterov=nesterov, importance="magnitude",
   eligible=eligible, passive_weight_decay=100 * weight_decay)``.
+
+  With ``groups`` (structured GSM) the magnitude of a group is the RMS of its
+  weights (``importance="group_rms"``), and every set of groups keeps the same
+  fraction of its groups, its best by that score (``allocation="uniform"``,
+  as structured gradual pruning does): the choice of the structured cells of
+  the recipe sweep (ResNet-20, a ViT, LeNet-300-100, LeNet-5), where one
+  ranking of all groups gave widths that cost up to 0.5 points, and on LeNet-5
+  at a budget of MACs half the accuracy (docs/RESULTS.md). Prune with the
+  same ``groups``, ``budget`` and ``allocation=STRUCTURED_ALLOCATION``.
 
   Learning rates: momentum ``beta`` multiplies the step a steady gradient gives
   by ``1 / (1 - beta)``: 100 at the default 0.99, against 10 at the usual 0.9.
@@ -65,7 +80,11 @@ def recommended_gsm(
       top-Q get 100 times more on top.
     nesterov: use Nesterov momentum (the authors' LeNet runs do).
     eligible: which parameters are prunable; see
-      :func:`gsm_optax.keep_top_gradients`.
+      :func:`gsm_optax.keep_top_gradients`. None with ``groups``.
+    groups: rank groups of weights (neurons, filters, heads) instead of
+      weights; see :func:`gsm_optax.keep_top_groups`.
+    budget: with ``groups``, what ``keep_ratio`` counts: ``"groups"``,
+      ``"weights"``, ``"cost"`` or :func:`gsm_optax.mac_costs`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
@@ -98,6 +117,11 @@ def recommended_gsm(
   _utils.check_number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf,
                       "a finite number >= 0")
   schedule = cubic_keep_ratio_schedule(keep_ratio, begin_step=0, end_step=anneal_steps)
+  if groups is None:
+    ranking: dict[str, Any] = dict(importance="magnitude", budget=budget)
+  else:
+    ranking = dict(importance="group_rms", groups=groups, budget=budget,
+                   allocation=STRUCTURED_ALLOCATION)
   return gsm(learning_rate, schedule, momentum=momentum, weight_decay=weight_decay,
-             nesterov=nesterov, importance="magnitude", eligible=eligible,
-             passive_weight_decay=PASSIVE_DECAY_FACTOR * weight_decay)
+             nesterov=nesterov, eligible=eligible,
+             passive_weight_decay=PASSIVE_DECAY_FACTOR * weight_decay, **ranking)

@@ -188,13 +188,17 @@ def group_sums(values, spec):
 
 
 def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *,
-                             passive_weight_decay=0.0, ema=0.0, min_kept=None):
+                             passive_weight_decay=0.0, ema=0.0, min_kept=None,
+                             importance="group_taylor", normalized=False):
   """Structured GSM in float64, from the equations with groups in place of weights.
 
     T_j = |sum over the entries i of group j of g_i * W_i|
     S_j = ema * S_j + (1 - ema) * sum_i g_i * W_i, T_j = |S_j|   (ema > 0; S starts at 0)
+    importance="group_rms": T_j = sqrt(sum_i W_i**2 / n_j) over the n_j entries of group j
+    normalized: each set's T over their root mean square, sqrt(mean over the set of T**2)
     B_i = 1 when the group of entry i is kept: each set's min_kept best groups by T (1 by
-          default), then the others in the stable order of T up to Q groups in all
+          default), then the others in the stable order of T up to Q groups in all (Q: an int,
+          or a function of the step)
     d = B * g + eta * W + passive_weight_decay * (1 - B) * W   (members of a group; others: d = g)
     Z = beta * Z + d, W = W - lr * Z
 
@@ -203,12 +207,19 @@ def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *,
   w = [np.asarray(x, np.float64).copy() for x in w0]
   z = [np.zeros_like(x) for x in w]
   s_avg = [np.zeros(size) for size, _ in spec]
+  counts = group_sums([np.ones_like(x) for x in w], spec)
   for t in range(steps):
     g = grad_fn(t, w)
-    sums = group_sums([gi * wi for gi, wi in zip(g, w)], spec)
-    s_avg = [ema * a + (1 - ema) * s for a, s in zip(s_avg, sums)]
-    keep, _ = min_kept_selection(np.abs(np.concatenate(s_avg)), [size for size, _ in spec],
-                                 min_kept or [1] * len(spec), q=q)
+    if importance == "group_rms":
+      scores = [np.sqrt(s / n) for s, n in zip(group_sums([x**2 for x in w], spec), counts)]
+    else:
+      sums = group_sums([gi * wi for gi, wi in zip(g, w)], spec)
+      s_avg = [ema * a + (1 - ema) * s for a, s in zip(s_avg, sums)]
+      scores = [np.abs(a) for a in s_avg]
+    if normalized:
+      scores = [s / np.sqrt(np.mean(s**2)) for s in scores]
+    keep, _ = min_kept_selection(np.concatenate(scores), [size for size, _ in spec],
+                                 min_kept or [1] * len(spec), q=q(t) if callable(q) else q)
     b = [None] * len(w)
     offset = 0
     for size, members in spec:

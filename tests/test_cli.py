@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+import gsm_optax
 from gsm_optax.experiments import cli
 
 
@@ -62,8 +63,14 @@ def test_mnist_recipe_flag():
   paper = cli._mnist_config(cli._parser().parse_args(["mnist", "--recipe", "paper"]))
   assert (paper.anneal_epochs, paper.passive_weight_decay, paper.importance_ema) == (0, 0.0, 0.0)
   assert paper.importance == "taylor"
+  # Structured runs too, with the recipe's split of the budget between layers; flags win.
   structured = cli._mnist_config(cli._parser().parse_args(["mnist", "--structured"]))
-  assert (structured.anneal_epochs, structured.importance) == (100, "taylor")  # as measured
+  assert (structured.anneal_epochs, structured.importance, structured.allocation) == (
+      160, "magnitude", gsm_optax.recipes.STRUCTURED_ALLOCATION)
+  assert cli._mnist_config(cli._parser().parse_args(
+      ["mnist", "--structured", "--allocation", "global"])).allocation == "global"
+  assert cli._mnist_config(cli._parser().parse_args(
+      ["mnist", "--structured", "--recipe", "fixed"])).allocation == "global"
   taylor = cli._mnist_config(cli._parser().parse_args(["mnist", "--importance", "taylor"]))
   assert (taylor.anneal_epochs, taylor.importance) == (160, "taylor")
   short = cli._mnist_config(cli._parser().parse_args(
@@ -95,8 +102,9 @@ def test_structured_group_score_follows_the_weights_score():
   Taylor recipe by "group_taylor", a magnitude ranking by "group_rms"; the config names it."""
   def config(*flags):
     return cli._mnist_config(cli._parser().parse_args(["mnist", "--structured", *flags]))
-  assert config().group_importance == "group_taylor"  # structured runs keep the fixed recipe
-  assert config("--importance", "magnitude").group_importance == "group_rms"
+  assert config().group_importance == "group_rms"  # the recipe ranks by magnitude
+  assert config("--recipe", "fixed").group_importance == "group_taylor"
+  assert config("--recipe", "fixed", "--importance", "magnitude").group_importance == "group_rms"
   assert config("--recipe", "recommended").group_importance == "group_rms"
   assert config("--recipe", "recommended",
                 "--group-importance", "magnitude").group_importance == "magnitude"

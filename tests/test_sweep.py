@@ -78,29 +78,37 @@ def test_methods_differ_only_in_the_gsm_update(method):
   assert config.methods == (("gradual",) if method == "gradual" else ("gsm",))
 
 
+ALLOCATION_CANDIDATES = [m for m in sweep.STRUCTURED_ONLY if m != "scratch"]
+
+
 @pytest.mark.parametrize("cell", sweep.STRUCTURED_GRID)
-@pytest.mark.parametrize("candidate", ["uniform", "normalized"])
+@pytest.mark.parametrize("candidate", ALLOCATION_CANDIDATES)
 def test_allocation_candidates_differ_from_the_recipe_only_in_their_allocation(
     cell, candidate, capsys):
-  """The structured candidates (``uniform``: every group set cut by the same fraction;
-  ``normalized``: one ranking of each set's scores over their own RMS) are the cell's
-  recommended run with another allocation: one setting apart, so that the runs decide what
-  each is worth."""
+  """The structured candidates (the allocations the default was chosen among, but the one it
+  uses) are the cell's recommended run with another allocation: one setting apart, so that the
+  runs decide what each is worth; the recommended run's is the library's recipe's."""
   dataset, model, compression = cell
   recommended = sweep.sweep_config(dataset, model, compression, 1, "recommended",
                                    structured=True).to_dict()
   other = sweep.sweep_config(dataset, model, compression, 1, candidate,
                              structured=True).to_dict()
-  assert (recommended["allocation"], other["allocation"]) == ("global", candidate)
+  assert recommended["allocation"] == gsm_optax.recipes.STRUCTURED_ALLOCATION
+  assert other["allocation"] == sweep.METHODS[candidate]["allocation"] != recommended["allocation"]
   assert {k for k in other if other[k] != recommended[k]} == {"allocation"}
-  # Unstructured, it means nothing: the sweep refuses it, and so does a config.
+  # Unstructured, the recipe ranks weights in one ranking, and a candidate means nothing.
+  assert sweep.sweep_config(dataset, model, compression, 1, "recommended").allocation == "global"
   with pytest.raises(ValueError, match=f"'{candidate}' is for structured cells only"):
     sweep.sweep_config(dataset, model, compression, 1, candidate)
-  with pytest.raises(ValueError, match=f"allocation='{candidate}' needs structured=True"):
-    dataclasses.replace(paper_config("lenet300"), allocation=candidate)
   with pytest.raises(SystemExit):
     sweep_cli.main(["--summary", "--methods", candidate])
   assert f"{candidate}: structured runs only" in capsys.readouterr().err
+
+
+def test_allocation_other_than_global_needs_a_structured_config():
+  for allocation in set(gsm_optax.grouping.ALLOCATIONS) - {"global"}:
+    with pytest.raises(ValueError, match=f"allocation='{allocation}' needs structured=True"):
+      dataclasses.replace(paper_config("lenet300"), allocation=allocation)
 
 
 def test_recipe_settings_scale_with_the_schedule():
@@ -452,23 +460,23 @@ def test_tickets_start_from_the_initial_weights_under_each_runs_final_mask(
 
 
 def test_summary_default_takes_the_gaps_of_a_candidate(tmp_path, capsys):
-  """``--default uniform``: the prune cost and the differences to the baselines are the
+  """``--default normalized``: the prune cost and the differences to the baselines are the
   candidate's, as they would be if it were the default; a baseline or a method not listed is
   refused by name."""
   out = str(tmp_path)
   rng = np.random.default_rng()
-  acc = {m: rng.uniform(0.8, 0.9) for m in ("recommended", "uniform", "gradual")}
+  acc = {m: rng.uniform(0.8, 0.9) for m in ("recommended", "normalized", "gradual")}
   for m, a in acc.items():
     _write_result(out, "fashion_mnist_resnet20_2x_structured_seed0", m, a + 0.002, a, 0.93)
-  args = ["--summary", "--structured", "--out", out, "--methods", "recommended", "uniform",
+  args = ["--summary", "--structured", "--out", out, "--methods", "recommended", "normalized",
           "gradual"]
-  assert sweep_cli.main(args + ["--default", "uniform"]) == 0
+  assert sweep_cli.main(args + ["--default", "normalized"]) == 0
   head, _, row = capsys.readouterr().out.splitlines()[:3]
   fields = dict(zip([f.strip() for f in head.strip("|").split("|")],
                     [f.strip() for f in row.strip("|").split("|")]))
-  assert fields["uniform: prune cost"] == "0.20"
-  assert fields["uniform - gradual"] == f"{100 * (acc['uniform'] - acc['gradual']):+.2f}"
-  assert fields["uniform - scratch"] == "-"
+  assert fields["normalized: prune cost"] == "0.20"
+  assert fields["normalized - gradual"] == f"{100 * (acc['normalized'] - acc['gradual']):+.2f}"
+  assert fields["normalized - scratch"] == "-"
   for wrong in ("gradual", "paper"):
     with pytest.raises(SystemExit):
       sweep_cli.main(args + ["--default", wrong])

@@ -21,6 +21,7 @@ from gsm_optax import gsm, prune, selection_stats, sparsity_report
 from gsm_optax.experiments.results import write_json
 from gsm_optax.experiments.training import accuracy, make_train_epoch
 from gsm_optax.grouping import ALLOCATIONS
+from gsm_optax.recipes import STRUCTURED_ALLOCATION
 
 
 class MLP(nn.Module):
@@ -118,6 +119,7 @@ def _mnist_config(args: argparse.Namespace):
   """The experiment configuration: the paper's (or the fast preset), then the overrides."""
   from gsm_optax.experiments.config import (
     DEEP_PHASES,
+    RECIPES,
     deep_config,
     fast_config,
     group_importance_for,
@@ -145,9 +147,9 @@ def _mnist_config(args: argparse.Namespace):
     if boundaries is not None:
       changes["boundaries"] = tuple(boundaries)
     phases[name] = dataclasses.replace(phase, **changes)
-  # The recipe sweep covered unstructured GSM: structured runs keep the recipe they were
-  # measured with (docs/RESULTS.md, "Structured GSM") unless one is named.
-  recipe = args.recipe or ("fixed" if args.structured else "recommended")
+  # The recipe sweep chose the default for unstructured and structured runs alike (the latter's
+  # split of the budget between layers: its structured cells), docs/RESULTS.md.
+  recipe = args.recipe or "recommended"
   config = with_recipe(dataclasses.replace(config, **phases), recipe)
   changes = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
                                ("train_subset", args.train_subset),
@@ -167,11 +169,12 @@ def _mnist_config(args: argparse.Namespace):
         else group_importance_for(changes.get("importance", config.importance),
                                   config.group_importance))
     changes["per_mac"] = args.per_mac
-    changes["allocation"] = args.allocation
+    changes["allocation"] = (args.allocation if args.allocation is not None
+                             else RECIPES[recipe].get("allocation", "global"))
     changes["multiple_of"] = args.multiple_of
     changes.setdefault("methods", ("gsm", "gradual"))
   elif (args.budget != "groups" or args.group_importance is not None or args.per_mac
-        or args.allocation != "global" or args.multiple_of != 1):
+        or args.allocation is not None or args.multiple_of != 1):
     raise ValueError("--budget, --group-importance, --per-mac, --allocation and --multiple-of"
                      " need --structured")
   return dataclasses.replace(config, **changes)
@@ -369,10 +372,10 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
   m.add_argument("--recipe", choices=sorted(recipes),
                  help="the GSM update: 'recommended' (default: keep ratio annealed from dense to"
                  " Q up to the first learning-rate drop, ranking by magnitude, an extra decay of"
-                 " 100x the weight decay outside the top-Q; chosen by the recipe sweep),"
-                 " 'fixed' (the first recipe, fitted to LeNet-300-100 60x MNIST; the default with"
-                 " --structured) or 'paper' (the authors' update, unchanged); the flags below"
-                 " override any")
+                 " 100x the weight decay outside the top-Q, chosen by the recipe sweep;"
+                 " with --structured its allocation too), 'fixed' (the first recipe, fitted to"
+                 " LeNet-300-100 60x MNIST) or 'paper' (the authors' update, unchanged); the"
+                 " flags below override any")
   m.add_argument("--passive-weight-decay", type=float,
                  help="extra weight decay of the weights outside the top-Q (0: the paper)")
   m.add_argument("--passive-weight-decay-begin-epoch", type=int,
@@ -398,11 +401,12 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
                  " where the weights are ranked by magnitude, group-taylor otherwise)")
   m.add_argument("--per-mac", action="store_true",
                  help="with --budget macs, rank groups by score per MAC at the widths kept")
-  m.add_argument("--allocation", choices=ALLOCATIONS, default="global",
+  m.add_argument("--allocation", choices=ALLOCATIONS,
                  help="with --structured, GSM ranks all groups together (global), keeps the same"
                  " fraction of every layer (uniform, as the structured gradual baseline does) or"
                  " ranks all groups on each layer's own scale (normalized: its scores over their"
-                 " root mean square)")
+                 " root mean square); default: the recipe's (recommended:"
+                 f" {STRUCTURED_ALLOCATION}), else global")
   m.add_argument("--multiple-of", type=int, default=1,
                  help="with --structured, every layer whose width N divides keeps a multiple of N"
                  " of its units (8: widths at which XLA:CPU's convolutions run at full speed)")

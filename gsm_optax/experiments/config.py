@@ -246,16 +246,18 @@ def deep_config(model: str = "resnet20", compression: float = 10.0,
 #   of the GSM phase's weight decay (which a shorter schedule raises to decay as much in all);
 # - passive_from_anneal_end: the passive decay applies only once the keep ratio has reached Q;
 # - importance, importance_ema: the score and the rate of its moving average;
-# - allocation (structured runs): "global", one ranking of all groups, "uniform", the same
-#   fraction of every group set, or "normalized", one ranking of each set's scores over their
-#   own root mean square.
+# - allocation (structured runs only; an unstructured run ranks its weights in one ranking):
+#   "global", one ranking of all groups, "uniform", the same fraction of every group set, or
+#   "normalized", one ranking of each set's scores over their own root mean square.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     # Fitted on LeNet-300-100 at 60x on MNIST alone (the default until the robustness sweep):
     "fixed": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0},
     # The default, chosen by the recipe sweep (gsm_optax.experiments.sweep, docs/RESULTS.md):
     "recommended": {"anneal_fraction": 1.0, "passive_weight_decay_factor": 100.0,
-                    "importance": "magnitude"},
+                    "importance": "magnitude",
+                    # chosen by the structured cells of the sweep (docs/RESULTS.md)
+                    "allocation": gsm_optax.recipes.STRUCTURED_ALLOCATION},
 }
 RECIPE_KEYS = ("anneal_fraction", "passive_weight_decay_factor", "passive_from_anneal_end",
                "importance", "importance_ema", "allocation")
@@ -267,7 +269,8 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
   ``"paper"`` leaves the authors' update unchanged. A recipe's anneal length is
   ``anneal_fraction`` of the GSM epochs up to the first learning-rate drop (100 of the authors'
   160 for ``anneal_fraction = 100 / 160``), and its passive decay a multiple of the phase's
-  weight decay (``passive_weight_decay_factor = 10``: 5e-3 with the authors' 5e-4).
+  weight decay (``passive_weight_decay_factor = 10``: 5e-3 with the authors' 5e-4). Its
+  ``allocation`` applies to a structured ``config`` only.
   """
   if isinstance(recipe, str):
     if recipe not in RECIPES:
@@ -292,7 +295,8 @@ def with_recipe(config: ExperimentConfig, recipe: str | dict[str, Any]) -> Exper
       group_importance=group_importance_for(settings.get("importance", "taylor"),
                                             config.group_importance),
       importance_ema=settings.get("importance_ema", 0.0),
-      allocation=settings.get("allocation", config.allocation))
+      allocation=(settings.get("allocation", config.allocation) if config.structured
+                  else config.allocation))
 
 
 def group_importance_for(importance: str, group_importance: str) -> str:
