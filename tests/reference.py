@@ -189,13 +189,15 @@ def group_sums(values, spec):
 
 def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *,
                              passive_weight_decay=0.0, ema=0.0, min_kept=None,
-                             importance="group_taylor", normalized=False):
+                             importance="group_taylor", normalized=False, uniform=None):
   """Structured GSM in float64, from the equations with groups in place of weights.
 
     T_j = |sum over the entries i of group j of g_i * W_i|
     S_j = ema * S_j + (1 - ema) * sum_i g_i * W_i, T_j = |S_j|   (ema > 0; S starts at 0)
     importance="group_rms": T_j = sqrt(sum_i W_i**2 / n_j) over the n_j entries of group j
     normalized: each set's T over their root mean square, sqrt(mean over the set of T**2)
+    uniform (a function of the step giving the keep ratio r_t): every set keeps its best
+          max(floor(r_t * size), min_kept) groups by T instead (r_t * size in float32)
     B_i = 1 when the group of entry i is kept: each set's min_kept best groups by T (1 by
           default), then the others in the stable order of T up to Q groups in all (Q: an int,
           or a function of the step)
@@ -218,8 +220,15 @@ def structured_gsm_reference(w0, spec, grad_fn, lr, q, beta, eta, steps, *,
       scores = [np.abs(a) for a in s_avg]
     if normalized:
       scores = [s / np.sqrt(np.mean(s**2)) for s in scores]
-    keep, _ = min_kept_selection(np.concatenate(scores), [size for size, _ in spec],
-                                 min_kept or [1] * len(spec), q=q(t) if callable(q) else q)
+    if uniform is not None:
+      least = min_kept or [1] * len(spec)
+      keep = np.concatenate([
+          stable_topk_mask(sc, max(int(np.floor(np.float32(uniform(t)) * np.float32(size)
+                                                + np.float32(1e-6))), m))
+          for sc, (size, _), m in zip(scores, spec, least)])
+    else:
+      keep, _ = min_kept_selection(np.concatenate(scores), [size for size, _ in spec],
+                                   min_kept or [1] * len(spec), q=q(t) if callable(q) else q)
     b = [None] * len(w)
     offset = 0
     for size, members in spec:

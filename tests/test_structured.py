@@ -19,7 +19,6 @@ from tests.reference import (
     min_kept_selection,
     stable_topk_mask,
     structured_gsm_reference,
-    traced_keep_count,
 )
 
 SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
@@ -114,27 +113,26 @@ def test_structured_gsm_matches_float64_reference(rng, spec, options):
 
 @pytest.mark.parametrize("spec", sorted(SPECS))
 def test_recommended_gsm_with_groups_matches_float64_reference(rng, spec):
-  """recommended_gsm(groups=): groups ranked by RMS, each set's over their own root mean square,
-  the keep ratio 1 -> Q by a cubic, 100x passive decay; followed step by step in float64, the
-  anneal reaching Q."""
+  """recommended_gsm(groups=): groups ranked by RMS, every set keeping the same fraction of its
+  groups, that fraction 1 -> r by a cubic, 100x passive decay; followed step by step in float64,
+  the anneal reaching r of every set."""
   steps, final, beta, eta, lr, anneal = 30, 0.3, 0.9, 5e-3, 0.03, 20
   w0, grad_np, grad_jax = _problem(rng, steps)
   treedef = jax.tree_util.tree_structure(_params(rng))
   tree = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)  # noqa: E731
-  num_groups = sum(size for size, _ in _reference_spec(spec))
   tx = gsm_optax.recommended_gsm(lr, final, anneal_steps=anneal, momentum=beta,
                                  weight_decay=eta, groups=SPECS[spec])
 
-  def q(t):  # Zhu & Gupta's cubic, in float64
+  def ratio(t):  # Zhu & Gupta's cubic
     frac = min(t / anneal, 1.0)
-    return traced_keep_count(final + (1.0 - final) * (1.0 - frac) ** 3, num_groups)
+    return final + (1.0 - final) * (1.0 - frac) ** 3
 
   params = tree([jnp.asarray(x) for x in w0])
   state = tx.init(params)
   update = jax.jit(tx.update)
   reference = structured_gsm_reference(
-      w0, _reference_spec(spec), grad_np, lr, q, beta, eta, steps,
-      passive_weight_decay=100 * eta, importance="group_rms", normalized=True)
+      w0, _reference_spec(spec), grad_np, lr, None, beta, eta, steps,
+      passive_weight_decay=100 * eta, importance="group_rms", uniform=ratio)
   for t, (w_ref, keep_ref) in enumerate(reference):
     grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
     updates, state = update(grads, state, params)
@@ -142,7 +140,8 @@ def test_recommended_gsm_with_groups_matches_float64_reference(rng, spec):
     for got, want in zip(jax.tree_util.tree_leaves(params), w_ref):
       np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
     assert int(gsm_optax.selection_stats(state).keep_count) == int(keep_ref.sum())
-  assert int(keep_ref.sum()) == int(final * num_groups)
+  assert int(keep_ref.sum()) == sum(max(int(final * size), 1)
+                                    for size, _ in _reference_spec(spec))
 
 
 def test_every_entry_of_a_group_shares_its_fate(rng):
