@@ -42,7 +42,8 @@ def main(argv=None) -> None:
   if args.phase == "gsm":  # the phase ends before the final prune: prune as the run did
     groups, macs = models.structured_groups(model_name, params)
     budget = macs if config["budget"] == "macs" else config["budget"]
-    params = gsm_optax.prune(params, 1 / config["compression"], groups=groups, budget=budget)
+    params = gsm_optax.prune(params, 1 / config["compression"], groups=groups, budget=budget,
+                             allocation=config.get("allocation", "global"))
   x = np.asarray(datasets.normalize(datasets.load_mnist().test_images))
   dense = models.MODELS[model_name]()
   coupling = models.couple_model(model_name, params)

@@ -135,7 +135,8 @@ def _pruned(out, config, phase):
     groups, budget = models.structured_groups(config.model, params, model_state=state,
                                               options=config.model_options,
                                               multiple_of=config.multiple_of)
-    params = gsm_optax.prune(params, config.keep_ratio, groups=groups, budget=budget)
+    params = gsm_optax.prune(params, config.keep_ratio, groups=groups, budget=budget,
+                             allocation=config.allocation)
   return params, state
 
 
