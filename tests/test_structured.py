@@ -85,6 +85,21 @@ def _problem(rng, steps):
   return [np.asarray(x) for x in w0], grad_np, grad_jax
 
 
+def _assert_follows(tx, tree, w0, grad_jax, reference):
+  """Runs ``tx`` jitted from ``w0`` beside the float64 reference's steps; its last group mask."""
+  params = tree([jnp.asarray(x) for x in w0])
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t, (w_ref, keep_ref) in enumerate(reference):
+    grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    for got, want in zip(jax.tree_util.tree_leaves(params), w_ref):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
+    assert int(gsm_optax.selection_stats(state).keep_count) == int(keep_ref.sum())
+  return keep_ref
+
+
 @pytest.mark.parametrize("options", [{}, {"passive": 3e-2}, {"ema": 0.7}])
 @pytest.mark.parametrize("spec", sorted(SPECS))
 def test_structured_gsm_matches_float64_reference(rng, spec, options):
@@ -96,19 +111,10 @@ def test_structured_gsm_matches_float64_reference(rng, spec, options):
   tx = gsm_optax.gsm(lr, ratio, momentum=beta, weight_decay=eta, groups=SPECS[spec],
                      passive_weight_decay=options.get("passive", 0.0),
                      importance_ema=options.get("ema", 0.0))
-  params = tree([jnp.asarray(x) for x in w0])
-  state = tx.init(params)
-  update = jax.jit(tx.update)
   reference = structured_gsm_reference(
       w0, _reference_spec(spec), grad_np, lr, int(ratio * num_groups), beta, eta, steps,
       passive_weight_decay=options.get("passive", 0.0), ema=options.get("ema", 0.0))
-  for t, (w_ref, keep_ref) in enumerate(reference):
-    grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
-    updates, state = update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    for got, want in zip(jax.tree_util.tree_leaves(params), w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(keep_ref.sum())
+  _assert_follows(tx, tree, w0, grad_jax, reference)
 
 
 @pytest.mark.parametrize("spec", sorted(SPECS))
@@ -127,19 +133,10 @@ def test_recommended_gsm_with_groups_matches_float64_reference(rng, spec):
     frac = min(t / anneal, 1.0)
     return final + (1.0 - final) * (1.0 - frac) ** 3
 
-  params = tree([jnp.asarray(x) for x in w0])
-  state = tx.init(params)
-  update = jax.jit(tx.update)
   reference = structured_gsm_reference(
       w0, _reference_spec(spec), grad_np, lr, None, beta, eta, steps,
       passive_weight_decay=100 * eta, importance="group_rms", uniform=ratio)
-  for t, (w_ref, keep_ref) in enumerate(reference):
-    grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
-    updates, state = update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    for got, want in zip(jax.tree_util.tree_leaves(params), w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(keep_ref.sum())
+  keep_ref = _assert_follows(tx, tree, w0, grad_jax, reference)
   assert int(keep_ref.sum()) == sum(max(int(final * size), 1)
                                     for size, _ in _reference_spec(spec))
 
