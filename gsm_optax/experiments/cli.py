@@ -119,7 +119,6 @@ def _mnist_config(args: argparse.Namespace):
   """The experiment configuration: the paper's (or the fast preset), then the overrides."""
   from gsm_optax.experiments.config import (
     DEEP_PHASES,
-    RECIPES,
     deep_config,
     fast_config,
     group_importance_for,
@@ -150,7 +149,12 @@ def _mnist_config(args: argparse.Namespace):
   # The recipe sweep chose the default for unstructured and structured runs alike (the latter's
   # split of the budget between layers: its structured cells), docs/RESULTS.md.
   recipe = args.recipe or "recommended"
-  config = with_recipe(dataclasses.replace(config, **phases), recipe)
+  kind: dict = dict(phases)  # what the recipe reads: a structured run takes its allocation too
+  if args.methods or args.structured:
+    kind["methods"] = tuple(args.methods or ("gsm", "gradual"))
+  if args.structured:
+    kind["structured"] = True
+  config = with_recipe(dataclasses.replace(config, **kind), recipe)
   changes = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
                                ("train_subset", args.train_subset),
                                ("checkpoint_every", args.checkpoint_every),
@@ -159,20 +163,16 @@ def _mnist_config(args: argparse.Namespace):
                "anneal_epochs", "importance"):
     if getattr(args, name) is not None:
       changes[name] = getattr(args, name)
-  if args.methods:
-    changes["methods"] = tuple(args.methods)
   if args.structured:
-    changes["structured"] = True
     changes["budget"] = args.budget
     changes["group_importance"] = (
         args.group_importance.replace("-", "_") if args.group_importance is not None
         else group_importance_for(changes.get("importance", config.importance),
                                   config.group_importance))
     changes["per_mac"] = args.per_mac
-    changes["allocation"] = (args.allocation if args.allocation is not None
-                             else RECIPES[recipe].get("allocation", "global"))
+    if args.allocation is not None:
+      changes["allocation"] = args.allocation
     changes["multiple_of"] = args.multiple_of
-    changes.setdefault("methods", ("gsm", "gradual"))
   elif (args.budget != "groups" or args.group_importance is not None or args.per_mac
         or args.allocation is not None or args.multiple_of != 1):
     raise ValueError("--budget, --group-importance, --per-mac, --allocation and --multiple-of"
