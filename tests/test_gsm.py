@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import gsm_optax
-from tests.reference import gsm_reference, stable_topk_mask
+from tests.reference import FLOAT32_TIE_RTOL, gsm_reference, stable_topk_mask
 
 SHAPES = [(12, 9), (9,), (3, 3, 4, 5), (5,), (40, 10), (10,)]
 
@@ -43,7 +43,8 @@ def test_matches_float64_reference_of_the_paper(rng, nesterov):
   params = [jnp.asarray(x) for x in w0]
   state = tx.init(params)
   update = jax.jit(tx.update)
-  reference = gsm_reference(w0, eligible, grad_np, lr_np, keep_ratio, beta, eta, nesterov, steps)
+  reference = gsm_reference(w0, eligible, grad_np, lr_np, keep_ratio, beta, eta, nesterov, steps,
+                            tie_rtol=FLOAT32_TIE_RTOL)  # ends early at a float32 near-tie
   n = sum(int(np.prod(s)) for s, e in zip(SHAPES, eligible) if e)
   for t, (w_ref, mask_ref) in enumerate(reference):
     updates, state = update(grad_jax(t, params), state, params)
