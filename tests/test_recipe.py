@@ -13,6 +13,7 @@ import pytest
 
 import gsm_optax
 from tests.reference import FLOAT32_TIE_RTOL, gsm_reference, traced_keep_count
+from tests.trees import assert_follows
 
 SHAPES = [(12, 9), (9,), (3, 3, 4, 5), (5,), (40, 10), (10,)]
 ELIGIBLE = [len(s) >= 2 for s in SHAPES]
@@ -45,28 +46,6 @@ def _cubic_q(final, begin, end):
   return q
 
 
-def _assert_follows(tx, w0, grad_jax, reference, steps):
-  """Runs ``tx`` jitted from ``w0`` for ``steps`` steps, each checked against the reference's.
-
-  The reference may end early, at a near-tie of its selection (``tie_rtol``); the steps
-  after it run unchecked. Returns the last state.
-  """
-  params = [jnp.asarray(x) for x in w0]
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  reference = iter(reference)
-  for t in range(steps):
-    updates, state = update(grad_jax(t, params), state, params)
-    params = optax.apply_updates(params, updates)
-    w_ref, mask_ref = next(reference, (None, None))
-    if w_ref is None:
-      continue
-    for got, want in zip(params, w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(mask_ref.sum())
-  return state
-
-
 VARIANTS = {
     "passive decay": dict(passive=2e-2),
     "passive decay schedule": dict(passive=lambda t: jnp.where(t >= 10, 1.0, 0.0),
@@ -97,7 +76,7 @@ def test_options_match_float64_reference(rng, variant, nesterov):
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, keep_np, beta, eta, nesterov,
                             steps, passive_weight_decay=passive_np, ema=v.get("ema", 0.0),
                             importance=v.get("importance", "taylor"), tie_rtol=FLOAT32_TIE_RTOL)
-  _assert_follows(tx, w0, grad_jax, reference, steps)
+  assert_follows(tx, [jnp.asarray(x) for x in w0], grad_jax, reference, steps)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -110,7 +89,7 @@ def test_recommended_gsm_is_the_recipe_of_the_float64_reference(rng, nesterov):
   reference = gsm_reference(w0, ELIGIBLE, grad_np, lambda t: 0.03, _cubic_q(final, 0, anneal),
                             beta, eta, nesterov, steps, passive_weight_decay=lambda t: 100 * eta,
                             importance="magnitude", tie_rtol=FLOAT32_TIE_RTOL)
-  state = _assert_follows(tx, w0, grad_jax, reference, steps)
+  state, _ = assert_follows(tx, [jnp.asarray(x) for x in w0], grad_jax, reference, steps)
   assert int(gsm_optax.selection_stats(state).keep_count) == int(final * N)  # the anneal reached Q
 
 

@@ -20,6 +20,7 @@ from tests.reference import (
     stable_topk_mask,
     structured_gsm_reference,
 )
+from tests.trees import assert_follows
 
 SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
           "dense": {"kernel": (8, 6), "bias": (6,)},
@@ -85,19 +86,10 @@ def _problem(rng, steps):
   return [np.asarray(x) for x in w0], grad_np, grad_jax
 
 
-def _assert_follows(tx, tree, w0, grad_jax, reference):
-  """Runs ``tx`` jitted from ``w0`` beside the float64 reference's steps; its last group mask."""
-  params = tree([jnp.asarray(x) for x in w0])
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  for t, (w_ref, keep_ref) in enumerate(reference):
-    grads = tree(grad_jax(t, jax.tree_util.tree_leaves(params)))
-    updates, state = update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    for got, want in zip(jax.tree_util.tree_leaves(params), w_ref):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
-    assert int(gsm_optax.selection_stats(state).keep_count) == int(keep_ref.sum())
-  return keep_ref
+def _assert_follows(tx, tree, w0, grad_jax, reference, steps):
+  """:func:`tests.trees.assert_follows` on the leaves ``w0``, given the tree ``tree`` builds."""
+  return assert_follows(tx, tree([jnp.asarray(x) for x in w0]),
+                        lambda t, p: tree(grad_jax(t, jax.tree.leaves(p))), reference, steps)
 
 
 @pytest.mark.parametrize("options", [{}, {"passive": 3e-2}, {"ema": 0.7}])
@@ -114,7 +106,7 @@ def test_structured_gsm_matches_float64_reference(rng, spec, options):
   reference = structured_gsm_reference(
       w0, _reference_spec(spec), grad_np, lr, int(ratio * num_groups), beta, eta, steps,
       passive_weight_decay=options.get("passive", 0.0), ema=options.get("ema", 0.0))
-  _assert_follows(tx, tree, w0, grad_jax, reference)
+  _assert_follows(tx, tree, w0, grad_jax, reference, steps)
 
 
 @pytest.mark.parametrize("spec", sorted(SPECS))
@@ -136,9 +128,10 @@ def test_recommended_gsm_with_groups_matches_float64_reference(rng, spec):
   reference = structured_gsm_reference(
       w0, _reference_spec(spec), grad_np, lr, None, beta, eta, steps,
       passive_weight_decay=100 * eta, importance="group_rms", uniform=ratio)
-  keep_ref = _assert_follows(tx, tree, w0, grad_jax, reference)
-  assert int(keep_ref.sum()) == sum(max(int(final * size), 1)
-                                    for size, _ in _reference_spec(spec))
+  _, masks = _assert_follows(tx, tree, w0, grad_jax, reference, steps)
+  assert len(masks) == steps
+  assert int(masks[-1].sum()) == sum(max(int(final * size), 1)
+                                     for size, _ in _reference_spec(spec))
 
 
 def test_every_entry_of_a_group_shares_its_fate(rng):
