@@ -231,6 +231,30 @@ def test_vit_structured_run_exports_exactly_and_trains_its_widths(vit_run):
   assert 0.0 <= results["scratch"]["final_test_accuracy"] <= 1.0
 
 
+def test_dense_long_is_the_dense_model_on_the_scratch_schedule(tmp_path):
+  """dense_long trains the dense model from the base model's initial weights on scratch's
+  schedule: the dense shapes, base + GSM epochs, and the same weights as a phase of that
+  schedule built by hand (the base phase itself, one epoch, ends elsewhere)."""
+  config = _tiny("vit", VIT_RUN, methods=("dense_long",))
+  out = str(tmp_path / "run")
+  results = experiments.run(config, out, quiet=True)
+  long = results["dense_long"]
+  assert long["epochs"] == config.base.epochs + config.gsm.epochs
+  assert len(long["history"]) == long["epochs"]
+  trained = experiments.load_phase_variables(out, "dense_long", config)
+  base = experiments.load_phase_variables(out, "base", config)
+  assert _shapes(trained) == _shapes(base)
+  schedule = scratch_phase(config.base, config.gsm)
+  r = runner.Runner(config, str(tmp_path / "by_hand"), quiet=True)
+  expected, _ = r.phase("dense_long", r.init_variables(),
+                        runner.momentum_sgd(schedule, r.steps_per_epoch, r.eligible),
+                        schedule.epochs)
+  for a, b in zip(jax.tree_util.tree_leaves(trained), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(trained),
+                                                       jax.tree_util.tree_leaves(base)))
+
+
 def test_structured_groups_round_the_sets_that_their_multiple_divides():
   """multiple_of reaches every set whose size it divides: all of ResNet-20's at 4 (widths 4,
   8, 8), the ViT's MLP units (12) at 4 but not its 2 heads; it needs a structured run."""
@@ -310,6 +334,23 @@ def test_sweep_plans_structured_cells_after_their_sources():
     sweep.sweep_config("fashion_mnist", "resnet20", 2.0, 0, "scratch")
   with pytest.raises(ValueError, match="oneshot"):
     sweep.sweep_config("fashion_mnist", "resnet20", 2.0, 0, "oneshot", structured=True)
+
+
+@pytest.mark.parametrize("cell", [c for c in sweep.STRUCTURED_GRID if c[1] in DEEP_PHASES])
+def test_sweep_dense_long_needs_only_the_base_and_runs_no_gsm(cell):
+  """dense_long (the control of scratch) is the base phase's model and schedule of its cell,
+  needs only the cell's base model (not a GSM run) and is no recipe: the summary reads its
+  final accuracy."""
+  dataset, model, compression = cell
+  base, job = sweep.plan([cell], [3], ["dense_long"], structured=True)
+  assert base.method == "base" and job.needs() == [base]
+  config = sweep.sweep_config(dataset, model, compression, 3, "dense_long", structured=True)
+  assert config.methods == ("dense_long",)
+  assert (config.base, config.gsm, config.seed) == (DEEP_PHASES[model]["base"],
+                                                    DEEP_PHASES[model]["gsm"], 3)
+  assert not sweep.is_recipe("dense_long")
+  with pytest.raises(ValueError, match="dense_long.*structured=True"):
+    sweep.sweep_config(dataset, model, compression, 3, "dense_long")
 
 
 def test_sweep_stops_when_scratch_has_no_gsm_run(tmp_path, capsys):

@@ -78,7 +78,7 @@ def test_methods_differ_only_in_the_gsm_update(method):
   assert config.methods == (("gradual",) if method == "gradual" else ("gsm",))
 
 
-ALLOCATION_CANDIDATES = [m for m in sweep.STRUCTURED_ONLY if m != "scratch"]
+ALLOCATION_CANDIDATES = [m for m in sweep.STRUCTURED_ONLY if sweep.is_recipe(m)]
 
 
 @pytest.mark.parametrize("cell", sweep.STRUCTURED_GRID)

@@ -210,6 +210,9 @@ def closing_summary(results: dict, files: Sequence[str]) -> str:
     rows.append(("gradual magnitude pruning", results["gradual"]["final_test_accuracy"]))
   if "scratch" in results:
     rows.append(("the narrow model from scratch", results["scratch"]["final_test_accuracy"]))
+  if "dense_long" in results:
+    rows.append(("the dense model on scratch's schedule",
+                 results["dense_long"]["final_test_accuracy"]))
   for kind, ticket in results.get("lottery", {}).items():
     mask = "GSM's mask" if kind == "gsm" else "the magnitude mask"
     rows.append((f"lottery ticket from {mask}", ticket["final_test_accuracy"]))
@@ -350,14 +353,16 @@ def _experiment_arguments(m: argparse.ArgumentParser, model: str, compression: f
   m.add_argument("--fast", action="store_true",
                  help="short schedules on a subset of the images, for smoke tests and demos")
   m.add_argument("--methods", nargs="+", choices=["gsm", "lottery", "oneshot", "gradual",
-                                                  "scratch"],
+                                                  "scratch", "dense_long"],
                  help="what to run after the base model (default: all but scratch; with"
                  " --structured gsm and gradual): gsm (GSM and its final"
                  " prune), oneshot (one magnitude prune of the base model, then fine-tuning),"
                  " gradual (gradual magnitude pruning), lottery (the kept weights of GSM's and"
                  " of the magnitude mask retrained from their initial values; runs gsm too),"
                  " scratch (--structured, resnet20 and vit, with gsm: the widths of GSM's export"
-                 " trained from fresh weights for base + GSM epochs, Liu et al. 2019)")
+                 " trained from fresh weights for base + GSM epochs, Liu et al. 2019),"
+                 " dense_long (the dense model on scratch's schedule: whether scratch owes its"
+                 " accuracy to its width or to that schedule)")
   m.add_argument("--seed", type=int)
   m.add_argument("--batch-size", type=int)
   m.add_argument("--train-subset", type=int, help="use only the first N training images")

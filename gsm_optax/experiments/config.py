@@ -18,8 +18,8 @@ import optax
 import gsm_optax
 from gsm_optax.experiments import models
 
-METHODS = ("gsm", "lottery", "oneshot", "gradual", "scratch")
-STRUCTURED_METHODS = ("gsm", "gradual", "scratch")  # what a structured run compares
+METHODS = ("gsm", "lottery", "oneshot", "gradual", "scratch", "dense_long")
+STRUCTURED_METHODS = ("gsm", "gradual", "scratch", "dense_long")  # what a structured run compares
 # The group scores of gsm_optax.keep_top_groups a structured run may rank by.
 GROUP_IMPORTANCES = ("group_taylor", "group_rms", "taylor", "magnitude")
 
@@ -221,9 +221,9 @@ DEEP_PHASES: dict[str, dict[str, Any]] = {
 
 
 def scratch_phase(base: PhaseConfig, gsm: PhaseConfig) -> PhaseConfig:
-  """The ``scratch`` method's schedule: the base phase's optimizer for ``base.epochs +
-  gsm.epochs`` epochs (the same total as a pruned model's), its learning-rate drops at the same
-  fractions of the longer phase (rounded to whole epochs), the same warm-up."""
+  """The schedule of the ``scratch`` and ``dense_long`` methods: the base phase's optimizer for
+  ``base.epochs + gsm.epochs`` epochs (the same total as a pruned model's), its learning-rate
+  drops at the same fractions of the longer phase (rounded to whole epochs), the same warm-up."""
   total = base.epochs + gsm.epochs
   return dataclasses.replace(base, epochs=total, boundaries=tuple(
       round(b * total / base.epochs) for b in base.boundaries))

@@ -18,7 +18,10 @@ and for the same number of epochs, the methods to compare:
   trained from scratch for the same total epochs (Liu et al., "Rethinking the Value of
   Network Pruning", ICLR 2019): the widths of structured GSM's export, freshly
   initialised, trained with the base phase's optimizer for the base and GSM phases'
-  epochs together (:func:`scratch_phase`).
+  epochs together (:func:`scratch_phase`);
+- ``dense_long``: the dense model trained from its initial weights on ``scratch``'s schedule,
+  which tells whether a narrow model from scratch that passes the pruned one owes that to its
+  width or to the longer schedule (its learning-rate drops come later than the base's).
 
 The model is any of :data:`models.MODELS` (the LeNets, ResNet-20, a ViT), pruned where
 :func:`models.eligible` says. Every phase is one ``TrainState`` (Flax's, with the model's
@@ -246,6 +249,21 @@ class Runner:
     return _summary(result, config.last_k) | {
         "model_options": options, "kept_widths": dict(export["kept_widths"]),
         "macs": coupling.macs, "params": models.count_params(params), "timing": timing}
+
+  def dense_long(self) -> dict[str, Any]:
+    """The dense model trained from scratch on the ``scratch`` method's schedule, as the phase
+    ``dense_long``: the base model's initial weights (:meth:`init_variables`) and optimizer for
+    the base and GSM phases' epochs (:func:`scratch_phase`). It differs from the base phase in
+    its schedule alone, from ``scratch`` in its widths alone.
+
+    Returns:
+      The phase's result (:func:`_summary`).
+    """
+    config = self.config
+    phase = scratch_phase(config.base, config.gsm)
+    _, result = self.phase("dense_long", self.init_variables(),
+                           momentum_sgd(phase, self.steps_per_epoch, self.eligible), phase.epochs)
+    return _summary(result, config.last_k)
 
   def predict_shrink(self) -> float:
     """How far GSM's decay shrinks the last weight to leave the top-Q (as the anneal ends) by
@@ -555,6 +573,10 @@ def run(config: ExperimentConfig, out_dir: str, *, quiet: bool = False,
     timing = structured.speedup_line(results["scratch"]["timing"])
     say(f"the same narrow architecture from scratch:"
         f" {results['scratch']['final_test_accuracy']:.4f} ({timing})")
+  if "dense_long" in config.methods:
+    results["dense_long"] = runner.dense_long()
+    say("the dense model on scratch's schedule:"
+        f" {results['dense_long']['final_test_accuracy']:.4f}")
 
   if "lottery" in config.methods:
     tickets = {"gsm": runner.prune_mask(gsm_params, keep), "magnitude": base_mask}

@@ -24,7 +24,8 @@ finding where the paper's figures were measured:
 filters, channels, heads and MLP units; ``compression`` counts MACs) against structured gradual
 pruning and the same narrow architecture trained from scratch (``scratch``, which waits for the
 structured ``recommended`` run whose export's widths it trains), from the same base models as
-the unstructured cells:
+the unstructured cells; ``dense_long``, the dense model on ``scratch``'s schedule, tells whether
+``scratch`` owes its accuracy to its width or to its longer schedule:
 
     gsm-optax sweep --out runs/sweep --structured --methods recommended gradual scratch --seeds 0
 """
@@ -99,6 +100,7 @@ METHODS: dict[str, Any] = {
     "oneshot": "oneshot",
     "tickets": "tickets",
     "scratch": "scratch",
+    "dense_long": "dense_long",
     # Candidates measured while choosing the default (docs/RESULTS.md says which lost and why);
     "late": {"anneal_fraction": 100 / 160, "passive_weight_decay_factor": 10.0,
              "passive_from_anneal_end": True},
@@ -136,6 +138,9 @@ METHOD_HELP: dict[str, str] = {
     "scratch": "baseline, --structured only: the narrow architecture of the cell's recommended"
                " run's export, freshly initialised and trained for base + GSM epochs (Liu et al."
                " 2019)",
+    "dense_long": "control, --structured only: the dense model from its initial weights on"
+                  " scratch's schedule (base + GSM epochs), which tells whether scratch owes its"
+                  " accuracy to its width or to the longer schedule",
     "late": "candidate: as fixed, the passive decay only once the anneal has ended",
     "ema": "candidate: as late, ranked by a moving average of the scores (rate 0.99)",
     "ema999": "candidate: as late, ranked by a moving average of the scores (rate 0.999)",
@@ -157,14 +162,14 @@ SCRATCH_SOURCE = "recommended"
 # What a structured cell compares: GSM recipes, and these baselines.
 STRUCTURED_BASELINES = ("gradual", "scratch")
 # Methods of structured cells only, and of unstructured cells only.
-STRUCTURED_ONLY = ("scratch", "global", "normalized")
+STRUCTURED_ONLY = ("scratch", "dense_long", "global", "normalized")
 UNSTRUCTURED_ONLY = ("oneshot", "tickets")
 
 
 def is_recipe(method: str) -> bool:
   """Whether ``method`` (a key of :data:`METHODS`) trains with GSM under a recipe of its own,
-  its results under ``"gsm"``: not a baseline, ``scratch`` or ``tickets``."""
-  return method not in BASELINES + ("scratch", "tickets")
+  its results under ``"gsm"``: not a baseline, ``scratch``, ``dense_long`` or ``tickets``."""
+  return method not in BASELINES + ("scratch", "dense_long", "tickets")
 
 _NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "vit": "ViT", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
@@ -195,6 +200,8 @@ def sweep_config(dataset: str, model: str, compression: float, seed: int,
       (method,) if method in BASELINES else ("lottery",) if method == "tickets" else ("gsm",))
   if method == "scratch":
     methods = ("gsm", "scratch")  # the widths of the cell's GSM run (SCRATCH_SOURCE)
+  elif method == "dense_long":
+    methods = ("dense_long",)
   kind: dict[str, Any] = (dict(structured=True, budget="macs", multiple_of=STRUCTURED_MULTIPLE)
                           if structured else {})
   if model in DEEP_PHASES:
