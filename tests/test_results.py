@@ -156,3 +156,43 @@ def test_layer_density_counts_what_each_method_kept(rng, tmp_path):
   assert got["methods"]["magnitude mask"] == [int(np.count_nonzero(ticket[n]["kernel"]))
                                               for n in ("conv", "dense")]
   assert sorted(got["methods"]) == ["gradual", "magnitude mask", "recommended"]  # paper: unfinished
+
+
+def test_schedules_puts_every_job_on_the_cell_time_axis(rng, tmp_path):
+  """docs/results/schedules.py: a pruning job's epochs count on after its base model's, a job
+  from fresh weights (scratch, dense_long) from 1; the table reads each job's accuracy at the
+  epochs asked for, "-" outside its span."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+      "schedules", os.path.join(ROOT, "docs", "results", "schedules.py"))
+  schedules = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(schedules)
+
+  def history(n):
+    return [{"epoch": e + 1, "test_accuracy": float(a)}
+            for e, a in enumerate(rng.uniform(0.5, 1.0, size=n))]
+
+  n_base, n_prune = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+  base = {"history": history(n_base)}
+  jobs = {"recommended": ("gsm", n_prune), "gradual": ("gradual", n_prune),
+          "scratch": ("scratch", n_base + n_prune), "dense_long": ("dense_long", n_base + n_prune)}
+  written = {}
+  for job, (phase, n) in jobs.items():
+    written[job] = history(n)
+    os.makedirs(tmp_path / job)
+    with open(tmp_path / job / "results.json", "w") as f:
+      json.dump({"base": base, phase: {"history": written[job]}}, f)
+  os.makedirs(tmp_path / "tickets")  # not a job with a curve
+  data = schedules.curves(str(tmp_path))
+  assert set(data) == {"base", *jobs}
+  assert data["base"] == [(r["epoch"], 100 * r["test_accuracy"]) for r in base["history"]]
+  for job in jobs:
+    offset = 0 if job in ("scratch", "dense_long") else n_base
+    assert data[job] == [(offset + r["epoch"], 100 * r["test_accuracy"]) for r in written[job]]
+  rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in
+          schedules.table(data, [1, n_base + 1]).splitlines()[2:]}
+  assert rows["recommended"][0] == "-"
+  assert rows["recommended"][1] == f"{100 * written['recommended'][0]['test_accuracy']:.2f}"
+  assert rows["scratch"][0] == f"{100 * written['scratch'][0]['test_accuracy']:.2f}"
+  assert rows["base"][1] == "-"
