@@ -19,11 +19,9 @@ import json
 import os
 from typing import Any
 
-# The phase of results.json that a job's method trains (every other method is a GSM recipe,
-# whose phase is "gsm").
-PHASE_OF = {"gradual": "gradual", "oneshot": "oneshot", "scratch": "scratch",
-            "dense_long": "dense_long"}
-FROM_SCRATCH = ("scratch", "dense_long")
+from gsm_optax.experiments.sweep import is_recipe
+
+FROM_SCRATCH = ("scratch", "dense_long")  # jobs that train from fresh weights
 
 
 def curves(cell_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -39,7 +37,7 @@ def curves(cell_dir: str) -> dict[str, list[tuple[int, float]]]:
       results: dict[str, Any] = json.load(f)
     base = results["base"]["history"]
     out.setdefault("base", [(row["epoch"], 100 * row["test_accuracy"]) for row in base])
-    history = results[PHASE_OF.get(job, "gsm")]["history"]
+    history = results["gsm" if is_recipe(job) else job]["history"]  # as sweep.collect reads it
     start = 0 if job in FROM_SCRATCH else len(base)
     out[job] = [(start + row["epoch"], 100 * row["test_accuracy"]) for row in history]
   return out
