@@ -135,7 +135,7 @@ def _write_result(out, cell, method, before, after, base):
   os.makedirs(directory)
   result = {"base": {"final_test_accuracy": base,
                      "history": [{"epoch": 1, "train_seconds": 1.0, "test_accuracy": base}]}}
-  if method in sweep.BASELINES:
+  if not sweep.is_recipe(method):
     result[method] = {"final_test_accuracy": after}
   else:
     result["gsm"] = {"accuracy_before_prune": before, "accuracy_after_prune": after}
@@ -356,9 +356,35 @@ def test_summary_reads_oneshot_results(tmp_path):
   _write_result(runs, "fashion_mnist_resnet20_10x_seed0", "recommended", 0.90, 0.90, 0.92)
   _write_result(runs, "fashion_mnist_resnet20_10x_seed0", "gradual", 0.89, 0.89, 0.92)
   _write_result(runs, "fashion_mnist_resnet20_10x_seed0", "oneshot", 0.87, 0.87, 0.92)
-  table = sweep.summarize(runs, ["recommended", "gradual", "oneshot"])
-  row = [line for line in table.splitlines() if "ResNet-20 10x Fashion-MNIST" in line]
+  table = sweep.summarize(runs, ["recommended", "gradual", "oneshot"]).splitlines()
+  row = [line for line in table if "ResNet-20 10x Fashion-MNIST" in line]
   assert len(row) == 1 and "| 87.00 |" in row[0] and "| 90.00 |" in row[0]
+  # Every goal of the cell has its column: the paper's (not run: "-"), gradual's, one-shot's.
+  assert table[0].endswith("| recommended - paper | recommended - gradual"
+                           " | recommended - oneshot |")
+  assert row[0].endswith("| 0.00 | - | +1.00 | +3.00 |")
+
+
+def test_summary_gives_each_listed_structured_baseline_a_gap(tmp_path):
+  """A structured cell's summary compares the default with gradual pruning and ``scratch``,
+  and with ``dense_long`` when it is listed, seed by seed."""
+  runs = str(tmp_path)
+  rng = np.random.default_rng()
+  methods = ["recommended", "gradual", "scratch", "dense_long"]
+  acc = {(m, s): rng.uniform(0.8, 0.9) for m in methods for s in (0, 1)}
+  for s in (0, 1):
+    for m in methods:
+      _write_result(runs, f"fashion_mnist_vit_2x_structured_seed{s}", m, acc[m, s], acc[m, s],
+                    0.88)
+  table = sweep.summarize(runs, methods, structured=True).splitlines()
+  assert table[0].endswith("| recommended - gradual | recommended - scratch"
+                           " | recommended - dense_long |")
+  fields = [f.strip() for f in table[2].strip("|").split("|")]
+  for other, field in zip(("gradual", "scratch", "dense_long"), fields[-3:]):
+    gap = 100 * np.mean([acc["recommended", s] - acc[other, s] for s in (0, 1)])
+    assert field == f"{gap:+.2f}", other
+  # Not listed, no column.
+  assert "dense_long" not in sweep.summarize(runs, methods[:3], structured=True)
 
 
 def test_summary_without_runs_says_how_to_make_them(tmp_path, capsys):

@@ -506,9 +506,13 @@ def summarize(out: str, methods: Sequence[str], default: str = "recommended",
   runs started from different base models of that seed (one retrained after the other was lost)
   is left out, and a line under the table says so. ``structured``: the cells of
   :data:`STRUCTURED_GRID`, compared with gradual pruning and ``scratch``. ``cells``: only
-  these cells (default: every cell with finished runs), in the grid's order.
+  these cells (default: every cell with finished runs), in the grid's order. Every other
+  baseline listed in ``methods`` (``oneshot``, ``dense_long``) gets a gap column of its own
+  after those.
   """
-  others = STRUCTURED_BASELINES if structured else ("paper", "gradual")
+  others: tuple[str, ...] = STRUCTURED_BASELINES if structured else ("paper", "gradual")
+  others += tuple(m for m in methods
+                  if not is_recipe(m) and m not in others and m not in (default, "tickets"))
   head = ("| cell | seeds | dense | " + " | ".join(methods)
           + f" | {default}: prune cost | " + " | ".join(f"{default} - {o}" for o in others)
           + " |")
